@@ -1,0 +1,1 @@
+"""DeepFM scoring policy: config, features, model, training. Knows nothing of Optuna or MLflow."""

@@ -1,0 +1,114 @@
+"""DeepFM (Guo et al., IJCAI 2017): first-order weights + FM pairwise term + MLP, over shared field embeddings.
+
+One embedding table holds every field (per-field offsets in a buffer, one lookup for all fields), as in
+rixwew/pytorch-fm's FeaturesEmbedding; a 1-wide table of the same layout holds the first-order weights.
+Fields come in three kinds, all ending as one d-vector per field:
+- categorical: one index per row;
+- multi-valued ("tag1|tag2"): the mean of its tokens' vectors (-1 marks padding);
+- numeric: value x the field's vector, as in the paper; a missing value (NaN) uses a second, learned vector.
+The model returns logits; probabilities are the policy's business at predict time.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .config import PolicyConfig
+
+ACTIVATION_LAYERS = {
+    "relu": nn.ReLU,
+    "leaky_relu": nn.LeakyReLU,
+    "elu": nn.ELU,
+    "selu": nn.SELU,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+}
+
+
+def fm_interaction(embeddings: torch.Tensor) -> torch.Tensor:
+    """Sum over field pairs i<j of <e_i, e_j>, by the identity 1/2 ((sum e)^2 - sum e^2).
+    (B, F, d) -> (B,)"""
+    square_of_sum = embeddings.sum(dim=1).pow(2)
+    sum_of_squares = embeddings.pow(2).sum(dim=1)
+    return 0.5 * (square_of_sum - sum_of_squares).sum(dim=1)
+
+
+def multilayer_perceptron(in_features: int, hidden: tuple[int, ...], activation: str, dropout: float) -> nn.Sequential:
+    """Linear -> activation -> dropout per hidden width, then one output unit."""
+    layers: list[nn.Module] = []
+    for width in hidden:
+        layers += [nn.Linear(in_features, width), ACTIVATION_LAYERS[activation]()]
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        in_features = width
+    layers.append(nn.Linear(in_features, 1))
+    return nn.Sequential(*layers)
+
+
+class DeepFM(nn.Module):
+    def __init__(
+        self,
+        categorical_dims: list[int],
+        multivalued_dims: list[int],
+        multivalued_lengths: list[int],
+        n_numeric: int,
+        config: PolicyConfig,
+    ):
+        super().__init__()
+        self.config = config
+        d = config.embedding_dim
+        n_cat, n_multi = len(categorical_dims), len(multivalued_dims)
+        sizes = list(categorical_dims) + list(multivalued_dims) + [2] * n_numeric  # numeric: value, missing rows
+        starts = torch.tensor([0] + sizes[:-1], dtype=torch.long).cumsum(0)
+        self.num_fields = len(sizes)
+        self.embedding = nn.Embedding(sum(sizes), d)
+        self.first_order = nn.Embedding(sum(sizes), 1)
+        self.bias = nn.Parameter(torch.zeros(1))
+        self.mlp = multilayer_perceptron(self.num_fields * d, config.deep_hidden_units, config.activation_fn, config.dropout)
+        nn.init.normal_(self.embedding.weight, std=0.01)
+        nn.init.zeros_(self.first_order.weight)
+
+        self.register_buffer("categorical_offsets", starts[:n_cat].to(torch.int32), persistent=False)
+        # each multi-valued slot knows its field's offset, and a (slots, fields) 0/1 matrix pools slots to fields
+        slot_field = torch.repeat_interleave(torch.arange(n_multi), torch.tensor(multivalued_lengths, dtype=torch.long))
+        self.register_buffer("multivalued_offsets", starts[n_cat : n_cat + n_multi][slot_field].to(torch.int32), persistent=False)
+        slot_to_field = torch.zeros(len(slot_field), n_multi)
+        slot_to_field[torch.arange(len(slot_field)), slot_field] = 1.0
+        self.register_buffer("slot_to_field", slot_to_field, persistent=False)
+        self.register_buffer("numeric_rows", starts[n_cat + n_multi :].clone(), persistent=False)
+
+    def forward(self, categorical: torch.Tensor, multivalued: torch.Tensor, numeric: torch.Tensor) -> torch.Tensor:
+        """categorical (B, Fc) int, multivalued (B, S) int with -1 padding, numeric (B, Fn) float with NaN
+        -> logits (B,)"""
+        embeddings, first = self.field_embeddings(categorical, multivalued, numeric)
+        deep = self.mlp(embeddings.flatten(1)).squeeze(1)
+        return self.bias + first + fm_interaction(embeddings) + deep
+
+    def field_embeddings(
+        self, categorical: torch.Tensor, multivalued: torch.Tensor, numeric: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, F, d) field vectors and the (B,) first-order sum."""
+        parts, first = [], torch.zeros(len(categorical), device=categorical.device)
+        if categorical.shape[1]:
+            index = categorical + self.categorical_offsets
+            parts.append(self.embedding(index))
+            first = first + self.first_order(index).sum(dim=(1, 2))
+        if multivalued.shape[1]:
+            present = (multivalued >= 0).to(self.embedding.weight.dtype)  # (B, S)
+            index = multivalued.clamp(min=0) + self.multivalued_offsets
+            counts = (present @ self.slot_to_field).clamp(min=1.0)  # (B, Fm)
+            vectors = self.embedding(index) * present.unsqueeze(-1)  # (B, S, d)
+            parts.append(torch.einsum("bsd,sf->bfd", vectors, self.slot_to_field) / counts.unsqueeze(-1))
+            weights = self.first_order(index).squeeze(-1) * present  # (B, S)
+            first = first + ((weights @ self.slot_to_field) / counts).sum(dim=1)
+        if numeric.shape[1]:
+            missing = torch.isnan(numeric).unsqueeze(-1)  # (B, Fn, 1)
+            values = torch.nan_to_num(numeric, nan=0.0).unsqueeze(-1)
+            value_vec, missing_vec = self.embedding.weight[self.numeric_rows], self.embedding.weight[self.numeric_rows + 1]
+            parts.append(torch.where(missing, missing_vec, values * value_vec))
+            value_w, missing_w = self.first_order.weight[self.numeric_rows], self.first_order.weight[self.numeric_rows + 1]
+            first = first + torch.where(missing, missing_w, values * value_w).sum(dim=(1, 2))
+        return torch.cat(parts, dim=1), first

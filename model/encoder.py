@@ -1,0 +1,229 @@
+"""Turn raw feature columns into model inputs; fitted on the training split only, saved as JSON.
+
+Index layout of every categorical (and multi-valued) field: 0 = missing, 1 = out-of-vocabulary (unseen or rarer
+than `min_count`), 2.. = vocabulary by descending training frequency. Numeric fields become float32 with NaN for
+missing (the model learns one embedding for "missing" per field). The same object encodes training data and
+scoring requests, so serving can never drift from training.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .errors import DataError
+from .schema import FeatureSchema
+
+MISSING, OOV, FIRST_TOKEN = 0, 1, 2
+CLIP = 10.0  # standardized numeric values are clipped to +-CLIP, so one outlier cannot blow up a score
+ENCODER_FORMAT_VERSION = 1
+
+
+@dataclass
+class EncodedFeatures:
+    """Model inputs for N rows: categorical (N, Fc) int32, multi-valued (N, sum of lengths) int32 with -1 as
+    padding, numeric (N, Fn) float32 with NaN as missing."""
+
+    categorical: np.ndarray
+    multivalued: np.ndarray
+    numeric: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.categorical)
+
+
+def _as_tokens(series: pd.Series, source: str) -> pa.Array:
+    """A column as an Arrow string array; integral floats print without '.0' so 3 and 3.0 are the same token."""
+    if pd.api.types.is_float_dtype(series.dtype):
+        values = series.to_numpy(dtype=np.float64, na_value=np.nan)
+        finite = np.isfinite(values)
+        if np.array_equal(values[finite], np.round(values[finite])):
+            return pa.array(np.where(finite, values, 0).astype(np.int64), mask=~finite).cast(pa.string())
+    array = pa.array(series, from_pandas=True)
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    if not pa.types.is_string(array.type) and not pa.types.is_large_string(array.type):
+        try:
+            array = array.cast(pa.string())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            array = pa.array(series.astype("string"), from_pandas=True)
+    return array
+
+
+def _as_numbers(series: pd.Series, source: str) -> np.ndarray:
+    """Float64 values with NaN for missing; a non-numeric value is an error naming the column and the value."""
+    if pd.api.types.is_numeric_dtype(series.dtype) or pd.api.types.is_bool_dtype(series.dtype):
+        values = series.to_numpy(dtype=np.float64, na_value=np.nan)
+    else:
+        converted = pd.to_numeric(series, errors="coerce")
+        bad = converted.isna() & series.notna() & (series.astype("string").str.strip() != "")
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            raise DataError(
+                f"{source}: numeric column '{series.name}' has a non-numeric value {series.iloc[row]!r} at row {row}; "
+                f"fix the data or declare the column categorical in the schema"
+            )
+        values = converted.to_numpy(dtype=np.float64, na_value=np.nan)
+    values = values.copy() if not values.flags.writeable else values
+    values[~np.isfinite(values)] = np.nan
+    return values
+
+
+class _Vocabulary:
+    """Token -> index lookups through a hash index built once (pandas caches it), fed one dictionary per batch."""
+
+    def __init__(self, tokens: list[str]):
+        self.tokens = tokens
+        self._index = pd.Index(np.array(tokens, dtype=object), dtype=object)
+
+    def lookup(self, tokens: pa.Array) -> np.ndarray:
+        encoded = pc.dictionary_encode(tokens)
+        if isinstance(encoded, pa.ChunkedArray):
+            encoded = encoded.combine_chunks()
+        dictionary = encoded.dictionary.to_numpy(zero_copy_only=False)
+        positions = self._index.get_indexer(dictionary)
+        mapped = np.where(positions >= 0, positions + FIRST_TOKEN, OOV).astype(np.int32)
+        mapped[dictionary == ""] = MISSING
+        mapped = np.append(mapped, np.int32(MISSING))  # code -1 (a null input) -> missing
+        codes = encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False)
+        return mapped[codes]
+
+
+def _fit_vocabulary(tokens: pa.Array, min_count: int) -> list[str]:
+    counts = pc.value_counts(tokens)
+    values = counts.field("values").to_numpy(zero_copy_only=False)
+    freq = counts.field("counts").to_numpy()
+    keep = (freq >= min_count) & pd.notna(values) & (values != "")
+    values, freq = values[keep], freq[keep]
+    order = np.lexsort((values.astype(str), -freq))  # by frequency, ties by token: deterministic
+    return [str(v) for v in values[order]]
+
+
+class FeatureEncoder:
+    """Fit on the training rows, then `transform` any frame with the schema's feature columns."""
+
+    def __init__(self, schema: FeatureSchema):
+        self.schema = schema
+        self.vocabularies: dict[str, _Vocabulary] = {}
+        self.lengths: dict[str, int] = {}
+        self.numeric_stats: dict[str, tuple[float, float]] = {}
+        self.fitted = False
+
+    # -- fitting -------------------------------------------------------------------------------------
+    def fit(self, df: pd.DataFrame, rows: np.ndarray | None = None, source: str = "training data") -> "FeatureEncoder":
+        """Learn vocabularies and numeric statistics from `df` (only `rows` of it, when given)."""
+        s = self.schema
+        s.check_columns(df, source, need_label=False)
+        take = (lambda a: a.take(pa.array(rows))) if rows is not None else (lambda a: a)
+        for col in s.categorical:
+            self.vocabularies[col] = _Vocabulary(_fit_vocabulary(take(_as_tokens(df[col], source)), s.min_count))
+        for col in s.multivalued:
+            lists = pc.split_pattern(take(_as_tokens(df[col], source)), s.separator)
+            self.vocabularies[col] = _Vocabulary(_fit_vocabulary(pc.list_flatten(lists), s.min_count))
+            longest = pc.max(pc.list_value_length(lists)).as_py() or 1
+            self.lengths[col] = int(min(max(longest, 1), s.max_tokens))
+        for col in s.numeric:
+            values = self._numeric_transform(_as_numbers(df[col], source))
+            if rows is not None:
+                values = values[rows]
+            finite = values[np.isfinite(values)]
+            mean = float(finite.mean()) if len(finite) else 0.0
+            std = float(finite.std()) if len(finite) > 1 else 1.0
+            self.numeric_stats[col] = (mean, std if std > 1e-12 else 1.0)
+        self.fitted = True
+        return self
+
+    def _numeric_transform(self, values: np.ndarray) -> np.ndarray:
+        if self.schema.numeric_transform == "log1p":
+            return np.sign(values) * np.log1p(np.abs(values))
+        return values
+
+    # -- encoding ------------------------------------------------------------------------------------
+    def transform(self, df: pd.DataFrame, source: str = "input") -> EncodedFeatures:
+        """Encode the feature columns of `df`; extra columns are ignored, a missing one is an error."""
+        if not self.fitted:
+            raise RuntimeError("FeatureEncoder is not fitted; call fit(train_frame) first")
+        s = self.schema
+        s.check_columns(df, source, need_label=False)
+        n = len(df)
+        categorical = np.empty((n, len(s.categorical)), dtype=np.int32)
+        for j, col in enumerate(s.categorical):
+            categorical[:, j] = self.vocabularies[col].lookup(_as_tokens(df[col], source))
+        blocks = [self._encode_multivalued(_as_tokens(df[col], source), col) for col in s.multivalued]
+        multivalued = np.concatenate(blocks, axis=1) if blocks else np.empty((n, 0), dtype=np.int32)
+        numeric = np.empty((n, len(s.numeric)), dtype=np.float32)
+        for j, col in enumerate(s.numeric):
+            mean, std = self.numeric_stats[col]
+            values = (self._numeric_transform(_as_numbers(df[col], source)) - mean) / std
+            numeric[:, j] = np.clip(values, -CLIP, CLIP)
+        return EncodedFeatures(categorical, multivalued, numeric)
+
+    def _encode_multivalued(self, tokens: pa.Array, col: str) -> np.ndarray:
+        """(N, L) indices, -1 padded; a row with no tokens holds the missing index in its first slot."""
+        n, width = len(tokens), self.lengths[col]
+        lists = pc.split_pattern(tokens, self.schema.separator)
+        lengths = pc.list_value_length(lists).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+        flat = pc.list_flatten(lists)
+        ids = self.vocabularies[col].lookup(flat) if len(flat) else np.empty(0, dtype=np.int32)
+        out = np.full((n, width), -1, dtype=np.int32)
+        row = np.repeat(np.arange(n), lengths)
+        starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
+        pos = np.arange(len(ids)) - starts
+        keep = pos < width
+        out[row[keep], pos[keep]] = ids[keep]
+        out[lengths == 0, 0] = MISSING
+        return out
+
+    # -- layout for the model ------------------------------------------------------------------------
+    @property
+    def categorical_dims(self) -> list[int]:
+        return [len(self.vocabularies[c].tokens) + FIRST_TOKEN for c in self.schema.categorical]
+
+    @property
+    def multivalued_dims(self) -> list[int]:
+        return [len(self.vocabularies[c].tokens) + FIRST_TOKEN for c in self.schema.multivalued]
+
+    @property
+    def multivalued_lengths(self) -> list[int]:
+        return [self.lengths[c] for c in self.schema.multivalued]
+
+    # -- persistence ---------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        s = self.schema
+        return {
+            "format_version": ENCODER_FORMAT_VERSION,
+            "schema": s.to_dict(),
+            "categorical": {c: self.vocabularies[c].tokens for c in s.categorical},
+            "multivalued": {c: {"tokens": self.vocabularies[c].tokens, "length": self.lengths[c]} for c in s.multivalued},
+            "numeric": {c: {"mean": m, "std": sd} for c, (m, sd) in self.numeric_stats.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "FeatureEncoder":
+        if data.get("format_version") != ENCODER_FORMAT_VERSION:
+            raise DataError(f"encoder format {data.get('format_version')!r} is not supported by this version")
+        enc = cls(FeatureSchema.from_dict(data["schema"]))
+        for col, tokens in data["categorical"].items():
+            enc.vocabularies[col] = _Vocabulary(tokens)
+        for col, entry in data["multivalued"].items():
+            enc.vocabularies[col] = _Vocabulary(entry["tokens"])
+            enc.lengths[col] = int(entry["length"])
+        enc.numeric_stats = {c: (float(v["mean"]), float(v["std"])) for c, v in data["numeric"].items()}
+        enc.fitted = True
+        return enc
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_text(json.dumps(self.to_dict()))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "FeatureEncoder":
+        return cls.from_dict(json.loads(Path(path).read_text()))

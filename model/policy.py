@@ -1,0 +1,95 @@
+"""A trained scoring policy as a self-contained directory: V1 config, encoder, weights, metrics.
+
+    policy.yaml     the V1 `policy_configs.scoring_policy` block, exactly as users write it
+    training.yaml   the training control used (for reproduction)
+    encoder.json    the fitted encoder (schema, vocabularies, numeric statistics)
+    weights.pt      the model's state dict, loaded with weights_only=True (never a pickled module)
+    metrics.json    per-epoch history, best epoch, and any evaluation metrics
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+
+from .config import PolicyConfig, TrainConfig, read_policy_yaml, write_policy_yaml
+from .deepfm import DeepFM
+from .dataset import TensorData
+from .encoder import FeatureEncoder
+from .errors import DataError
+
+POLICY_FILE, TRAINING_FILE, ENCODER_FILE, WEIGHTS_FILE, METRICS_FILE = (
+    "policy.yaml", "training.yaml", "encoder.json", "weights.pt", "metrics.json")
+PREDICT_BATCH = 65536
+
+
+@dataclass
+class ScoringPolicy:
+    config: PolicyConfig
+    training: TrainConfig
+    encoder: FeatureEncoder
+    model: DeepFM
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, config: PolicyConfig, training: TrainConfig, encoder: FeatureEncoder,
+              state_dict: dict[str, torch.Tensor] | None = None, metrics: dict[str, Any] | None = None) -> "ScoringPolicy":
+        enc = encoder
+        model = DeepFM(enc.categorical_dims, enc.multivalued_dims, enc.multivalued_lengths, len(enc.schema.numeric), config)
+        if state_dict is not None:
+            model.load_state_dict(state_dict)
+        model.eval()
+        return cls(config, training, encoder, model, metrics or {})
+
+    # -- scoring -------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict(self, frame: pd.DataFrame, batch_size: int = PREDICT_BATCH) -> np.ndarray:
+        """Click probability per row of a raw frame (extra columns ignored, unseen tokens -> OOV)."""
+        if len(frame) == 0:
+            return np.empty(0, dtype=np.float32)
+        self.model.eval()
+        device = next(self.model.parameters()).device
+        out = np.empty(len(frame), dtype=np.float32)
+        for start in range(0, len(frame), batch_size):
+            chunk = frame.iloc[start : start + batch_size]
+            data = TensorData.from_features(self.encoder.transform(chunk, source="scoring input"), device=str(device))
+            logits = self.model(data.categorical, data.multivalued, data.numeric)
+            out[start : start + len(chunk)] = torch.sigmoid(logits.float()).cpu().numpy()
+        return out
+
+    # -- persistence ---------------------------------------------------------------------------------
+    def save(self, directory: str | Path) -> Path:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        write_policy_yaml(directory / POLICY_FILE, self.config)
+        (directory / TRAINING_FILE).write_text(yaml.safe_dump({"training": self.training.to_dict()}, sort_keys=False))
+        self.encoder.save(directory / ENCODER_FILE)
+        state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+        torch.save(state, directory / WEIGHTS_FILE)
+        (directory / METRICS_FILE).write_text(json.dumps(self.metrics, indent=2, default=float) + "\n")
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path, device: str = "cpu") -> "ScoringPolicy":
+        directory = Path(directory)
+        missing = [f for f in (POLICY_FILE, ENCODER_FILE, WEIGHTS_FILE) if not (directory / f).is_file()]
+        if missing:
+            raise DataError(f"{directory} is not a scoring-policy directory: missing {', '.join(missing)}; "
+                            f"point at the output of 'deepfm train' or 'deepfm pull'")
+        config, _ = read_policy_yaml(directory / POLICY_FILE)
+        training = TrainConfig()
+        if (directory / TRAINING_FILE).is_file():
+            training = TrainConfig.from_dict((yaml.safe_load((directory / TRAINING_FILE).read_text()) or {}).get("training"))
+        encoder = FeatureEncoder.load(directory / ENCODER_FILE)
+        state = torch.load(directory / WEIGHTS_FILE, map_location=device, weights_only=True)
+        metrics = json.loads((directory / METRICS_FILE).read_text()) if (directory / METRICS_FILE).is_file() else {}
+        policy = cls.build(config, training, encoder, state, metrics)
+        policy.model.to(device)
+        return policy

@@ -1,0 +1,182 @@
+"""One readable training loop: shuffle indices, slice tensors, step; evaluate every epoch; stop early; keep the best.
+
+The `on_epoch` hook sees each epoch's metrics; returning True stops training (a tuner may also raise from it,
+e.g. to prune a trial). Nothing here knows about Optuna or MLflow.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from sklearn.metrics import log_loss, roc_auc_score
+from torch import nn
+
+from .config import PolicyConfig, TrainConfig
+from .dataset import PreparedData, TensorData
+from .deepfm import DeepFM
+from .errors import TrainingDiverged
+
+NAN_CHECK_EVERY = 50  # steps between finite-loss checks (each one syncs a GPU)
+
+
+@dataclass(frozen=True)
+class EpochMetrics:
+    epoch: int  # 0-based, used as the MLflow step and the Optuna report step
+    train_loss: float
+    val_auc: float
+    val_logloss: float
+    seconds: float  # training time of the epoch (evaluation excluded)
+    samples_per_second: float
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+@dataclass
+class TrainResult:
+    model: DeepFM
+    history: list[EpochMetrics] = field(default_factory=list)
+    best_epoch: int = -1
+    stop_reason: str = ""
+    train_seconds: float = 0.0
+
+    @property
+    def best(self) -> EpochMetrics:
+        return self.history[self.best_epoch]
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise TrainingDiverged("training.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+    return device
+
+
+def build_model(prepared: PreparedData, policy: PolicyConfig) -> DeepFM:
+    enc = prepared.encoder
+    return DeepFM(enc.categorical_dims, enc.multivalued_dims, enc.multivalued_lengths,
+                  len(enc.schema.numeric), policy)
+
+
+@torch.no_grad()
+def predict_logits(model: DeepFM, data: TensorData, batch_size: int = 65536) -> torch.Tensor:
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(data), batch_size):
+        stop = start + batch_size
+        with _autocast(device.type):
+            logits = model(data.categorical[start:stop].to(device), data.multivalued[start:stop].to(device),
+                           data.numeric[start:stop].to(device))
+        out.append(logits.float())
+    return torch.cat(out) if out else torch.empty(0, device=device)
+
+
+def classification_metrics(labels: np.ndarray, probabilities: np.ndarray) -> tuple[float, float]:
+    """(AUC, logloss); AUC is NaN when only one class is present."""
+    probabilities = np.clip(probabilities.astype(np.float64), 1e-7, 1 - 1e-7)
+    auc = roc_auc_score(labels, probabilities) if 0 < labels.sum() < len(labels) else float("nan")
+    return float(auc), float(log_loss(labels, probabilities, labels=[0, 1]))
+
+
+def evaluate(model: DeepFM, data: TensorData, batch_size: int = 65536) -> tuple[float, float]:
+    logits = predict_logits(model, data, batch_size)
+    if not torch.isfinite(logits).all():
+        raise TrainingDiverged("the model's outputs are NaN or infinite; lower learning_rate or add weight_decay")
+    return classification_metrics(data.labels.cpu().numpy(), torch.sigmoid(logits).cpu().numpy())
+
+
+def _autocast(device_type: str):
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device_type == "cuda" else torch.autocast("cpu", enabled=False)
+
+
+def make_optimizer(model: DeepFM, policy: PolicyConfig, control: TrainConfig, device: str) -> torch.optim.Optimizer:
+    """Adam; weight decay on the MLP only (embeddings have their own per-batch L2)."""
+    dense = [p for n, p in model.named_parameters() if n.startswith("mlp.")]
+    other = [p for n, p in model.named_parameters() if not n.startswith("mlp.")]
+    groups = [{"params": dense, "weight_decay": control.weight_decay}, {"params": other, "weight_decay": 0.0}]
+    return torch.optim.Adam(groups, lr=policy.learning_rate, fused=True)
+
+
+def train(
+    prepared: PreparedData,
+    policy: PolicyConfig,
+    control: TrainConfig,
+    on_epoch: Callable[[EpochMetrics], bool | None] | None = None,
+) -> TrainResult:
+    """Train a DeepFM on `prepared.train`, select the epoch with the best validation AUC, return it restored."""
+    # -- setup: seeds in one place, device, threads -----------------------------------------------
+    torch.manual_seed(control.seed)
+    if control.threads:
+        torch.set_num_threads(control.threads)
+    device = resolve_device(control.device)
+    model = build_model(prepared, policy).to(device)
+    optimizer = make_optimizer(model, policy, control, device)
+    loss_fn = nn.BCEWithLogitsLoss()
+    train_data, val_data = prepared.train.to(device), prepared.val.to(device)
+    generator = torch.Generator(device="cpu").manual_seed(control.seed)
+    result = TrainResult(model=model)
+    best_auc, best_state, stale = -math.inf, None, 0
+    n = len(train_data)
+
+    for epoch in range(control.max_epochs):
+        # -- one pass over shuffled rows ------------------------------------------------------------
+        model.train()
+        started = time.perf_counter()
+        order = torch.randperm(n, generator=generator).to(device)
+        loss_sum = torch.zeros((), device=device)
+        for step, start in enumerate(range(0, n, control.batch_size)):
+            batch = train_data.rows(order[start : start + control.batch_size])
+            with _autocast(device):
+                if control.embedding_l2 > 0:
+                    embeddings, _ = model.field_embeddings(batch.categorical, batch.multivalued, batch.numeric)
+                logits = model(batch.categorical, batch.multivalued, batch.numeric)
+            loss = loss_fn(logits.float(), batch.labels)
+            objective = loss + control.embedding_l2 * embeddings.float().pow(2).sum() / len(logits) if control.embedding_l2 > 0 else loss
+            optimizer.zero_grad(set_to_none=True)
+            objective.backward()
+            optimizer.step()
+            loss_sum += loss.detach() * len(logits)
+            if step % NAN_CHECK_EVERY == 0 and not torch.isfinite(loss_sum):
+                break
+        if device == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - started
+        result.train_seconds += seconds
+        train_loss = float(loss_sum) / n
+        if not math.isfinite(train_loss):
+            raise TrainingDiverged(
+                f"training loss became {train_loss} in epoch {epoch}; lower learning_rate "
+                f"(now {policy.learning_rate}) or raise weight_decay"
+            )
+
+        # -- evaluate, remember the best epoch ----------------------------------------------------------
+        val_auc, val_logloss = evaluate(model, val_data, control.eval_batch_size)
+        metrics = EpochMetrics(epoch, train_loss, val_auc, val_logloss, seconds, n / seconds)
+        result.history.append(metrics)
+        if val_auc > best_auc or best_state is None:
+            best_auc, stale, result.best_epoch = val_auc, 0, epoch
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            stale += 1
+
+        # -- hooks and stopping ------------------------------------------------------------------------
+        if on_epoch is not None and on_epoch(metrics):
+            result.stop_reason = f"stopped by callback after epoch {epoch}"
+            break
+        if stale >= max(control.patience, 1):
+            result.stop_reason = f"early stop: no better val AUC for {stale} epochs"
+            break
+    else:
+        result.stop_reason = f"reached max_epochs={control.max_epochs}"
+
+    model.load_state_dict(best_state)
+    model.eval()
+    return result
