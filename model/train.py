@@ -118,6 +118,9 @@ def train(
         torch.set_num_threads(control.threads)
     device = resolve_device(control.device)
     model = build_model(prepared, policy).to(device)
+    click_rate = float(prepared.train.labels.mean().clamp(1e-4, 1 - 1e-4))
+    with torch.no_grad():
+        model.bias.fill_(math.log(click_rate / (1 - click_rate)))  # start at the base rate, not at 50%
     optimizer = make_optimizer(model, policy, control, device)
     loss_fn = nn.BCEWithLogitsLoss()
     train_data, val_data = prepared.train.to(device), prepared.val.to(device)

@@ -1,0 +1,1 @@
+"""Orchestration: Optuna studies, MLflow tracking, the model registry, and the `deepfm` CLI."""
