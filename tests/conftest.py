@@ -1,0 +1,49 @@
+"""Shared fixtures: tiny deterministic data, a trained tiny policy, isolated MLflow/Optuna stores."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+
+from model.config import PolicyConfig, TrainConfig  # noqa: E402
+from model.data import split_rows  # noqa: E402
+from model.dataset import prepare  # noqa: E402
+from model.schema import criteo_schema  # noqa: E402
+from model.synth import SynthSpec, generate, write_dataset  # noqa: E402
+
+TINY_POLICY = PolicyConfig(embedding_dim=4, deep_hidden_units=(16, 8), dropout=0.0, learning_rate=0.01)
+TINY_TRAINING = TrainConfig(batch_size=256, max_epochs=3, patience=2, seed=0, device="cpu", threads=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_frame() -> pd.DataFrame:
+    """3,000 Criteo-format rows (label, I1..I13, C1..C26) with a known click probability."""
+    frame, _ = generate(SynthSpec(rows=3000, seed=1, max_cardinality=200))
+    return frame
+
+
+@pytest.fixture(scope="session")
+def tiny_prepared(tiny_frame):
+    return prepare(tiny_frame, criteo_schema(), split_rows(len(tiny_frame), seed=0))
+
+
+@pytest.fixture(scope="session")
+def tiny_criteo_dir(tmp_path_factory) -> Path:
+    """train.tsv / test.tsv / truth.json for 3,000 synthetic rows in Criteo's headerless TSV format."""
+    out = tmp_path_factory.mktemp("criteo")
+    write_dataset(SynthSpec(rows=3000, seed=1, max_cardinality=200), out)
+    return out
+
+
+@pytest.fixture()
+def in_tmp(tmp_path, monkeypatch) -> Path:
+    """Run in an empty directory so the embedded stores (mlruns/) land in tmp."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
