@@ -164,6 +164,218 @@ def evaluate(model_dir, data_path, fmt, as_json) -> None:
                   f"{len(frame):,} rows: AUC {auc:.4f}, logloss {logloss:.4f} (click rate {labels.mean():.3f})")
 
 
+# -- tuning ----------------------------------------------------------------------------------------
+def store_options(func):
+    """--storage / --tracking-uri: where the Optuna study and the MLflow runs live."""
+    func = click.option("--tracking-uri", default=None, envvar="DEEPFM_TRACKING_URI",
+                        help="MLflow tracking URI (default: study file, MLFLOW_TRACKING_URI, sqlite:///mlruns/mlflow.db).")(func)
+    func = click.option("--storage", default=None, envvar="DEEPFM_STORAGE",
+                        help="Optuna storage URL (default: study file, else sqlite:///mlruns/optuna.db).")(func)
+    return func
+
+
+def _load_spec(study_path: str, **overrides):
+    from .study import load_study
+
+    return load_study(study_path).with_overrides(**overrides)
+
+
+@main.command()
+@click.argument("study_path", metavar="STUDY.yaml", type=click.Path(dir_okay=False))
+@store_options
+@click.option("--n-trials", type=click.IntRange(min=1), default=None, help="Total trials (overrides the study file).")
+@click.option("--timeout", type=click.FloatRange(min=1), default=None, help="Seconds this worker runs new trials.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="torch threads per worker (default: this machine's cores / local workers).")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Local worker processes sharing the study (n_trials stays the total).")
+@click.option("--promote/--no-promote", default=None, help="Promote the best trial at the end (default: study file).")
+def tune(study_path, storage, tracking_uri, n_trials, timeout, threads, workers, promote) -> None:
+    """Create or resume a tuning study and run its trials.
+
+    Example: deepfm tune studies/quick.yaml
+    """
+    from .console import err, out as console
+    from .progress import TrialProgress
+    from .tune import best_trial, tune as run_tune
+
+    spec = _load_spec(study_path, n_trials=n_trials, timeout=timeout)
+    if workers > 1:
+        from .workers import run_local_workers
+
+        result = run_local_workers(spec, study_path, workers=workers, storage=storage, tracking_uri=tracking_uri,
+                                   threads=threads, promote=promote, n_trials=n_trials, timeout=timeout)
+        _print_tune_result(console, spec, result, tracking_uri)
+        return
+    progress = TrialProgress(err, spec.n_trials, spec.training.max_epochs, spec.metric, spec.direction)
+
+    def ready(handle, data) -> None:
+        err.print(f"study '{spec.name}' ({handle.storage_url}), MLflow experiment '{spec.experiment_name}' "
+                  f"({handle.tracking_uri}); data: {data.prepared.summary()}")
+        best = best_trial(handle.study)
+        progress.start(sum(1 for t in handle.study.trials if t.state.name in ("COMPLETE", "PRUNED")),
+                       (best.number, best.value) if best else None)
+
+    try:
+        with progress:
+            result = run_tune(spec, storage=storage, tracking_uri=tracking_uri, threads=threads, promote=promote,
+                              on_epoch=progress.on_epoch, on_trial=progress.on_trial, on_ready=ready)
+    except KeyboardInterrupt:
+        err.print("interrupted: the running trial was marked failed and its MLflow run closed; "
+                  "run the same command to resume")
+        sys.exit(130)
+    _print_tune_result(console, spec, result, tracking_uri)
+
+
+def _print_tune_result(console, spec, result, tracking_uri) -> None:
+    from model.config import policy_to_v1_yaml
+
+    from .space import policy_from_params
+
+    counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(result.counts.items()))
+    console.print(f"study '{spec.name}': {counts}")
+    if result.best_trial is None:
+        console.print("no trial completed; see 'deepfm status' for the failures")
+        return
+    best = result.best_trial
+    console.print(f"best trial {best.number}: {spec.metric} {best.value:.4f}; its V1 config:")
+    console.print(policy_to_v1_yaml(policy_from_params(best.params, spec.space)).rstrip())
+    if result.promotion is not None:
+        p = result.promotion
+        console.print(f"registered {spec.model_name} version {p.version} (test AUC {p.test_auc:.4f}) -> alias "
+                      f"'{p.alias}'{': ' + p.reason if getattr(p, 'reason', '') else ''}")
+        console.print(f"model URI: {p.model_uri}")
+    uri = result.handle.tracking_uri
+    console.print(f"browse the trials: deepfm ui{' --tracking-uri ' + uri if tracking_uri else ''}  "
+                  f"(MLflow UI on http://127.0.0.1:5000)")
+
+
+@main.command()
+@click.argument("study_path", metavar="STUDY.yaml", type=click.Path(dir_okay=False))
+@store_options
+def init(study_path, storage, tracking_uri) -> None:
+    """Create the study, its MLflow experiment and parent run once, before many workers start.
+
+    Example: deepfm init studies/criteo.yaml --storage postgresql+psycopg2://optuna:pw@db/optuna
+    """
+    from .console import out as console
+    from .runner import init_study
+
+    handle = init_study(_load_spec(study_path), storage, tracking_uri)
+    console.print(f"study '{handle.spec.name}' ready in {handle.storage_url}; MLflow experiment "
+                  f"{handle.tracker.experiment_id}, parent run {handle.parent_run_id}")
+
+
+@main.command()
+@click.argument("study_path", metavar="STUDY.yaml", type=click.Path(dir_okay=False))
+@store_options
+def status(study_path, storage, tracking_uri) -> None:
+    """Trials table (number, state, metric, params, duration) and the best trial.
+
+    Example: deepfm status studies/quick.yaml
+    """
+    from rich.table import Table
+
+    from .console import out as console
+    from .runner import open_storage, resolve_storage
+    from .tune import best_trial, trial_counts
+    import optuna
+
+    spec = _load_spec(study_path)
+    storage_url = resolve_storage(storage, spec)
+    try:
+        study = optuna.load_study(study_name=spec.name, storage=open_storage(storage_url))
+    except KeyError:
+        raise UserInputError(f"no study named '{spec.name}' in {storage_url}; start it with 'deepfm tune {study_path}'")
+    table = Table(title=f"study '{spec.name}'")
+    for column in ("#", "state", spec.metric, "seconds", "params"):
+        table.add_column(column, justify="right" if column in ("#", spec.metric, "seconds") else "left")
+    for t in study.get_trials(deepcopy=False):
+        value = f"{t.value:.4f}" if t.value is not None else (
+            f"{list(t.intermediate_values.values())[-1]:.4f}*" if t.intermediate_values else "")
+        seconds = f"{t.duration.total_seconds():.1f}" if t.duration else ""
+        params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items())
+        table.add_row(str(t.number), t.state.name.lower(), value, seconds, params)
+    console.print(table)
+    counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(trial_counts(study).items()))
+    best = best_trial(study)
+    console.print(f"{counts or 'no trials'}" + (f"; best trial {best.number}: {spec.metric} {best.value:.4f}" if best else ""))
+
+
+@main.command()
+@click.argument("study_path", metavar="STUDY.yaml", type=click.Path(dir_okay=False))
+@store_options
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="HTML file (default: outputs/<study>-report.html).")
+def report(study_path, storage, tracking_uri, out) -> None:
+    """Write the study's Optuna figures (history, intermediate values, importances, ...) to one HTML file.
+
+    Example: deepfm report studies/quick.yaml --out quick.html
+    """
+    import optuna
+
+    from .console import out as console
+    from .report import write_report
+    from .runner import open_storage, resolve_storage
+
+    spec = _load_spec(study_path)
+    storage_url = resolve_storage(storage, spec)
+    try:
+        study = optuna.load_study(study_name=spec.name, storage=open_storage(storage_url))
+    except KeyError:
+        raise UserInputError(f"no study named '{spec.name}' in {storage_url}; start it with 'deepfm tune {study_path}'")
+    path = write_report(study, out or f"outputs/{spec.name}-report.html")
+    console.print(f"wrote {path}")
+
+
+@main.command()
+@click.argument("study_path", metavar="STUDY.yaml", type=click.Path(dir_okay=False))
+@store_options
+@click.option("--name", default=None, help="Registered model name (default: study.registered_model or deepfm-<study>).")
+@click.option("--force", is_flag=True, help="Move 'champion' even if the current champion scores better.")
+def promote(study_path, storage, tracking_uri, name, force) -> None:
+    """Register the study's best trial and move alias 'champion' to it if its test AUC is at least the champion's.
+
+    Example: deepfm promote studies/quick.yaml
+    """
+    from .console import out as console
+    from .promotion import promote_study
+    from .runner import init_study
+    from .tune import load_data
+
+    spec = _load_spec(study_path)
+    handle = init_study(spec, storage, tracking_uri)
+    data = load_data(spec)
+    p = promote_study(handle, test_frame=data.test_frame, force=force, name=name)
+    console.print(f"registered {name or spec.model_name} version {p.version} (test AUC {p.test_auc:.4f}) -> alias "
+                  f"'{p.alias}'{': ' + p.reason if getattr(p, 'reason', '') else ''}")
+    console.print(f"model URI: {p.model_uri}")
+
+
+@main.command()
+@click.option("--tracking-uri", default=None, help="Backend store (default: MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db).")
+@click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True)
+def ui(tracking_uri, port) -> None:
+    """Start the MLflow UI on 127.0.0.1 over the configured store.
+
+    Example: deepfm ui --port 5000
+    """
+    import os
+    import shutil
+
+    from .tracking import artifact_location_for, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(tracking_uri)
+    if uri.startswith(("http://", "https://")):
+        raise UserInputError(f"{uri} is already an MLflow server: open it in a browser")
+    exe = shutil.which("mlflow") or "mlflow"
+    args = [exe, "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    if artifact_location_for(uri):
+        args += ["--default-artifact-root", artifact_location_for(uri)]
+    os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    click.echo(f"MLflow UI on http://127.0.0.1:{port} (store {uri}); Ctrl-C to stop", err=True)
+    os.execvp(args[0], args)
+
+
 def run() -> None:  # pragma: no cover - console-script shim
     main(prog_name="deepfm")
 

@@ -29,3 +29,52 @@ class EpochProgress:
     def update(self, metrics: EpochMetrics) -> None:
         self.progress.console.print(format_epoch(metrics))
         self.progress.advance(self.task)
+
+
+class TrialProgress:
+    """Live view of a study: trials done/total, the current trial's epoch and metric, the best so far."""
+
+    def __init__(self, console: Console, total: int | None, max_epochs: int, metric: str, direction: str):
+        self.console, self.metric, self.max_epochs, self.direction = console, metric, max_epochs, direction
+        self.progress = Progress(TextColumn("[bold]trials"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                                 TextColumn("{task.description}"), console=console, transient=True)
+        self.task = self.progress.add_task("", total=total)
+        self.best: tuple[int, float] | None = None
+
+    def __enter__(self) -> "TrialProgress":
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.stop()
+
+    def start(self, finished: int, best: tuple[int, float] | None) -> None:
+        self.best = best
+        self.progress.update(self.task, completed=finished)
+
+    def _best_text(self) -> str:
+        return f"best {self.best[1]:.4f} (#{self.best[0]})" if self.best else "best -"
+
+    def on_epoch(self, trial, metrics: EpochMetrics) -> None:
+        value = getattr(metrics, self.metric)
+        self.progress.update(self.task, description=f"trial {trial.number} epoch {metrics.epoch + 1}/{self.max_epochs} "
+                                                    f"{self.metric} {value:.4f} | {self._best_text()}")
+
+    def on_trial(self, study, trial) -> None:
+        state = trial.state.name
+        if state == "COMPLETE" and (self.best is None or (trial.value > self.best[1] if self.direction == "maximize"
+                                                          else trial.value < self.best[1])):
+            self.best = (trial.number, trial.value)
+        value = f"{self.metric} {trial.value:.4f}" if trial.value is not None else ""
+        if state == "PRUNED" and trial.intermediate_values:
+            value = f"{self.metric} {list(trial.intermediate_values.values())[-1]:.4f} at epoch {max(trial.intermediate_values)}"
+        seconds = trial.duration.total_seconds() if trial.duration else 0.0
+        params = ", ".join(f"{k}={_short(v)}" for k, v in trial.params.items())
+        self.console.print(f"trial {trial.number:>3} {state.lower():<8} {value:<28} {seconds:6.1f}s  {params}  "
+                           f"| {self._best_text()}")
+        if state in ("COMPLETE", "PRUNED"):
+            self.progress.advance(self.task)
+
+
+def _short(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

@@ -1,0 +1,97 @@
+"""Shared by the benchmarks: the benchmark data set (Criteo-format synthetic rows) and the machine's description.
+
+`ensure_data` writes data/generated/bench/{train,val,test}.tsv once (1,000,000 / 100,000 / 100,000 rows of one
+synthetic draw, so the three parts are i.i.d.) and reuses them afterwards; data/generated/ is git-ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as `python bench/x.py` from a checkout without installing
+
+DATA_DIR = ROOT / "data" / "generated" / "bench"
+TRAIN_ROWS, VAL_ROWS, TEST_ROWS = 1_000_000, 100_000, 100_000
+SEED = 0
+
+
+def ensure_data(train_rows: int = TRAIN_ROWS, val_rows: int = VAL_ROWS, test_rows: int = TEST_ROWS,
+                directory: Path | None = None) -> Path:
+    """The benchmark's Criteo TSVs (no header): generated on first use, then reused."""
+    from model.synth import SynthSpec, bayes_metrics, generate, write_criteo_tsv
+
+    directory = Path(directory or (DATA_DIR if train_rows == TRAIN_ROWS else DATA_DIR.with_name(f"bench-{train_rows}")))
+    info = directory / "info.json"
+    if info.is_file():
+        return directory
+    started = time.perf_counter()
+    frame, probability = generate(SynthSpec(rows=train_rows + val_rows + test_rows, seed=SEED))
+    cuts = {"train": (0, train_rows), "val": (train_rows, train_rows + val_rows),
+            "test": (train_rows + val_rows, len(frame))}
+    for name, (a, b) in cuts.items():
+        write_criteo_tsv(frame.iloc[a:b], directory / f"{name}.tsv")
+    a, b = cuts["test"]
+    truth = bayes_metrics(frame["label"].to_numpy()[a:b], probability[a:b])
+    info.write_text(json.dumps({"rows": {k: b - a for k, (a, b) in cuts.items()}, "seed": SEED,
+                                "click_rate": float(frame["label"].mean()),
+                                **{f"test_{k}": v for k, v in truth.items()},
+                                "generate_seconds": time.perf_counter() - started}, indent=2) + "\n")
+    return directory
+
+
+def load_prepared(directory: Path):
+    """Read train/val/test, fit the encoder on train, encode once: (PreparedData, seconds)."""
+    import pandas as pd
+
+    from model.data import Split, read_table
+    from model.dataset import prepare
+    from model.schema import criteo_schema
+
+    started = time.perf_counter()
+    parts = [read_table(directory / f"{name}.tsv", "criteo") for name in ("train", "val", "test")]
+    sizes = [len(p) for p in parts]
+    frame = pd.concat(parts, ignore_index=True)
+    del parts
+    edges = np.cumsum([0] + sizes)
+    split = Split(*(np.arange(edges[i], edges[i + 1]) for i in range(3)))
+    prepared = prepare(frame, criteo_schema(), split, source=str(directory))
+    return prepared, time.perf_counter() - started
+
+
+def machine() -> dict[str, object]:
+    import torch
+
+    try:
+        import psutil
+
+        memory = f"{psutil.virtual_memory().total / 2**30:.0f} GiB"
+    except ImportError:
+        memory = "?"
+    return {"cpus": os.cpu_count(), "machine": platform.machine(), "memory": memory,
+            "python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def max_rss_mib() -> float:
+    """Peak resident set size of this process so far (Linux reports KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def write_json(results: dict, name: str, out: str | None) -> None:
+    """Print the results; also write them to OUT/name when OUT (or $OUT) is set."""
+    text = json.dumps(results, indent=2, default=float)
+    print(text)
+    out = out or os.environ.get("OUT")
+    if out:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / name).write_text(text + "\n")

@@ -1,0 +1,180 @@
+"""trial -> V1 policy -> train -> validation metric, with every epoch reported to Optuna and MLflow.
+
+The objective is a closure over the study spec, the data (encoded once per process) and the tracker, in the
+manner of Optuna's examples; `model/` never sees a Trial.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import optuna
+from mlflow.artifacts import download_artifacts
+
+from model.config import PolicyConfig, TrainConfig
+from model.dataset import PreparedData
+from model.errors import TrainingDiverged
+from model.policy import ScoringPolicy
+from model.train import EpochMetrics, train
+
+from .space import suggest_policy
+from .study import StudySpec
+from .tracking import StudyTracker, git_commit
+
+ATTR_RUN_ID, ATTR_CHECKPOINT, ATTR_RETRY_OF = "mlflow_run_id", "checkpoint", "retry_of_run_id"
+CHECKPOINT_PATH = "checkpoint"
+TAG_FAILURE, TAG_STATE = "deepfm.failure_reason", "deepfm.trial_state"
+
+
+class TotalReached(Exception):
+    """The study already has its total of trials (another worker got there first); this one is not run."""
+
+
+def trial_params(policy: PolicyConfig, control: TrainConfig) -> dict[str, object]:
+    """MLflow params: the V1 values under their V1 names, the training control under `training.`."""
+    params: dict[str, object] = {k: v for k, v in policy.to_dict().items()}
+    params.update({f"training.{k}": v for k, v in control.to_dict().items()})
+    return params
+
+
+def _better(value: float, best: float | None, direction: str) -> bool:
+    return best is None or (value > best if direction == "maximize" else value < best)
+
+
+def _study_best(study: optuna.Study) -> float | None:
+    try:
+        return study.best_value
+    except ValueError:
+        return None
+
+
+def make_objective(
+    spec: StudySpec,
+    prepared: PreparedData,
+    tracker: StudyTracker,
+    parent_run_id: str,
+    control: TrainConfig,
+    on_epoch: Callable[[optuna.Trial, EpochMetrics], None] | None = None,
+    failure_injector: Callable[[optuna.Trial, PolicyConfig], PolicyConfig] | None = None,
+) -> Callable[[optuna.Trial], float]:
+    common_tags = {
+        "deepfm.sampler": spec.sampler.type,
+        "deepfm.pruner": spec.pruner.type,
+        "deepfm.data_fingerprint": prepared.fingerprint,
+        "deepfm.seed": str(control.seed),
+        **({"mlflow.source.git.commit": git_commit()} if git_commit() else {}),
+    }
+
+    def objective(trial: optuna.Trial) -> float:
+        if spec.n_trials is not None:
+            _check_total(trial, spec.n_trials)
+        policy = suggest_policy(trial, spec.space)
+        if failure_injector is not None:
+            policy = failure_injector(trial, policy)
+        tags = dict(common_tags)
+        retry_of = _frozen(trial).system_attrs.get("failed_trial")  # set by Optuna's retry callbacks
+        if retry_of is not None:
+            tags["deepfm.retry_of_trial"] = str(retry_of)
+            old_run = trial.user_attrs.get(ATTR_RUN_ID)  # a retry inherits the dead trial's user attrs
+            if old_run:
+                tags["deepfm.retry_of_run_id"] = old_run
+                trial.set_user_attr(ATTR_RETRY_OF, old_run)
+        run_id = tracker.start_trial_run(parent_run_id, trial.number, trial_params(policy, control), tags)
+        trial.set_user_attr(ATTR_RUN_ID, run_id)
+        status, state = "FAILED", "FAIL"
+        started = time.perf_counter()
+        try:
+            def report(metrics: EpochMetrics) -> None:
+                tracker.log_epoch(run_id, metrics.epoch, {
+                    "val_auc": metrics.val_auc, "val_logloss": metrics.val_logloss, "train_loss": metrics.train_loss,
+                    "epoch_seconds": metrics.seconds, "samples_per_second": metrics.samples_per_second})
+                trial.report(getattr(metrics, spec.metric), metrics.epoch)
+                if on_epoch is not None:
+                    on_epoch(trial, metrics)
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned after epoch {metrics.epoch}")
+
+            result = train(prepared, policy, control, on_epoch=report)
+            value = getattr(result.best, spec.metric)
+            overhead = time.perf_counter() - started - result.train_seconds
+            tracker.log_summary(run_id, {
+                "best_val_auc": result.best.val_auc, "best_val_logloss": result.best.val_logloss,
+                "best_epoch": result.best_epoch, "train_seconds": result.train_seconds,
+                "epochs_trained": len(result.history), "platform_overhead_seconds": overhead}, tags={
+                "deepfm.stop_reason": result.stop_reason})
+            if _better(value, _study_best(trial.study), spec.direction):
+                _save_checkpoint(tracker, run_id, ScoringPolicy(policy, control, prepared.encoder, result.model, {
+                    "best_epoch": result.best_epoch, "val_auc": result.best.val_auc,
+                    "val_logloss": result.best.val_logloss, "data_fingerprint": prepared.fingerprint,
+                    "history": [m.to_dict() for m in result.history]}))
+                trial.set_user_attr(ATTR_CHECKPOINT, f"runs:/{run_id}/{CHECKPOINT_PATH}")
+            trial.set_user_attr("train_seconds", result.train_seconds)
+            trial.set_user_attr("best_epoch", result.best_epoch)
+            status, state = "FINISHED", "COMPLETE"
+            return value
+        except optuna.TrialPruned:
+            status, state = "KILLED", "PRUNED"
+            raise
+        except TrainingDiverged as exc:
+            tracker.set_tags(run_id, {TAG_FAILURE: str(exc)})
+            raise
+        except Exception as exc:
+            tracker.set_tags(run_id, {TAG_FAILURE: f"{type(exc).__name__}: {exc}"})
+            raise
+        except BaseException:  # Ctrl-C / SystemExit: Optuna marks the trial FAIL; the run must not stay RUNNING
+            tracker.set_tags(run_id, {TAG_FAILURE: "interrupted (KeyboardInterrupt)"})
+            raise
+        finally:
+            tracker.set_tags(run_id, {TAG_STATE: state})
+            tracker.end_run(run_id, status)
+
+    return objective
+
+
+def _check_total(trial: optuna.Trial, total: int) -> None:
+    """With many workers, a trial started after the total was reached is not run (MaxTrialsCallback only
+    stops a worker after its own trial ends, so workers would overshoot)."""
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.RUNNING)
+    earlier = [t for t in trial.study.get_trials(deepcopy=False, states=states) if t.number < trial.number]
+    if len(earlier) >= total:
+        trial.study.stop()
+        raise TotalReached(f"the study already has {total} trials")
+
+
+def _frozen(trial: optuna.Trial) -> optuna.trial.FrozenTrial:
+    return next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
+
+
+def _save_checkpoint(tracker: StudyTracker, run_id: str, policy: ScoringPolicy) -> None:
+    """Log the trial's policy directory as an artifact of its run (only trials that were best when they ended)."""
+    with tempfile.TemporaryDirectory(prefix="deepfm-ckpt-") as tmp:
+        policy.save(Path(tmp) / CHECKPOINT_PATH)
+        tracker.log_artifact(run_id, Path(tmp) / CHECKPOINT_PATH)
+
+
+def download_checkpoint(tracking_uri: str, checkpoint_uri: str, dst: Path) -> Path:
+    """The policy directory saved by the best trial."""
+    dst.mkdir(parents=True, exist_ok=True)
+    local = download_artifacts(artifact_uri=checkpoint_uri, dst_path=str(dst), tracking_uri=tracking_uri)
+    return Path(local)
+
+
+def prune_checkpoints(tracker: StudyTracker, keep_run_id: str, run_ids: list[str]) -> int:
+    """Delete the checkpoints of trials that are no longer the best (best effort; some stores cannot delete)."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    deleted = 0
+    for run_id in run_ids:
+        if run_id == keep_run_id:
+            continue
+        try:
+            run = tracker.client.get_run(run_id)
+            get_artifact_repository(run.info.artifact_uri).delete_artifacts(CHECKPOINT_PATH)
+            deleted += 1
+        except Exception:  # noqa: BLE001 - deleting is an optimisation, never a failure
+            continue
+    return deleted
+

@@ -1,0 +1,138 @@
+"""The scoring policy as an MLflow pyfunc model: rebuilt from the policy directory, scores raw DataFrames.
+
+The logged model holds the policy directory (V1 YAML, encoder JSON, state dict, metrics) as the artifact
+"policy" and carries the `model/` and `tuner/` packages as code (this class is pickled by reference to
+`tuner.pyfunc`), so `mlflow.pyfunc.load_model` and `mlflow models serve` need nothing from this repository
+beyond its pip requirements.
+
+Signature: one column per feature of the policy's schema, all required; categorical and multi-valued columns
+are `string`, numeric columns are `double`. Nulls are allowed in every column (missing value -> the field's
+"missing" embedding), extra columns are ignored, unseen tokens go to the field's out-of-vocabulary index, and a
+missing column is refused by MLflow with a message naming it. The served JSON is parsed to these types by the
+server; Python callers with other dtypes (nullable Int64 counts, Arrow strings, integer categories) pass the frame
+through `conform` first, as `tuner.registry.score_file` does. Output: one `probability` (double) per row.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from .env import quiet_defaults
+
+quiet_defaults()
+
+import mlflow  # noqa: E402
+from mlflow.models import ModelSignature  # noqa: E402
+from mlflow.types.schema import ColSpec, DataType, Schema  # noqa: E402
+
+import model as model_package  # noqa: E402
+from model.errors import DataError  # noqa: E402
+from model.policy import POLICY_FILE, ScoringPolicy  # noqa: E402
+from model.schema import FeatureSchema  # noqa: E402
+
+ARTIFACT_KEY = "policy"
+OUTPUT_COLUMN = "probability"
+# Pinned loosely to what the policy needs at load time; the project itself travels as code (code_paths).
+PIP_REQUIREMENTS = ["torch", "numpy", "pandas", "pyarrow", "scikit-learn", "pyyaml", f"mlflow=={mlflow.__version__}"]
+
+
+class ScoringPolicyModel(mlflow.pyfunc.PythonModel):
+    """`load_context` rebuilds the ScoringPolicy from its directory; `predict` scores a raw DataFrame."""
+
+    def load_context(self, context) -> None:
+        self.policy = ScoringPolicy.load(context.artifacts[ARTIFACT_KEY])
+
+    def predict(self, context, model_input, params=None) -> pd.Series:
+        frame = _as_frame(model_input)
+        probabilities = self.policy.predict(frame).astype(np.float64)
+        return pd.Series(probabilities, index=frame.index, name=OUTPUT_COLUMN)
+
+
+def _as_frame(model_input: Any) -> pd.DataFrame:
+    if isinstance(model_input, pd.DataFrame):
+        return model_input
+    if isinstance(model_input, (dict, list)):
+        return pd.DataFrame(model_input)
+    raise DataError(f"the scoring model takes a pandas DataFrame of raw feature columns, got "
+                    f"{type(model_input).__name__}; build one with pandas.DataFrame(rows)")
+
+
+# -- signature -------------------------------------------------------------------------------------
+def policy_signature(schema: FeatureSchema) -> ModelSignature:
+    """Required `string` categorical/multi-valued and `double` numeric columns (nulls allowed); `probability`."""
+    inputs = [ColSpec(DataType.string, c) for c in schema.categorical + schema.multivalued]
+    inputs += [ColSpec(DataType.double, c) for c in schema.numeric]
+    return ModelSignature(inputs=Schema(inputs), outputs=Schema([ColSpec(DataType.double, OUTPUT_COLUMN)]))
+
+
+def conform(frame: pd.DataFrame, input_schema: Schema | None) -> pd.DataFrame:
+    """The signature's columns of `frame`, cast cheaply to its types; extra columns dropped, missing ones kept
+    missing (MLflow then names them). Numbers in a string column become the tokens the encoder makes of them
+    (3, 3.0 -> "3"); Arrow strings stay Arrow-backed, so nothing is converted to Python objects."""
+    if input_schema is None or not input_schema.has_input_names():
+        return frame
+    columns: dict[str, pd.Series] = {}
+    for spec in input_schema.inputs:
+        if spec.name not in frame.columns:
+            continue
+        series = frame[spec.name]
+        if spec.type == DataType.double:
+            series = _as_double(series)
+        elif spec.type == DataType.string:
+            series = _as_string(series)
+        columns[spec.name] = series
+    return pd.DataFrame(columns, index=frame.index)
+
+
+def _as_double(series: pd.Series) -> pd.Series:
+    if series.dtype == np.float64:
+        return series
+    if pd.api.types.is_numeric_dtype(series.dtype) or pd.api.types.is_bool_dtype(series.dtype):
+        return series.astype(np.float64)
+    return series  # strings or objects: MLflow's type check (or the encoder) names the bad column
+
+
+def _as_string(series: pd.Series) -> pd.Series:
+    dtype = series.dtype
+    if isinstance(dtype, pd.StringDtype) or dtype == object:
+        return series
+    if isinstance(dtype, pd.ArrowDtype) and (pa.types.is_string(dtype.pyarrow_dtype)
+                                             or pa.types.is_large_string(dtype.pyarrow_dtype)):
+        return series.astype(pd.StringDtype("pyarrow"))
+    if pd.api.types.is_float_dtype(dtype):
+        values = series.to_numpy(dtype=np.float64, na_value=np.nan)
+        finite = np.isfinite(values)
+        if np.array_equal(values[finite], np.round(values[finite])):
+            series = pd.Series(pd.array(np.where(finite, values, 0).astype(np.int64), dtype="Int64"),
+                               index=series.index, name=series.name).mask(~finite)
+    return series.astype(pd.StringDtype("pyarrow"))
+
+
+# -- logging ---------------------------------------------------------------------------------------
+def log_policy_model(policy_dir: str | Path, *, input_example: pd.DataFrame, name: str = "scoring_policy"):
+    """Log the policy directory as a pyfunc model into the active run; returns MLflow's ModelInfo.
+
+    `input_example` is a few raw rows (as in the training file); it is stored with the model (conformed to the
+    signature) and MLflow checks that the logged model scores it.
+    """
+    policy_dir = Path(policy_dir)
+    if not (policy_dir / POLICY_FILE).is_file():
+        raise DataError(f"{policy_dir} is not a scoring-policy directory (no {POLICY_FILE}); "
+                        f"point at the output of 'deepfm train'")
+    policy = ScoringPolicy.load(policy_dir)
+    signature = policy_signature(policy.encoder.schema)
+    example = conform(input_example.head(5), signature.inputs)
+    return mlflow.pyfunc.log_model(
+        name=name,
+        python_model=ScoringPolicyModel(),
+        artifacts={ARTIFACT_KEY: str(policy_dir)},
+        code_paths=[str(Path(model_package.__file__).parent), str(Path(__file__).parent)],
+        signature=signature,
+        input_example=example,
+        pip_requirements=PIP_REQUIREMENTS,
+    )

@@ -1,0 +1,207 @@
+"""The search space: each V1 hyperparameter is a fixed value or a tunable spec; unset ones get a default range.
+
+    embedding_dim: 16                                   # fixed
+    embedding_dim: {choices: [8, 16, 32]}               # categorical
+    dropout: {low: 0.0, high: 0.5, step: 0.05}          # float range (optional step or log)
+    learning_rate: {low: 1.0e-4, high: 1.0e-2, log: true}
+    deep_hidden_units: {choices: [[128, 64, 32], [256, 128]]}
+    deep_hidden_units: {depth: [1, 3], width: [32, 256]}   # depth x per-layer width (log scale)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Union
+
+import optuna
+
+from model.config import ACTIVATIONS, PolicyConfig
+from model.errors import ConfigError, did_you_mean
+
+HYPERPARAMETERS = ("embedding_dim", "deep_hidden_units", "activation_fn", "dropout", "learning_rate")
+INTEGER_PARAMS = ("embedding_dim",)
+FLOAT_PARAMS = ("dropout", "learning_rate")
+
+
+@dataclass(frozen=True)
+class Fixed:
+    value: Any
+
+    def suggest(self, trial: optuna.Trial, name: str) -> Any:
+        return self.value
+
+
+@dataclass(frozen=True)
+class Choices:
+    values: tuple[Any, ...]
+
+    def suggest(self, trial: optuna.Trial, name: str) -> Any:
+        if isinstance(self.values[0], (list, tuple)):  # Optuna choices must be scalars: encode layer lists
+            labels = [layers_label(v) for v in self.values]
+            return layers_from_label(trial.suggest_categorical(name, labels))
+        return trial.suggest_categorical(name, list(self.values))
+
+
+@dataclass(frozen=True)
+class Range:
+    low: float
+    high: float
+    log: bool = False
+    step: float | None = None
+    integer: bool = False
+
+    def suggest(self, trial: optuna.Trial, name: str) -> Any:
+        if self.integer:
+            return trial.suggest_int(name, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
+        return trial.suggest_float(name, float(self.low), float(self.high), step=self.step, log=self.log)
+
+
+@dataclass(frozen=True)
+class Layers:
+    """Depth in [depth_low, depth_high], each layer's width in [width_low, width_high] (log scale)."""
+
+    depth: tuple[int, int]
+    width: tuple[int, int]
+
+    def suggest(self, trial: optuna.Trial, name: str) -> tuple[int, ...]:
+        depth = trial.suggest_int(f"{name}.depth", *self.depth)
+        return tuple(trial.suggest_int(f"{name}.l{i}", *self.width, log=True) for i in range(depth))
+
+
+Spec = Union[Fixed, Choices, Range, Layers]
+
+DEFAULT_SPACE: dict[str, Spec] = {
+    "embedding_dim": Choices((8, 16, 32)),
+    "deep_hidden_units": Choices(((64, 32), (128, 64, 32), (256, 128, 64), (256, 256))),
+    "activation_fn": Choices(("relu", "leaky_relu", "gelu", "silu")),
+    "dropout": Range(0.0, 0.5, step=0.05),
+    "learning_rate": Range(1e-4, 1e-2, log=True),
+}
+
+
+def layers_label(units) -> str:
+    return "-".join(str(int(u)) for u in units)
+
+
+def layers_from_label(label: str) -> tuple[int, ...]:
+    return tuple(int(u) for u in str(label).split("-"))
+
+
+def _number(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{where} must be a number, got {value!r}")
+    return value
+
+
+def _pair(value: Any, where: str) -> tuple[int, int]:
+    if not (isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)):
+        raise ConfigError(f"{where} must be [low, high] with positive integers, got {value!r}")
+    if value[0] > value[1]:
+        raise ConfigError(f"{where}: low {value[0]} > high {value[1]}; swap them")
+    return int(value[0]), int(value[1])
+
+
+def parse_spec(name: str, raw: Any) -> Spec:
+    """One hyperparameter's entry -> a validated Spec; every value it can produce is a valid V1 value."""
+    where = f"scoring_policy.{name}"
+    if not isinstance(raw, Mapping):
+        spec: Spec = Fixed(tuple(raw) if name == "deep_hidden_units" and isinstance(raw, list) else raw)
+        _check_values(name, [spec.value], where)
+        return spec
+    keys = set(raw)
+    if "choices" in keys:
+        _only(raw, ("choices",), where)
+        values = raw["choices"]
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{where}.choices must be a non-empty list, got {values!r}")
+        if name == "deep_hidden_units":
+            values = [tuple(v) if isinstance(v, list) else v for v in values]
+        _check_values(name, values, where)
+        return Choices(tuple(values))
+    if name == "deep_hidden_units":
+        _only(raw, ("depth", "width"), where)
+        if keys != {"depth", "width"}:
+            raise ConfigError(f"{where}: give either 'choices: [[...], ...]' or both 'depth: [lo, hi]' and 'width: [lo, hi]'")
+        return Layers(_pair(raw["depth"], f"{where}.depth"), _pair(raw["width"], f"{where}.width"))
+    if name == "activation_fn":
+        raise ConfigError(f"{where}: activations are tuned with 'choices: [relu, gelu, ...]', not a range")
+    _only(raw, ("low", "high", "log", "step"), where)
+    if not {"low", "high"} <= keys:
+        raise ConfigError(f"{where}: a range needs both 'low' and 'high' (or use 'choices: [...]')")
+    low, high = _number(raw["low"], f"{where}.low"), _number(raw["high"], f"{where}.high")
+    if low > high:
+        raise ConfigError(f"{where}: low {low} > high {high}; swap them")
+    log, step = raw.get("log", False), raw.get("step")
+    if not isinstance(log, bool):
+        raise ConfigError(f"{where}.log must be true or false, got {log!r}")
+    if step is not None and (_number(step, f"{where}.step") <= 0):
+        raise ConfigError(f"{where}.step must be > 0, got {step}")
+    if log and step is not None:
+        raise ConfigError(f"{where}: 'log' and 'step' cannot be combined (Optuna does not support it); drop one")
+    if log and low <= 0:
+        raise ConfigError(f"{where}: a log range needs low > 0, got {low}")
+    integer = name in INTEGER_PARAMS
+    if integer and not all(float(v).is_integer() for v in (low, high)):
+        raise ConfigError(f"{where}: {name} is an integer; use integer low/high, got {low}, {high}")
+    _check_values(name, [low, high], where)
+    return Range(low, high, log=log, step=step, integer=integer)
+
+
+def _only(raw: Mapping[str, Any], allowed: tuple[str, ...], where: str) -> None:
+    for key in raw:
+        if key not in allowed:
+            raise ConfigError(f"{where}: unknown key '{key}'{did_you_mean(str(key), allowed)}; allowed: {', '.join(allowed)}")
+
+
+def _check_values(name: str, values: list[Any], where: str) -> None:
+    """Validate candidate values through PolicyConfig itself, so the space can never yield an invalid policy."""
+    for value in values:
+        if name == "activation_fn" and value not in ACTIVATIONS:
+            raise ConfigError(f"{where}: unknown activation {value!r}{did_you_mean(str(value), ACTIVATIONS)}; "
+                              f"supported: {', '.join(ACTIVATIONS)}")
+        try:
+            PolicyConfig(**{name: value})
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {str(exc).removeprefix(f'scoring_policy.{name} ')}") from None
+
+
+def parse_space(block: Mapping[str, Any] | None) -> dict[str, Spec]:
+    """The `scoring_policy` block of a study file -> one Spec per hyperparameter (defaults for unset ones)."""
+    block = dict(block or {})
+    policy_type = block.pop("policy_type", "deepfm")
+    if policy_type != "deepfm":
+        raise ConfigError(f"scoring_policy.policy_type: unknown policy type {policy_type!r}; supported: deepfm")
+    for key in block:
+        if key not in HYPERPARAMETERS:
+            raise ConfigError(f"scoring_policy: unknown key '{key}'{did_you_mean(str(key), HYPERPARAMETERS)}; "
+                              f"allowed keys: policy_type, {', '.join(HYPERPARAMETERS)}")
+    return {name: parse_spec(name, block[name]) if name in block else DEFAULT_SPACE[name] for name in HYPERPARAMETERS}
+
+
+def suggest_policy(trial: optuna.Trial, space: Mapping[str, Spec]) -> PolicyConfig:
+    """Ask the trial for every tunable hyperparameter; fixed ones are taken as they are."""
+    return PolicyConfig(**{name: spec.suggest(trial, name) for name, spec in space.items()})
+
+
+def policy_from_params(params: Mapping[str, Any], space: Mapping[str, Spec]) -> PolicyConfig:
+    """Rebuild a trial's policy from its stored Optuna params (for status, promotion, retries)."""
+    fixed = optuna.trial.FixedTrial(dict(params))
+    return suggest_policy(fixed, space)  # type: ignore[arg-type]
+
+
+def space_to_dict(space: Mapping[str, Spec]) -> dict[str, Any]:
+    """A readable description of the space, logged on the study's parent run."""
+    def describe(spec: Spec) -> Any:
+        if isinstance(spec, Fixed):
+            return list(spec.value) if isinstance(spec.value, tuple) else spec.value
+        if isinstance(spec, Choices):
+            return {"choices": [list(v) if isinstance(v, tuple) else v for v in spec.values]}
+        if isinstance(spec, Layers):
+            return {"depth": list(spec.depth), "width": list(spec.width)}
+        described = {"low": spec.low, "high": spec.high}
+        if spec.log:
+            described["log"] = True
+        if spec.step is not None:
+            described["step"] = spec.step
+        return described
+    return {name: describe(spec) for name, spec in space.items()}

@@ -1,0 +1,198 @@
+"""The study file: search space, data, training control, sampler, pruner, budget, stores. Validated once.
+
+    study:     {name, n_trials, timeout, metric, sampler, pruner, storage, tracking_uri, experiment,
+                registered_model, promote}
+    data:      see model.datasource.DataSpec (files or `synthetic: {rows: N}`)
+    training:  see model.config.TrainConfig (batch_size, max_epochs, patience, ...)
+    policy_configs: {scoring_policy: {...}}   each hyperparameter fixed or tunable (tuner.space)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import optuna
+
+from model.config import TrainConfig, load_yaml
+from model.datasource import DataSpec
+from model.errors import ConfigError, did_you_mean
+
+from .space import Spec, parse_space
+
+SAMPLERS = ("tpe", "random", "gp", "qmc")
+PRUNERS = ("median", "hyperband", "none")
+METRICS = {"val_auc": "maximize", "val_logloss": "minimize"}
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+
+def _check_keys(given: Mapping[str, Any], allowed: tuple[str, ...], where: str) -> None:
+    for key in given:
+        if key not in allowed:
+            raise ConfigError(f"{where}: unknown key '{key}'{did_you_mean(str(key), allowed)}; "
+                              f"allowed keys: {', '.join(allowed)}")
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    type: str = "tpe"
+    seed: int = 42
+    n_startup_trials: int = 5  # random trials before TPE/GP model the space
+
+    def __post_init__(self) -> None:
+        if self.type not in SAMPLERS:
+            raise ConfigError(f"study.sampler.type: unknown sampler {self.type!r}{did_you_mean(str(self.type), SAMPLERS)}; "
+                              f"use one of {', '.join(SAMPLERS)}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise ConfigError(f"study.sampler.seed must be an integer, got {self.seed!r}")
+        if not isinstance(self.n_startup_trials, int) or self.n_startup_trials < 0:
+            raise ConfigError(f"study.sampler.n_startup_trials must be an integer >= 0, got {self.n_startup_trials!r}")
+
+    def build(self) -> optuna.samplers.BaseSampler:
+        if self.type == "tpe":
+            return optuna.samplers.TPESampler(seed=self.seed, n_startup_trials=self.n_startup_trials, multivariate=True,
+                                              constant_liar=True)
+        if self.type == "random":
+            return optuna.samplers.RandomSampler(seed=self.seed)
+        if self.type == "gp":
+            return optuna.samplers.GPSampler(seed=self.seed, n_startup_trials=self.n_startup_trials)
+        return optuna.samplers.QMCSampler(seed=self.seed)
+
+
+@dataclass(frozen=True)
+class PrunerSpec:
+    type: str = "median"
+    n_startup_trials: int = 3  # trials that run to the end before pruning starts
+    n_warmup_steps: int = 1  # epochs a trial always gets
+
+    def __post_init__(self) -> None:
+        if self.type not in PRUNERS:
+            raise ConfigError(f"study.pruner.type: unknown pruner {self.type!r}{did_you_mean(str(self.type), PRUNERS)}; "
+                              f"use one of {', '.join(PRUNERS)}")
+        for name in ("n_startup_trials", "n_warmup_steps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"study.pruner.{name} must be an integer >= 0, got {value!r}")
+
+    def build(self, max_epochs: int) -> optuna.pruners.BasePruner:
+        if self.type == "median":
+            return optuna.pruners.MedianPruner(n_startup_trials=self.n_startup_trials, n_warmup_steps=self.n_warmup_steps)
+        if self.type == "hyperband":
+            return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max_epochs, reduction_factor=3)
+        return optuna.pruners.NopPruner()
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    name: str
+    space: Mapping[str, Spec]
+    data: DataSpec
+    training: TrainConfig
+    n_trials: int | None = 20  # total over all workers
+    timeout: float | None = None  # seconds, per worker
+    metric: str = "val_auc"
+    sampler: SamplerSpec = field(default_factory=SamplerSpec)
+    pruner: PrunerSpec = field(default_factory=PrunerSpec)
+    storage: str | None = None
+    tracking_uri: str | None = None
+    experiment: str | None = None
+    registered_model: str | None = None
+    promote: bool = True
+    source: str = ""
+
+    @property
+    def direction(self) -> str:
+        return METRICS[self.metric]
+
+    @property
+    def experiment_name(self) -> str:
+        return self.experiment or f"deepfm-{self.name}"
+
+    @property
+    def model_name(self) -> str:
+        return self.registered_model or f"deepfm-{self.name}"
+
+    def with_overrides(self, **changes: Any) -> "StudySpec":
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+STUDY_KEYS = ("name", "n_trials", "timeout", "metric", "sampler", "pruner", "storage", "tracking_uri", "experiment",
+              "registered_model", "promote")
+
+
+def _sub(block: Any, cls, where: str):
+    if block is None:
+        return cls()
+    if isinstance(block, str):
+        block = {"type": block}
+    if not isinstance(block, Mapping):
+        raise ConfigError(f"{where} must be a name or a mapping, got {block!r}")
+    _check_keys(block, tuple(f.name for f in dataclasses.fields(cls)), where)
+    return cls(**dict(block))
+
+
+def parse_study(document: Any, source: str, default_name: str) -> StudySpec:
+    if not isinstance(document, Mapping):
+        raise ConfigError(f"{source}: a study file is a mapping with 'study', 'data', 'training' and 'policy_configs'")
+    _check_keys(document, ("study", "data", "training", "policy_configs"), source)
+    try:
+        study = document.get("study") or {}
+        if not isinstance(study, Mapping):
+            raise ConfigError("study must be a mapping")
+        _check_keys(study, STUDY_KEYS, "study")
+        name = str(study.get("name", default_name))
+        if not NAME_PATTERN.match(name):
+            raise ConfigError(f"study.name {name!r} must be letters, digits, '_', '.', '-' (max 100 characters)")
+        n_trials, timeout = study.get("n_trials", 20), study.get("timeout")
+        if n_trials is not None and (not isinstance(n_trials, int) or isinstance(n_trials, bool) or n_trials < 1):
+            raise ConfigError(f"study.n_trials must be an integer >= 1, got {n_trials!r}")
+        if timeout is not None and (not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0):
+            raise ConfigError(f"study.timeout must be a number of seconds > 0, got {timeout!r}")
+        if n_trials is None and timeout is None:
+            raise ConfigError("study: set n_trials, timeout, or both, so the study ends")
+        metric = study.get("metric", "val_auc")
+        if metric not in METRICS:
+            raise ConfigError(f"study.metric: unknown metric {metric!r}{did_you_mean(str(metric), METRICS)}; "
+                              f"use one of {', '.join(METRICS)}")
+        if "data" not in document:
+            raise ConfigError("missing 'data:' block; give 'data: {train: PATH}' or 'data: {synthetic: {rows: N}}'")
+        policy_configs = document.get("policy_configs") or {}
+        if not isinstance(policy_configs, Mapping):
+            raise ConfigError("policy_configs must be a mapping with a 'scoring_policy:' entry")
+        _check_keys(policy_configs, ("scoring_policy",), "policy_configs")
+        for key in ("storage", "tracking_uri", "experiment", "registered_model"):
+            if study.get(key) is not None and not isinstance(study[key], str):
+                raise ConfigError(f"study.{key} must be a string, got {study[key]!r}")
+        promote = study.get("promote", True)
+        if not isinstance(promote, bool):
+            raise ConfigError(f"study.promote must be true or false, got {promote!r}")
+        return StudySpec(
+            name=name,
+            space=parse_space(policy_configs.get("scoring_policy")),
+            data=DataSpec.from_dict(document["data"]),
+            training=TrainConfig.from_dict(document.get("training")),
+            n_trials=n_trials,
+            timeout=timeout,
+            metric=metric,
+            sampler=_sub(study.get("sampler"), SamplerSpec, "study.sampler"),
+            pruner=_sub(study.get("pruner"), PrunerSpec, "study.pruner"),
+            storage=study.get("storage"),
+            tracking_uri=study.get("tracking_uri"),
+            experiment=study.get("experiment"),
+            registered_model=study.get("registered_model"),
+            promote=promote,
+            source=source,
+        )
+    except TypeError as exc:  # e.g. a wrong type passed through to a dataclass
+        raise ConfigError(f"{source}: {exc}") from None
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def load_study(path: str | Path) -> StudySpec:
+    """Read and validate a study YAML; the study name defaults to the file's stem."""
+    path = Path(path)
+    return parse_study(load_yaml(path), str(path), default_name=path.stem)

@@ -1,0 +1,163 @@
+"""MLflow bookkeeping for a study: one experiment, one parent run, one nested run per trial.
+
+Everything goes through an explicit `MlflowClient` and explicit run ids (`mlflow.parentRunId` set by hand), so
+nesting holds across threads, processes and machines, unlike the fluent API's thread-local active run.
+Transient store errors (SQLite busy, a 503 from a server on a PostgreSQL deadlock) are retried with backoff.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import random
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, TypeVar
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+
+from model.errors import ConfigError
+
+from .env import DEFAULT_TRACKING_URI
+
+T = TypeVar("T")
+TRANSIENT_MARKERS = ("database is locked", "deadlock", "503", "502", "504", "timed out", "connection reset",
+                     "connection refused", "temporarily unavailable", "server closed the connection",
+                     "could not serialize", "too many requests", "429")
+MAX_PARAM_LENGTH = 6000
+
+TAG_STUDY, TAG_ROLE, TAG_TRIAL = "deepfm.study", "deepfm.role", "deepfm.trial_number"
+
+
+def is_transient(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return any(marker in text for marker in TRANSIENT_MARKERS)
+
+
+def retry(func: Callable[..., T], *args: Any, attempts: int = 6, base_delay: float = 0.2, **kwargs: Any) -> T:
+    """Call `func`, retrying transient store/HTTP errors with jittered exponential backoff."""
+    for attempt in range(attempts):
+        try:
+            return func(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - classified below
+            if attempt == attempts - 1 or not is_transient(exc):
+                raise
+            time.sleep(base_delay * (2**attempt) * (0.5 + random.random()))
+    raise AssertionError("unreachable")
+
+
+def resolve_tracking_uri(uri: str | None) -> str:
+    """--tracking-uri, else the study file's, else MLFLOW_TRACKING_URI, else the embedded SQLite store."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    elif not uri.startswith(("http://", "https://", "postgresql", "mysql", "databricks", "file:")):
+        raise ConfigError(f"tracking URI {uri!r} is not supported; use sqlite:///PATH, postgresql+psycopg2://..., "
+                          f"or http://HOST:PORT of an MLflow server")
+    return uri
+
+
+def artifact_location_for(uri: str) -> str | None:
+    """For a local SQLite store, artifacts live beside it (mlruns/artifacts); servers choose their own."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri.removeprefix("sqlite:///")).resolve().parent / "artifacts").as_uri()
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _params(values: Mapping[str, Any]) -> list[Param]:
+    return [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in values.items()]
+
+
+class StudyTracker:
+    """The MLflow side of one study: its experiment and parent run, and the trial runs under it."""
+
+    def __init__(self, tracking_uri: str, experiment_name: str, study_name: str):
+        self.uri = tracking_uri
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.study_name = study_name
+        self.experiment_id = self._experiment(experiment_name)
+
+    def _experiment(self, name: str) -> str:
+        try:
+            found = retry(self.client.get_experiment_by_name, name)
+        except MlflowException as exc:
+            raise ConfigError(f"cannot reach the MLflow tracking store at {self.uri}: {str(exc).splitlines()[0]}; "
+                              f"check --tracking-uri and that the server is up") from None
+        if found is not None:
+            if found.lifecycle_stage == "deleted":
+                raise ConfigError(f"MLflow experiment '{name}' is deleted; restore it in the UI or set study.experiment")
+            return found.experiment_id
+        try:
+            return retry(self.client.create_experiment, name, artifact_location=artifact_location_for(self.uri),
+                         tags={TAG_STUDY: self.study_name})
+        except MlflowException as exc:  # created by another worker at the same moment
+            if "already exists" in str(exc).lower() or "unique" in str(exc).lower():
+                return retry(self.client.get_experiment_by_name, name).experiment_id
+            raise
+
+    # -- parent run ----------------------------------------------------------------------------------
+    def create_parent_run(self, params: Mapping[str, Any], tags: Mapping[str, str]) -> str:
+        run = retry(self.client.create_run, self.experiment_id, run_name=f"study-{self.study_name}",
+                    tags={TAG_STUDY: self.study_name, TAG_ROLE: "study", **tags})
+        retry(self.client.log_batch, run.info.run_id, params=_params(params))
+        return run.info.run_id
+
+    def set_status(self, run_id: str, status: str) -> None:
+        retry(self.client.update_run, run_id, status=status)
+
+    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        retry(self.client.set_terminated, run_id, status=status)
+
+    def log_summary(self, run_id: str, metrics: Mapping[str, float], params: Mapping[str, Any] = (),
+                    tags: Mapping[str, str] = ()) -> None:
+        now = int(time.time() * 1000)
+        retry(self.client.log_batch, run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+              tags=[RunTag(k, str(v)) for k, v in dict(tags).items()])
+        # params are immutable in MLflow: the best trial's values are tags on the parent
+        if params:
+            retry(self.client.log_batch, run_id, tags=[RunTag(f"best.{k}", str(v)) for k, v in dict(params).items()])
+
+    def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
+        retry(self.client.log_artifact, run_id, str(path), artifact_path)
+
+    # -- trial runs ----------------------------------------------------------------------------------
+    def start_trial_run(self, parent_run_id: str, trial_number: int, params: Mapping[str, Any],
+                        tags: Mapping[str, str]) -> str:
+        all_tags = {MLFLOW_PARENT_RUN_ID: parent_run_id, TAG_STUDY: self.study_name, TAG_ROLE: "trial",
+                    TAG_TRIAL: str(trial_number), **tags}
+        run = retry(self.client.create_run, self.experiment_id, run_name=f"trial-{trial_number}", tags=all_tags)
+        retry(self.client.log_batch, run.info.run_id, params=_params(params))
+        return run.info.run_id
+
+    def log_epoch(self, run_id: str, step: int, metrics: Mapping[str, float]) -> None:
+        now = int(time.time() * 1000)
+        retry(self.client.log_batch, run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+    def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
+        retry(self.client.log_batch, run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+
+    def trial_runs(self) -> list:
+        """All trial runs of this study (any status), oldest first."""
+        runs, token = [], None
+        while True:
+            page = retry(self.client.search_runs, [self.experiment_id],
+                         filter_string=f"tags.`{TAG_STUDY}` = '{self.study_name}' and tags.`{TAG_ROLE}` = 'trial'",
+                         max_results=1000, page_token=token, order_by=["attributes.start_time ASC"])
+            runs.extend(page)
+            token = page.token
+            if not token:
+                return runs

@@ -1,0 +1,123 @@
+"""`deepfm tune` as a library call: init the study, read and encode data once, run trials, summarise, promote."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import optuna
+import pandas as pd
+
+from model.config import TrainConfig, policy_to_v1_yaml
+from model.dataset import PreparedData, prepare
+from model.errors import UserInputError
+from model.train import EpochMetrics
+
+from .objective import ATTR_CHECKPOINT, ATTR_RUN_ID, prune_checkpoints
+from .report import write_report
+from .runner import StudyHandle, init_study, run_trials
+from .space import policy_from_params
+from .study import StudySpec
+
+
+@dataclass
+class LoadedData:
+    prepared: PreparedData
+    test_frame: pd.DataFrame  # raw rows of the test split, for promotion's champion gate
+
+
+def load_data(spec: StudySpec) -> LoadedData:
+    frame, schema, split = spec.data.load()
+    prepared = prepare(frame, schema, split, source=str(spec.data.train or "synthetic data"))
+    return LoadedData(prepared, frame.iloc[split.test].reset_index(drop=True))
+
+
+@dataclass
+class TuneResult:
+    handle: StudyHandle
+    best_trial: optuna.trial.FrozenTrial | None
+    counts: dict[str, int] = field(default_factory=dict)
+    promotion: Any = None
+
+
+def trial_counts(study: optuna.Study) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for trial in study.get_trials(deepcopy=False):
+        counts[trial.state.name] = counts.get(trial.state.name, 0) + 1
+    return counts
+
+
+def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    try:
+        return study.best_trial
+    except ValueError:
+        return None
+
+
+def summarise(handle: StudyHandle, status: str = "FINISHED") -> optuna.trial.FrozenTrial | None:
+    """Best-trial metrics, params and report on the parent run; older checkpoints deleted; parent ended."""
+    study, tracker, spec = handle.study, handle.tracker, handle.spec
+    best = best_trial(study)
+    counts = trial_counts(study)
+    metrics = {f"trials_{state.lower()}": n for state, n in counts.items()}
+    tags: dict[str, str] = {}
+    with tempfile.TemporaryDirectory(prefix="deepfm-report-") as tmp:
+        if best is not None:
+            policy = policy_from_params(best.params, spec.space)
+            metrics[f"best_{spec.metric}"] = best.value
+            for key in ("best_epoch", "train_seconds"):
+                if key in best.user_attrs:
+                    metrics[f"best_trial_{key}"] = best.user_attrs[key]
+            tags = {"deepfm.best_trial": str(best.number), "deepfm.best_run_id": best.user_attrs.get(ATTR_RUN_ID, "")}
+            tracker.log_summary(handle.parent_run_id, metrics, params=policy.to_dict(), tags=tags)
+            (Path(tmp) / "best_policy.yaml").write_text(policy_to_v1_yaml(policy))
+            tracker.log_artifact(handle.parent_run_id, Path(tmp) / "best_policy.yaml")
+            keep = best.user_attrs.get(ATTR_RUN_ID)
+            with_ckpt = [t.user_attrs[ATTR_RUN_ID] for t in study.get_trials(deepcopy=False)
+                         if ATTR_CHECKPOINT in t.user_attrs and ATTR_RUN_ID in t.user_attrs]
+            prune_checkpoints(tracker, keep, with_ckpt)
+        else:
+            tracker.log_summary(handle.parent_run_id, metrics)
+        write_report(study, Path(tmp) / "report.html")
+        tracker.log_artifact(handle.parent_run_id, Path(tmp) / "report.html", "report")
+    tracker.end_run(handle.parent_run_id, status)
+    return best
+
+
+def tune(
+    spec: StudySpec,
+    *,
+    storage: str | None = None,
+    tracking_uri: str | None = None,
+    threads: int | None = None,
+    promote: bool | None = None,
+    data: LoadedData | None = None,
+    on_epoch: Callable[[optuna.Trial, EpochMetrics], None] | None = None,
+    on_trial: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
+    on_ready: Callable[[StudyHandle, LoadedData], None] | None = None,
+    failure_injector=None,
+) -> TuneResult:
+    """Create or resume the study and run this worker's share of its trials."""
+    handle = init_study(spec, storage, tracking_uri)
+    data = data or load_data(spec)
+    control: TrainConfig = spec.training.replace(threads=threads) if threads else spec.training
+    if on_ready is not None:
+        on_ready(handle, data)
+    try:
+        run_trials(handle, data.prepared, control, on_epoch=on_epoch, on_trial=on_trial,
+                   failure_injector=failure_injector)
+    except KeyboardInterrupt:
+        summarise(handle, status="KILLED")
+        raise
+    best = summarise(handle)
+    result = TuneResult(handle, best, trial_counts(handle.study))
+    if (spec.promote if promote is None else promote) and best is not None:
+        from .promotion import promote_study
+
+        result.promotion = promote_study(handle, test_frame=data.test_frame)
+    return result
+
+
+__all__ = ["tune", "load_data", "summarise", "TuneResult", "LoadedData", "UserInputError"]
