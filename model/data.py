@@ -81,10 +81,15 @@ def check_labels(df: pd.DataFrame, label: str, source: str) -> np.ndarray:
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         raise DataError(
-            f"{source}: column '{label}' must hold labels 0 or 1; row {row} has {raw.iloc[row]!r} "
+            f"{source}: column '{label}' must hold labels 0 or 1; row {row} has {_plain(raw.iloc[row])!r} "
             f"({int(bad.sum())} bad rows); map clicks to 1 and non-clicks to 0"
         )
     return values.astype(np.float32)
+
+
+def _plain(value):
+    """numpy scalars print as np.int64(2); users wrote 2."""
+    return value.item() if hasattr(value, "item") else value
 
 
 @dataclass(frozen=True)

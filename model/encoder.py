@@ -67,7 +67,7 @@ def _as_numbers(series: pd.Series, source: str) -> np.ndarray:
         if bad.any():
             row = int(np.flatnonzero(bad.to_numpy())[0])
             raise DataError(
-                f"{source}: numeric column '{series.name}' has a non-numeric value {series.iloc[row]!r} at row {row}; "
+                f"{source}: numeric column '{series.name}' has a non-numeric value {str(series.iloc[row])!r} at row {row}; "
                 f"fix the data or declare the column categorical in the schema"
             )
         values = converted.to_numpy(dtype=np.float64, na_value=np.nan)

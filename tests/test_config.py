@@ -1,0 +1,98 @@
+"""The V1 policy config: read and written exactly, validated once with one-line errors."""
+
+import pytest
+
+from model.config import (ACTIVATIONS, PolicyConfig, TrainConfig, policy_to_v1_yaml, read_policy_yaml,
+                          write_policy_yaml)
+from model.errors import ConfigError
+
+SEED_V1 = """policy_configs:
+  scoring_policy:
+    policy_type: deepfm
+    embedding_dim: 16
+    deep_hidden_units: [128, 64, 32]
+    activation_fn: "relu"
+    dropout: 0.2
+    learning_rate: 0.001
+"""
+
+
+def test_defaults_are_the_seed_values():
+    policy = PolicyConfig()
+    assert (policy.embedding_dim, policy.deep_hidden_units, policy.activation_fn, policy.dropout,
+            policy.learning_rate) == (16, (128, 64, 32), "relu", 0.2, 0.001)
+
+
+def test_seed_v1_yaml_is_written_back_byte_for_byte(tmp_path):
+    path = tmp_path / "policy.yaml"
+    path.write_text(SEED_V1)
+    policy, training = read_policy_yaml(path)
+    assert policy == PolicyConfig() and training == TrainConfig()
+    assert policy_to_v1_yaml(policy) == SEED_V1
+
+
+def test_any_valid_policy_round_trips(tmp_path):
+    policy = PolicyConfig(embedding_dim=8, deep_hidden_units=(400, 400), activation_fn="gelu", dropout=0.0,
+                          learning_rate=3e-4)
+    write_policy_yaml(tmp_path / "p.yaml", policy)
+    assert read_policy_yaml(tmp_path / "p.yaml")[0] == policy
+
+
+def test_training_block_sets_control(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text(SEED_V1 + "training:\n  batch_size: 512\n  max_epochs: 3\n  patience: 1\n")
+    _, training = read_policy_yaml(path)
+    assert (training.batch_size, training.max_epochs, training.patience) == (512, 3, 1)
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_every_listed_activation_is_accepted(activation):
+    assert PolicyConfig(activation_fn=activation).activation_fn == activation
+
+
+@pytest.mark.parametrize("replace, message", [
+    ("embedding_dim: 16", "embeding_dim: 16", ),
+    ("dropout: 0.2", "dropout: 1.0"),
+    ("dropout: 0.2", "dropout: -0.1"),
+    ("learning_rate: 0.001", "learning_rate: 0"),
+    ("deep_hidden_units: [128, 64, 32]", "deep_hidden_units: []"),
+    ("deep_hidden_units: [128, 64, 32]", "deep_hidden_units: [128, -1]"),
+    ("activation_fn: \"relu\"", "activation_fn: rleu"),
+    ("policy_type: deepfm", "policy_type: widedeep"),
+    ("embedding_dim: 16", "embedding_dim: sixteen"),
+], ids=["unknown-key", "dropout-1", "dropout-neg", "lr-0", "units-empty", "units-neg", "activation", "policy-type",
+        "wrong-type"])
+def test_bad_values_raise_one_line_errors(tmp_path, replace, message):
+    path = tmp_path / "p.yaml"
+    path.write_text(SEED_V1.replace(replace, message))
+    with pytest.raises(ConfigError) as info:
+        read_policy_yaml(path)
+    text = str(info.value)
+    assert "\n" not in text and str(path) in text
+
+
+def test_unknown_key_suggests_the_right_one(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text(SEED_V1.replace("embedding_dim", "embeding_dim"))
+    with pytest.raises(ConfigError, match="did you mean 'embedding_dim'"):
+        read_policy_yaml(path)
+
+
+def test_unknown_activation_suggests_and_lists_choices():
+    with pytest.raises(ConfigError, match="did you mean 'relu'.*supported: relu, leaky_relu"):
+        PolicyConfig(activation_fn="rleu")
+
+
+def test_missing_file_and_bad_yaml_are_clear(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        read_policy_yaml(tmp_path / "nope.yaml")
+    (tmp_path / "bad.yaml").write_text("policy_configs: [unclosed\n")
+    with pytest.raises(ConfigError, match="invalid YAML at line"):
+        read_policy_yaml(tmp_path / "bad.yaml")
+
+
+def test_training_rejects_unknown_key_and_bad_device():
+    with pytest.raises(ConfigError, match="did you mean 'batch_size'"):
+        TrainConfig.from_dict({"batchsize": 10})
+    with pytest.raises(ConfigError, match="training.device"):
+        TrainConfig(device="tpu")
