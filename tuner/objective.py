@@ -6,6 +6,8 @@ manner of Optuna's examples; `model/` never sees a Trial.
 
 from __future__ import annotations
 
+import os
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -25,6 +27,8 @@ from .study import StudySpec
 from .tracking import StudyTracker, git_commit
 
 ATTR_RUN_ID, ATTR_CHECKPOINT, ATTR_RETRY_OF = "mlflow_run_id", "checkpoint", "retry_of_run_id"
+ATTR_SKIPPED = "skipped"  # a trial claimed after the total was reached: failed without running
+ATTR_WORKER = "worker"  # host:pid of the process that ran the trial (team mode: which machine to look at)
 CHECKPOINT_PATH = "checkpoint"
 TAG_FAILURE, TAG_STATE = "deepfm.failure_reason", "deepfm.trial_state"
 
@@ -74,7 +78,9 @@ def make_objective(
         policy = suggest_policy(trial, spec.space)
         if failure_injector is not None:
             policy = failure_injector(trial, policy)
-        tags = dict(common_tags)
+        worker = f"{socket.gethostname()}:{os.getpid()}"
+        trial.set_user_attr(ATTR_WORKER, worker)
+        tags = {**common_tags, "deepfm.worker": worker}
         retry_of = _frozen(trial).system_attrs.get("failed_trial")  # set by Optuna's retry callbacks
         if retry_of is not None:
             tags["deepfm.retry_of_trial"] = str(retry_of)
@@ -141,6 +147,7 @@ def _check_total(trial: optuna.Trial, total: int) -> None:
     earlier = [t for t in trial.study.get_trials(deepcopy=False, states=states) if t.number < trial.number]
     if len(earlier) >= total:
         trial.study.stop()
+        trial.set_user_attr(ATTR_SKIPPED, "total reached")
         raise TotalReached(f"the study already has {total} trials")
 
 

@@ -7,6 +7,11 @@ winner creates the parent run and records its id on the study, and every other w
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import logging
+import os
+import re
 import time
 import warnings
 from dataclasses import dataclass
@@ -22,15 +27,35 @@ from model.errors import ConfigError
 from model.train import EpochMetrics
 
 from .env import DEFAULT_OPTUNA_STORAGE
-from .objective import ATTR_RUN_ID, TAG_FAILURE, TotalReached, make_objective
+from .objective import ATTR_RUN_ID, ATTR_SKIPPED, TAG_FAILURE, TotalReached, make_objective
 from .space import space_to_dict
 from .study import StudySpec
-from .tracking import StudyTracker, is_transient, resolve_tracking_uri, retry
+from .tracking import StudyTracker, absolute_sqlite, is_transient, resolve_tracking_uri, retry
 
 ATTR_PARENT_RUN, ATTR_EXPERIMENT, ATTR_TRACKING_URI = "mlflow_parent_run_id", "mlflow_experiment_id", "mlflow_tracking_uri"
-HEARTBEAT_SECONDS, GRACE_SECONDS = 10, 30
+HEARTBEAT_SECONDS, GRACE_SECONDS = 10, 30  # defaults; env DEEPFM_HEARTBEAT_SECONDS / DEEPFM_GRACE_SECONDS override
+SQLITE_BUSY_SECONDS = 30  # several local workers share one SQLite file: wait for its lock instead of failing
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # our progress view reports trials
+
+
+class _HideSkippedTrials(logging.Filter):
+    """A trial claimed after the total was reached fails on purpose (TotalReached); no traceback for that."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.numbers: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        found = re.match(r"Trial (\d+) failed", message)
+        if found and "TotalReached" in message:
+            self.numbers.add(found.group(1))
+            return False
+        return not (found and found.group(1) in self.numbers and message.endswith("failed with value None."))
+
+
+logging.getLogger("optuna.study._optimize").addFilter(_HideSkippedTrials())
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 MAX_CONSECUTIVE_FAILURES = 5
 
@@ -38,7 +63,7 @@ MAX_CONSECUTIVE_FAILURES = 5
 def resolve_storage(url: str | None, spec: StudySpec | None = None) -> str:
     url = url or (spec.storage if spec else None) or DEFAULT_OPTUNA_STORAGE
     if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        url = absolute_sqlite(url)
     elif url.startswith("postgresql://"):
         url = "postgresql+psycopg2://" + url.removeprefix("postgresql://")  # SQLAlchemy 2.1 would pick psycopg 3
     elif not url.startswith(("postgresql+", "mysql")):
@@ -60,16 +85,72 @@ def open_storage(url: str, tracker: StudyTracker | None = None) -> optuna.storag
                 pass
         retry_stale(study, trial)
 
+    heartbeat, grace = heartbeat_settings()
+    sqlite = url.startswith("sqlite")
+    engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_SECONDS}} if sqlite else {"pool_pre_ping": True}
+
     def connect() -> optuna.storages.RDBStorage:
-        return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
-                                          heartbeat_stale_trial_callback=on_stale,
-                                          engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None)
+        with _schema_lock(url):  # first start: workers must not create Optuna's tables at the same time
+            return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat, grace_period=grace,
+                                              heartbeat_stale_trial_callback=on_stale, engine_kwargs=engine_kwargs)
 
     try:
         return retry(connect, attempts=8)
     except (SQLAlchemyError, ImportError, ValueError) as exc:
         raise ConfigError(f"cannot open Optuna storage {url}: {str(exc).splitlines()[0]}; check the URL and "
                           f"that the database is up") from None
+
+
+def heartbeat_settings() -> tuple[int, int]:
+    """(heartbeat interval, grace period) in seconds: a trial with no heartbeat for `grace` is failed and retried."""
+    values = []
+    for name, default in (("DEEPFM_HEARTBEAT_SECONDS", HEARTBEAT_SECONDS), ("DEEPFM_GRACE_SECONDS", GRACE_SECONDS)):
+        raw = os.environ.get(name, "").strip()
+        try:
+            value = int(raw) if raw else default
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise ConfigError(f"{name}={raw!r} must be a whole number of seconds >= 1 (default {default})")
+        values.append(value)
+    if values[1] <= values[0]:
+        raise ConfigError(f"DEEPFM_GRACE_SECONDS ({values[1]}) must be larger than DEEPFM_HEARTBEAT_SECONDS "
+                          f"({values[0]}), or live trials would be failed as stale")
+    return values[0], values[1]
+
+
+@contextlib.contextmanager
+def _schema_lock(url: str):
+    """Serialise Optuna's table creation across processes on a brand-new database.
+
+    `RDBStorage()` runs CREATE TABLE / inserts its version row / stamps alembic; two workers doing that at once
+    on an empty PostgreSQL database fail ("duplicate key value violates unique constraint pg_type_...") or leave
+    two version rows. PostgreSQL: a session advisory lock; SQLite: an flock on a file beside the database.
+    """
+    if url.startswith("sqlite:///"):
+        lock_path = Path(url.removeprefix("sqlite:///") + ".init-lock")
+        with open(lock_path, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+        return
+    if not url.startswith("postgresql"):
+        yield
+        return
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(hashtext('deepfm-optuna-schema'))"))
+            try:
+                yield
+            finally:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(hashtext('deepfm-optuna-schema'))"))
+    finally:
+        engine.dispose()
 
 
 @dataclass
@@ -95,6 +176,9 @@ def init_study(spec: StudySpec, storage_url: str | None = None, tracking_uri: st
                       sampler=sampler, pruner=pruner, load_if_exists=False)
         created = True
     except optuna.exceptions.DuplicatedStudyError:
+        # a joining (or resuming) worker: with the study's fixed seed it would replay the creator's random
+        # start-up trials, so every worker of a team would try the same parameters
+        sampler.reseed_rng()
         study = optuna.load_study(study_name=spec.name, storage=storage, sampler=sampler, pruner=pruner)
         created = False
     if study.direction.name.lower() != spec.direction:
@@ -155,25 +239,57 @@ def run_trials(
     spec, study = handle.spec, handle.study
     objective = make_objective(spec, prepared, handle.tracker, handle.parent_run_id, control, on_epoch, failure_injector)
     callbacks = []
-    if spec.n_trials is not None:
+    if spec.n_trials is not None:  # stop taking trials once the rest are finished or held by other workers
         callbacks.append(optuna.study.MaxTrialsCallback(spec.n_trials, states=(
-            optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)))
-    consecutive = {"failures": 0}
+            optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.RUNNING)))
+    consecutive = {"failures": 0, "stopped": False}
 
     def stop_on_failures(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if trial.user_attrs.get(ATTR_SKIPPED):  # not run: the total was reached first
+            return
         failed = trial.state == optuna.trial.TrialState.FAIL
         consecutive["failures"] = consecutive["failures"] + 1 if failed else 0
         if consecutive["failures"] >= MAX_CONSECUTIVE_FAILURES:
+            consecutive["stopped"] = True
             study.stop()
 
     callbacks.append(stop_on_failures)
     if on_trial is not None:
-        callbacks.append(on_trial)
+        callbacks.append(lambda study, trial: None if trial.user_attrs.get(ATTR_SKIPPED) else on_trial(study, trial))
     if spec.n_trials is not None and finished_count(study) >= spec.n_trials:
         return
     retry(handle.tracker.set_status, handle.parent_run_id, "RUNNING")
-    study.optimize(objective, n_trials=None, timeout=spec.timeout, callbacks=callbacks,
-                   catch=(Exception,), gc_after_trial=False, show_progress_bar=False)
+    deadline = None if spec.timeout is None else time.monotonic() + spec.timeout
+    while True:
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            return
+        study.optimize(objective, n_trials=None, timeout=remaining, callbacks=callbacks,
+                       catch=(Exception,), gc_after_trial=False, show_progress_bar=False)
+        if consecutive["stopped"] or spec.n_trials is None or not _wait_for_others(study, spec.n_trials, deadline):
+            return
+
+
+def _wait_for_others(study: optuna.Study, total: int, deadline: float | None) -> bool:
+    """The rest of the total is held by other workers: wait until they finish (False) or a trial needs running
+    again (True): one failed, or its worker died and the heartbeat check turned it into a WAITING retry.
+
+    Optuna fails stale trials only when a worker starts a new trial, so a worker that simply exited here could
+    leave a dead worker's trial RUNNING for ever and the study one trial short."""
+    heartbeat, _ = heartbeat_settings()
+    states = optuna.trial.TrialState
+    while True:
+        trials = study.get_trials(deepcopy=False)
+        finished = sum(t.state in (states.COMPLETE, states.PRUNED) for t in trials)
+        running = sum(t.state == states.RUNNING for t in trials)
+        if finished >= total:
+            return False
+        if any(t.state == states.WAITING for t in trials) or finished + running < total:
+            return True
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
+        time.sleep(min(heartbeat, 5))
+        optuna.storages.fail_stale_trials(study)
 
 
 __all__ = ["init_study", "run_trials", "resolve_storage", "open_storage", "StudyHandle", "finished_count",

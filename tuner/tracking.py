@@ -54,11 +54,19 @@ def resolve_tracking_uri(uri: str | None) -> str:
     """--tracking-uri, else the study file's, else MLFLOW_TRACKING_URI, else the embedded SQLite store."""
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
     if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        uri = absolute_sqlite(uri)
     elif not uri.startswith(("http://", "https://", "postgresql", "mysql", "databricks", "file:")):
         raise ConfigError(f"tracking URI {uri!r} is not supported; use sqlite:///PATH, postgresql+psycopg2://..., "
                           f"or http://HOST:PORT of an MLflow server")
     return uri
+
+
+def absolute_sqlite(uri: str) -> str:
+    """sqlite:///mlruns/x.db -> sqlite:////abs/mlruns/x.db, folder created: stores are cached by URI, so a
+    relative one would follow a process into another directory."""
+    path = Path(uri.removeprefix("sqlite:///")).resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path}"
 
 
 def artifact_location_for(uri: str) -> str | None:

@@ -1,0 +1,189 @@
+"""Tuning studies end to end on real SQLite stores: Optuna trials and MLflow runs stay in step."""
+
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from model.config import PolicyConfig, policy_to_v1_yaml, read_policy_yaml
+from tuner.space import policy_from_params
+from tuner.study import load_study
+from tuner.tune import load_data, tune
+
+pytestmark = pytest.mark.slow
+
+STUDY = {
+    "study": {"name": "tiny", "n_trials": 6, "sampler": {"type": "random", "seed": 3},
+              "pruner": {"type": "median", "n_startup_trials": 1, "n_warmup_steps": 0}, "promote": False},
+    "data": {"synthetic": {"rows": 3000, "seed": 1, "max_cardinality": 200}},
+    "training": {"batch_size": 256, "max_epochs": 3, "patience": 2, "seed": 0, "device": "cpu", "threads": 1},
+    "policy_configs": {"scoring_policy": {
+        "embedding_dim": {"choices": [4, 8]}, "deep_hidden_units": {"choices": [[16], [16, 8]]},
+        "activation_fn": "relu", "dropout": 0.0, "learning_rate": {"low": 1.0e-4, "high": 3.0e-2, "log": True}}},
+}
+
+
+def write_study(folder: Path, **changes) -> Path:
+    document = yaml.safe_load(yaml.safe_dump(STUDY))
+    for key, value in changes.items():
+        section, name = key.split("__")
+        document[section][name] = value
+    path = folder / "tiny.yaml"
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+def runs_of(experiment="deepfm-tiny"):
+    client = MlflowClient(f"sqlite:///{Path('mlruns/mlflow.db').resolve()}")
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("deepfm.role") == "study"]
+    trials = [r for r in runs if r.data.tags.get("deepfm.role") == "trial"]
+    return client, parents, trials
+
+
+def nan_on_trial(number):
+    def inject(trial, policy):
+        return PolicyConfig(**{**policy.to_dict(), "learning_rate": 1e12}) if trial.number == number else policy
+    return inject
+
+
+@pytest.fixture(scope="module")
+def six_trials(tmp_path_factory):
+    """One 6-trial study (trial 2 forced to NaN) run once; tests below read its stores."""
+    import os
+
+    folder = tmp_path_factory.mktemp("study")
+    old = os.getcwd()
+    os.chdir(folder)
+    try:
+        spec = load_study(write_study(folder))
+        result = tune(spec, failure_injector=nan_on_trial(2))
+        yield folder, spec, result
+    finally:
+        os.chdir(old)
+
+
+@pytest.fixture()
+def in_study(six_trials, monkeypatch):
+    monkeypatch.chdir(six_trials[0])
+    return six_trials
+
+
+def test_one_parent_and_one_nested_run_per_trial(in_study):
+    """n_trials counts finished (complete or pruned) trials; the failed NaN trial is one more, with its own run."""
+    _, spec, result = in_study
+    client, parents, trials = runs_of()
+    study = result.handle.study
+    assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials) == 6 and len(study.trials) == 7
+    assert len(parents) == 1 and len(trials) == 7
+    parent_id = parents[0].info.run_id
+    assert all(r.data.tags["mlflow.parentRunId"] == parent_id for r in trials)
+    assert sorted(int(r.data.tags["deepfm.trial_number"]) for r in trials) == list(range(7))
+    assert not [r for r in client.search_runs([parents[0].info.experiment_id]) if r.info.status == "RUNNING"]
+
+
+def test_trial_runs_hold_params_tags_and_per_epoch_metrics(in_study):
+    _, spec, result = in_study
+    client, _, trials = runs_of()
+    study = result.handle.study
+    for trial in study.get_trials():
+        run = next(r for r in trials if r.data.tags["deepfm.trial_number"] == str(trial.number))
+        assert trial.user_attrs["mlflow_run_id"] == run.info.run_id
+        if trial.state != optuna.trial.TrialState.FAIL:  # the NaN trial's learning rate was overridden
+            policy = policy_from_params(trial.params, spec.space)
+            assert run.data.params["learning_rate"] == str(policy.learning_rate)
+            assert run.data.params["deep_hidden_units"] == str(list(policy.deep_hidden_units))
+        assert run.data.params["training.batch_size"] == "256"
+        for tag in ("deepfm.study", "deepfm.sampler", "deepfm.data_fingerprint", "deepfm.seed"):
+            assert tag in run.data.tags
+        if trial.state != optuna.trial.TrialState.FAIL:
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_auc")]
+            assert steps == list(range(len(steps))) and steps
+            assert [m.step for m in client.get_metric_history(run.info.run_id, "val_logloss")] == steps
+            reported = trial.intermediate_values
+            assert sorted(reported) == steps
+
+
+def test_run_status_follows_trial_state(in_study):
+    _, _, result = in_study
+    _, _, trials = runs_of()
+    expected = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
+    states = {t.number: t.state.name for t in result.handle.study.get_trials()}
+    for run in trials:
+        assert run.info.status == expected[states[int(run.data.tags["deepfm.trial_number"])]]
+    assert "PRUNED" in states.values(), "the median pruner should stop at least one weak trial"
+
+
+def test_nan_trial_fails_with_its_reason_and_the_study_goes_on(in_study):
+    _, _, result = in_study
+    _, _, trials = runs_of()
+    states = [t.state.name for t in result.handle.study.get_trials()]
+    assert states[2] == "FAIL" and states.count("COMPLETE") + states.count("PRUNED") == 6
+    run = next(r for r in trials if r.data.tags["deepfm.trial_number"] == "2")
+    assert "lower learning_rate" in run.data.tags["deepfm.failure_reason"]
+
+
+def test_parent_run_holds_best_metrics_params_and_report(in_study):
+    _, spec, result = in_study
+    client, parents, _ = runs_of()
+    parent = client.get_run(parents[0].info.run_id)
+    best = result.best_trial
+    assert parent.info.status == "FINISHED"
+    assert parent.data.metrics["best_val_auc"] == pytest.approx(best.value)
+    assert parent.data.tags["deepfm.best_trial"] == str(best.number)
+    assert parent.data.tags["best.learning_rate"] == str(policy_from_params(best.params, spec.space).learning_rate)
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"best_policy.yaml", "report"} <= artifacts
+
+
+def test_best_trial_v1_config_round_trips(in_study, tmp_path):
+    _, spec, result = in_study
+    policy = policy_from_params(result.best_trial.params, spec.space)
+    path = tmp_path / "best.yaml"
+    path.write_text(policy_to_v1_yaml(policy))
+    assert read_policy_yaml(path)[0] == policy
+    assert policy.activation_fn == "relu" and policy.dropout == 0.0  # fixed values stay fixed
+
+
+def test_only_the_best_trial_keeps_a_checkpoint(in_study):
+    _, _, result = in_study
+    client, _, trials = runs_of()
+    best_run = result.best_trial.user_attrs["mlflow_run_id"]
+    with_checkpoint = [r.info.run_id for r in trials
+                       if any(a.path == "checkpoint" for a in client.list_artifacts(r.info.run_id))]
+    assert with_checkpoint == [best_run]
+
+
+def test_resume_adds_trials_without_duplicating_runs(in_tmp):
+    path = write_study(in_tmp, study__n_trials=2)
+    data = load_data(load_study(path))
+    tune(load_study(path), data=data)
+    result = tune(load_study(path).with_overrides(n_trials=4), data=data)
+    _, parents, trials = runs_of()
+    numbers = sorted(int(r.data.tags["deepfm.trial_number"]) for r in trials)
+    assert len(parents) == 1 and numbers == [0, 1, 2, 3]
+    assert len(result.handle.study.trials) == 4
+
+
+def test_ctrl_c_leaves_no_running_trial_or_run(in_tmp):
+    path = write_study(in_tmp, study__n_trials=3)
+
+    def interrupt(trial, metrics):
+        if trial.number == 1 and metrics.epoch == 0:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        tune(load_study(path), on_epoch=interrupt)
+    client, parents, trials = runs_of()
+    assert {r.info.status for r in trials} <= {"FINISHED", "KILLED", "FAILED"}
+    assert parents[0].info.status == "KILLED"
+    study = optuna.load_study(study_name="tiny", storage="sqlite:///mlruns/optuna.db")
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "FAIL"] or \
+        [t.state.name for t in study.trials][1] == "FAIL"
+    # resuming finishes the study
+    tune(load_study(path))
+    study = optuna.load_study(study_name="tiny", storage="sqlite:///mlruns/optuna.db")
+    assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials) == 3
