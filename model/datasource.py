@@ -11,7 +11,7 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from .data import FORMATS, Split, read_table, split_rows
+from .data import FORMATS, Split, check_labels, read_table, split_rows
 from .errors import ConfigError, DataError, did_you_mean
 from .schema import FeatureSchema, criteo_schema, infer_schema
 from .synth import SynthSpec, write_dataset
@@ -93,6 +93,8 @@ class DataSpec:
         frame = read_table(train_path, fmt)
         test_frame = read_table(test_path, fmt) if test_path is not None else None
         schema = self.resolve_schema(frame, fmt or "", str(train_path))
+        schema.check_columns(frame, str(train_path))
+        check_labels(frame, schema.label, str(train_path))  # bad labels are named before any split or fit
         order = None
         if self.order_by is not None:
             if self.order_by not in frame.columns:

@@ -100,8 +100,8 @@ def tune(
     failure_injector=None,
 ) -> TuneResult:
     """Create or resume the study and run this worker's share of its trials."""
+    data = data or load_data(spec)  # bad data fails here, before any study or run exists
     handle = init_study(spec, storage, tracking_uri)
-    data = data or load_data(spec)
     control: TrainConfig = spec.training.replace(threads=threads) if threads else spec.training
     if on_ready is not None:
         on_ready(handle, data)

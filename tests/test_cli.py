@@ -1,0 +1,108 @@
+"""The `deepfm` CLI, in-process with CliRunner: happy paths print results, bad input is one line and exit 2."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from tuner.cli import main
+
+POLICY = """policy_configs:
+  scoring_policy:
+    policy_type: deepfm
+    embedding_dim: 4
+    deep_hidden_units: [16]
+    activation_fn: "relu"
+    dropout: 0.0
+    learning_rate: 0.01
+training:
+  batch_size: 256
+  max_epochs: 2
+  device: cpu
+  threads: 1
+"""
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.strip().splitlines() if line]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    for fragment in fragments:
+        assert fragment in lines[0]
+    assert "Traceback" not in result.output
+
+
+@pytest.fixture()
+def policy_file(in_tmp) -> Path:
+    path = in_tmp / "policy.yaml"
+    path.write_text(POLICY)
+    return path
+
+
+def test_synth_train_evaluate_round_trip(policy_file, in_tmp):
+    result = run("data", "synth", "--rows", 3000, "--max-cardinality", 200, "--out", "d")
+    assert result.exit_code == 0 and "best achievable test AUC" in result.output
+    result = run("train", "--policy", policy_file, "--data", "d/train.tsv", "--test", "d/test.tsv",
+                 "--format", "criteo", "--out", "p")
+    assert result.exit_code == 0, result.output
+    assert "test AUC" in result.output and "epoch 1:" in result.output
+    assert {"policy.yaml", "training.yaml", "encoder.json", "weights.pt", "metrics.json"} <= {
+        f.name for f in (in_tmp / "p").iterdir()}
+    assert (in_tmp / "p" / "policy.yaml").read_text() == POLICY.split("training:")[0]
+    result = run("evaluate", "--model", "p", "--data", "d/test.tsv", "--format", "criteo", "--json")
+    assert result.exit_code == 0 and '"auc"' in result.output
+
+
+def test_train_on_a_csv_with_an_inferred_schema(policy_file, in_tmp, tiny_frame):
+    tiny_frame.rename(columns={"label": "clicked"}).to_csv(in_tmp / "clicks.csv", index=False)
+    result = run("train", "--policy", policy_file, "--data", "clicks.csv", "--label", "clicked", "--out", "p")
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["train", "--policy", "missing.yaml", "--synthetic", 500], ["missing.yaml does not exist"]),
+    (["train", "--policy", "policy.yaml", "--data", "nope.csv"], ["nope.csv does not exist"]),
+    (["train", "--policy", "policy.yaml"], ["--data FILE or --synthetic ROWS"]),
+    (["train", "--policy", "policy.yaml", "--data", "bad_labels.csv"], ["column 'label' must hold labels 0 or 1"]),
+    (["train", "--policy", "policy.yaml", "--data", "bad_labels.csv", "--label", "lable"], ["label column 'lable'"]),
+    (["train", "--policy", "policy.yaml", "--data", "empty.csv"], ["empty.csv", "empty"]),
+    (["evaluate", "--model", ".", "--data", "bad_labels.csv"], ["not a scoring-policy directory"]),
+    (["tune", "missing.yaml"], ["missing.yaml does not exist"]),
+    (["status", "study.yaml"], ["no study named 'study'"]),
+])
+def test_bad_input_is_one_line_and_exit_code_2(policy_file, in_tmp, args, fragments):
+    (in_tmp / "bad_labels.csv").write_text("label,city\n0,a\n3,b\n")
+    (in_tmp / "empty.csv").write_text("")
+    (in_tmp / "study.yaml").write_text(yaml.safe_dump({"study": {"n_trials": 1}, "data": {"synthetic": {"rows": 500}}}))
+    assert_one_line_error(run(*args), *fragments)
+
+
+def test_bad_policy_value_is_one_line(policy_file, in_tmp):
+    policy_file.write_text(POLICY.replace("dropout: 0.0", "dropout: 1.5"))
+    assert_one_line_error(run("train", "--policy", policy_file, "--synthetic", 500),
+                          "scoring_policy.dropout must be in [0, 1), got 1.5")
+
+
+def test_tune_with_missing_data_leaves_no_study_or_run(in_tmp):
+    (in_tmp / "s.yaml").write_text(yaml.safe_dump({"study": {"n_trials": 1}, "data": {"train": "gone.csv"}}))
+    assert_one_line_error(run("tune", "s.yaml"), "gone.csv does not exist")
+    assert not (in_tmp / "mlruns" / "optuna.db").exists() and not (in_tmp / "mlruns" / "mlflow.db").exists()
+
+
+def test_every_command_has_help_with_an_example():
+    def walk(group, prefix=()):
+        for name, command in group.commands.items():
+            if hasattr(command, "commands"):
+                yield from walk(command, prefix + (name,))
+            else:
+                yield prefix + (name,), command
+
+    for path, command in walk(main):
+        result = run(*path, "--help")
+        assert result.exit_code == 0
+        assert "Example:" in (command.help or ""), f"deepfm {' '.join(path)} has no example"

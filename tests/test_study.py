@@ -1,0 +1,98 @@
+"""Study files: every hyperparameter fixed or tunable, defaults for unset ones, one-line errors at the edge."""
+
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from model.errors import ConfigError
+from tuner.space import DEFAULT_SPACE, Choices, Fixed, Layers, Range, parse_space, suggest_policy
+from tuner.study import load_study
+
+BASE = {"study": {"n_trials": 3}, "data": {"synthetic": {"rows": 1000}}}
+
+
+def study_file(tmp_path: Path, **sections) -> Path:
+    document = {**BASE, **sections}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+@pytest.mark.parametrize("path", sorted(Path("studies").glob("*.yaml")))
+def test_shipped_study_files_are_valid(path):
+    if "policy_configs" in yaml.safe_load(path.read_text()) and "study" not in yaml.safe_load(path.read_text()):
+        pytest.skip("a policy file, not a study")
+    spec = load_study(path)
+    assert spec.name and spec.n_trials
+
+
+def test_unset_hyperparameters_get_default_ranges(tmp_path):
+    spec = load_study(study_file(tmp_path, policy_configs={"scoring_policy": {"embedding_dim": 16}}))
+    assert spec.space["embedding_dim"] == Fixed(16)
+    for name in ("deep_hidden_units", "activation_fn", "dropout", "learning_rate"):
+        assert spec.space[name] == DEFAULT_SPACE[name]
+    assert spec.name == "s" and spec.direction == "maximize"
+
+
+def test_every_kind_of_spec_parses():
+    space = parse_space({
+        "embedding_dim": {"low": 4, "high": 32, "log": True},
+        "deep_hidden_units": {"depth": [1, 3], "width": [16, 128]},
+        "activation_fn": {"choices": ["relu", "gelu"]},
+        "dropout": {"low": 0.0, "high": 0.5, "step": 0.1},
+        "learning_rate": {"low": 1e-4, "high": 1e-2, "log": True},
+    })
+    assert space["embedding_dim"] == Range(4, 32, log=True, integer=True)
+    assert space["deep_hidden_units"] == Layers((1, 3), (16, 128))
+    assert space["activation_fn"] == Choices(("relu", "gelu"))
+
+
+def test_suggested_policies_are_always_valid_and_use_stable_names():
+    space = parse_space({"deep_hidden_units": {"choices": [[64, 32], [128]]}})
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(20):
+        trial = study.ask()
+        policy = suggest_policy(trial, space)
+        assert policy.deep_hidden_units in ((64, 32), (128,))
+        study.tell(trial, 0.5)
+    assert set(study.trials[0].params) == {"embedding_dim", "deep_hidden_units", "activation_fn", "dropout",
+                                           "learning_rate"}
+
+
+@pytest.mark.parametrize("block, message", [
+    ({"dropout": {"low": 0.5, "high": 0.1}}, "low 0.5 > high 0.1"),
+    ({"dropout": {"low": 0.1}}, "needs both 'low' and 'high'"),
+    ({"learning_rate": {"low": 0.0, "high": 0.1, "log": True}}, "log range needs low > 0"),
+    ({"activation_fn": {"choices": []}}, "non-empty list"),
+    ({"activation_fn": {"choices": ["relu", "gleu"]}}, "did you mean 'gelu'"),
+    ({"embedding_dim": {"low": 4, "hihg": 8}}, "did you mean 'high'"),
+    ({"deep_hidden_units": {"depth": [3, 1], "width": [8, 16]}}, "low 3 > high 1"),
+    ({"dropout": {"low": 0.1, "high": 1.5}}, "must be in [0, 1)"),
+    ({"dropuot": 0.1}, "did you mean 'dropout'"),
+])
+def test_bad_search_spaces_are_one_line_errors(tmp_path, block, message):
+    with pytest.raises(ConfigError) as info:
+        load_study(study_file(tmp_path, policy_configs={"scoring_policy": block}))
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("study, message", [
+    ({"n_trials": 3, "sampler": "cmaes"}, "unknown sampler 'cmaes'"),
+    ({"n_trials": 3, "pruner": {"type": "medain"}}, "did you mean 'median'"),
+    ({"n_trials": 0}, "n_trials must be an integer >= 1"),
+    ({"n_trials": 3, "metric": "auc"}, "unknown metric 'auc'"),
+    ({"n_trials": 3, "trials": 4}, "unknown key 'trials'"),
+    ({"n_trials": None}, "set n_trials, timeout, or both"),
+])
+def test_bad_study_settings_are_one_line_errors(tmp_path, study, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        load_study(study_file(tmp_path, study=study))
+
+
+def test_missing_data_block_says_what_to_write(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"study": {"n_trials": 2}}))
+    with pytest.raises(ConfigError, match="missing 'data:' block"):
+        load_study(path)
