@@ -376,6 +376,12 @@ def ui(tracking_uri, port) -> None:
     os.execvp(args[0], args)
 
 
+from .cli_registry import pull, score  # noqa: E402
+
+main.add_command(pull)
+main.add_command(score)
+
+
 def run() -> None:  # pragma: no cover - console-script shim
     main(prog_name="deepfm")
 

@@ -15,6 +15,7 @@ through `conform` first, as `tuner.registry.score_file` does. Output: one `proba
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,7 @@ class ScoringPolicyModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         self.policy = ScoringPolicy.load(context.artifacts[ARTIFACT_KEY])
 
-    def predict(self, context, model_input, params=None) -> pd.Series:
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.Series:
         frame = _as_frame(model_input)
         probabilities = self.policy.predict(frame).astype(np.float64)
         return pd.Series(probabilities, index=frame.index, name=OUTPUT_COLUMN)
@@ -127,6 +128,16 @@ def log_policy_model(policy_dir: str | Path, *, input_example: pd.DataFrame, nam
     policy = ScoringPolicy.load(policy_dir)
     signature = policy_signature(policy.encoder.schema)
     example = conform(input_example.head(5), signature.inputs)
+    pyfunc_logger = logging.getLogger("mlflow.pyfunc")
+    level = pyfunc_logger.level
+    pyfunc_logger.setLevel(logging.ERROR)  # its CloudPickle notice: the pickle holds only a class reference
+    try:
+        return _log(policy_dir, signature, example, name)
+    finally:
+        pyfunc_logger.setLevel(level)
+
+
+def _log(policy_dir: Path, signature: ModelSignature, example: pd.DataFrame, name: str):
     return mlflow.pyfunc.log_model(
         name=name,
         python_model=ScoringPolicyModel(),

@@ -1,0 +1,127 @@
+"""The pyfunc scoring model: rebuilt from artifacts, scores raw frames, identical to the in-memory policy."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import TINY_POLICY, TINY_TRAINING
+from model.data import read_table, split_rows
+from model.errors import DataError
+from model.policy import ScoringPolicy
+from model.schema import CRITEO_CATEGORICAL, CRITEO_NUMERIC
+from model.train import train
+from tuner.pyfunc import OUTPUT_COLUMN, ScoringPolicyModel, conform, log_policy_model, policy_signature
+
+import mlflow  # noqa: E402  (after tuner.pyfunc: quiet defaults)
+from mlflow import MlflowClient  # noqa: E402
+
+NAME = "ctr_pyfunc"
+
+
+@pytest.fixture(scope="module")
+def policy_dir(tiny_prepared, tmp_path_factory):
+    result = train(tiny_prepared, TINY_POLICY, TINY_TRAINING)
+    out = tmp_path_factory.mktemp("policy") / "policy"
+    return ScoringPolicy(TINY_POLICY, TINY_TRAINING, tiny_prepared.encoder, result.model, {}).save(out)
+
+
+@pytest.fixture(scope="module")
+def test_frame(tiny_frame) -> pd.DataFrame:
+    return tiny_frame.iloc[split_rows(len(tiny_frame), seed=0).test].reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def registered(policy_dir, test_frame, tmp_path_factory):
+    """The tiny policy logged to a run and registered as NAME@champion in a fresh SQLite store."""
+    root = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{root}/mlflow.db"
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        experiment = mlflow.create_experiment("pyfunc", artifact_location=str(root / "artifacts"))
+        with mlflow.start_run(experiment_id=experiment):
+            info = log_policy_model(policy_dir, input_example=test_frame)
+        version = mlflow.register_model(info.model_uri, NAME).version
+        MlflowClient().set_registered_model_alias(NAME, "champion", version)
+        yield uri, info
+    finally:
+        mlflow.set_tracking_uri(previous)
+        mlflow.set_registry_uri(None)
+        os.environ.pop("MLFLOW_REGISTRY_URI", None)
+
+
+def test_pyfunc_scores_in_a_fresh_process_equal_in_memory_policy(registered, policy_dir, test_frame, tmp_path):
+    uri, _ = registered
+    path = tmp_path / "rows.parquet"
+    test_frame.to_parquet(path)
+    script = (
+        "import json, sys, mlflow, pandas as pd\n"
+        "from tuner.pyfunc import conform\n"
+        f"m = mlflow.pyfunc.load_model('models:/{NAME}@champion')\n"
+        f"frame = conform(pd.read_parquet(sys.argv[1]), m.metadata.get_input_schema())\n"
+        "print(json.dumps(m.predict(frame).tolist()))\n"
+    )
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    done = subprocess.run([sys.executable, "-c", script, str(path)], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    fresh = np.array(json.loads(done.stdout.strip().splitlines()[-1]))
+    expected = ScoringPolicy.load(policy_dir).predict(test_frame)
+    np.testing.assert_allclose(fresh, expected, rtol=1e-6, atol=1e-7)
+
+
+def test_unseen_categories_nan_numerics_and_extra_columns_score(registered, test_frame):
+    model = mlflow.pyfunc.load_model(registered[1].model_uri)
+    rows = conform(test_frame.head(4), model.metadata.get_input_schema())
+    rows["C1"] = ["never-seen", None, "also-new", ""]
+    rows["I1"] = [np.nan, 1.0, np.nan, 1e12]
+    rows["I2"] = np.nan
+    rows["request_id"] = ["a", "b", "c", "d"]
+    scores = model.predict(rows)
+    assert scores.name == OUTPUT_COLUMN and len(scores) == 4
+    assert np.isfinite(scores).all() and ((scores > 0) & (scores < 1)).all()
+
+
+def test_raw_frames_with_nullable_ints_and_arrow_strings_conform_to_the_signature(registered, policy_dir,
+                                                                                  tiny_criteo_dir):
+    raw = read_table(tiny_criteo_dir / "test.tsv", "criteo")  # float64 counts, Arrow strings, a label column
+    raw["I3"] = raw["I3"].astype("Int64")
+    model = mlflow.pyfunc.load_model(registered[1].model_uri)
+    scores = model.predict(conform(raw, model.metadata.get_input_schema()))
+    np.testing.assert_allclose(scores.to_numpy(), ScoringPolicy.load(policy_dir).predict(raw), rtol=1e-6, atol=1e-7)
+
+
+def test_missing_column_is_an_error_naming_it(registered, policy_dir, test_frame):
+    rows = test_frame.drop(columns=["C7"]).head(3)
+    with pytest.raises(DataError, match="'C7'"):
+        model = ScoringPolicyModel()
+        model.policy = ScoringPolicy.load(policy_dir)
+        model.predict(None, rows)
+    loaded = mlflow.pyfunc.load_model(registered[1].model_uri)
+    with pytest.raises(mlflow.exceptions.MlflowException, match=r"missing inputs \['C7'\]"):
+        loaded.predict(conform(rows, loaded.metadata.get_input_schema()))
+
+
+def test_signature_requires_every_feature_typed_string_or_double(registered, tiny_prepared):
+    signature = policy_signature(tiny_prepared.encoder.schema)
+    inputs = {c.name: (c.type.name, c.required) for c in signature.inputs.inputs}
+    assert inputs == {**{c: ("string", True) for c in CRITEO_CATEGORICAL}, **{c: ("double", True) for c in CRITEO_NUMERIC}}
+    logged = mlflow.models.get_model_info(registered[1].model_uri)
+    assert logged.signature == signature
+    assert [c.name for c in logged.signature.outputs.inputs] == [OUTPUT_COLUMN]
+
+
+def test_model_package_travels_with_the_logged_model(registered, tmp_path):
+    local = mlflow.artifacts.download_artifacts(artifact_uri=registered[1].model_uri, dst_path=str(tmp_path))
+    names = set(os.listdir(os.path.join(local, "code")))
+    assert {"model", "tuner"} <= names
+    requirements = open(os.path.join(local, "requirements.txt")).read()
+    assert "torch" in requirements and "deepfm" not in requirements

@@ -1,0 +1,211 @@
+"""Promotion with the champion gate, pull, batch scoring, and the `deepfm pull` / `deepfm score` commands."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import torch
+from click.testing import CliRunner
+
+from conftest import TINY_POLICY, TINY_TRAINING
+from model.config import read_policy_yaml
+from model.data import read_table, split_rows
+from model.errors import DataError, UserInputError
+from model.policy import ScoringPolicy
+from model.train import train
+from tuner import registry
+from tuner.cli import main
+from tuner.registry import (
+    ModelNotFoundError, PromotionCheckError, RegistryError, parse_model_ref, promote_policy, pull_model, score_file,
+)
+
+from mlflow import MlflowClient  # noqa: E402  (after tuner: quiet defaults)
+
+TAGS = {"study": "tiny", "trial_number": "3", "val_auc": "0.7", "data_fingerprint": "abc123"}
+
+
+@dataclass
+class Store:
+    uri: str
+    client: MlflowClient
+    experiment_id: str
+
+    def finished_run(self) -> str:
+        run = self.client.create_run(self.experiment_id)
+        self.client.set_terminated(run.info.run_id, "FINISHED")
+        return run.info.run_id
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Store:
+    """A fresh SQLite store used through an explicit client: the process-wide MLflow settings stay untouched."""
+    root = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{root}/mlflow.db"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    return Store(uri, client, client.create_experiment("registry", artifact_location=str(root / "artifacts")))
+
+
+@pytest.fixture(scope="module")
+def test_frame(tiny_frame) -> pd.DataFrame:
+    return tiny_frame.iloc[split_rows(len(tiny_frame), seed=0).test].reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def good_dir(tiny_prepared, tmp_path_factory) -> Path:
+    result = train(tiny_prepared, TINY_POLICY, TINY_TRAINING)
+    return ScoringPolicy(TINY_POLICY, TINY_TRAINING, tiny_prepared.encoder, result.model, {}).save(
+        tmp_path_factory.mktemp("good") / "policy")
+
+
+@pytest.fixture(scope="module")
+def bad_dir(tiny_prepared, tmp_path_factory) -> Path:
+    """Untrained weights on the same encoder: a model no better than chance."""
+    torch.manual_seed(0)
+    return ScoringPolicy.build(TINY_POLICY, TINY_TRAINING, tiny_prepared.encoder).save(
+        tmp_path_factory.mktemp("bad") / "policy")
+
+
+@pytest.fixture(scope="module")
+def champion(store, good_dir, test_frame):
+    """'ctr' v1 = the trained policy, promoted as the first champion."""
+    run_id = store.finished_run()
+    result = promote_policy(run_id=run_id, policy_dir=good_dir, test_frame=test_frame, registered_name="ctr",
+                            tags=TAGS, client=store.client)
+    return run_id, result
+
+
+def test_first_promotion_becomes_champion_with_tags_and_keeps_run_status(store, champion, good_dir, test_frame):
+    run_id, result = champion
+    assert (result.version, result.alias, result.model_uri) == (1, "champion", "models:/ctr@champion")
+    assert result.previous_champion_auc is None and "first champion" in result.reason
+    expected = ScoringPolicy.load(good_dir).predict(test_frame)
+    from model.train import classification_metrics
+
+    auc, logloss = classification_metrics(test_frame["label"].to_numpy(np.float32), expected)
+    assert result.test_auc == pytest.approx(auc, abs=1e-6) and result.test_logloss == pytest.approx(logloss, abs=1e-6)
+    version = store.client.get_model_version("ctr", "1")
+    assert {k: version.tags[k] for k in TAGS} == TAGS
+    assert version.tags["policy_yaml"] == (good_dir / "policy.yaml").read_text()
+    assert float(version.tags["test_auc"]) == pytest.approx(result.test_auc, abs=1e-6)
+    assert version.run_id == run_id
+    assert store.client.get_run(run_id).info.status == "FINISHED"
+
+
+def test_worse_model_becomes_challenger_and_force_takes_champion(store, champion, bad_dir, test_frame):
+    _, first = champion
+    worse = promote_policy(run_id=store.finished_run(), policy_dir=bad_dir, test_frame=test_frame,
+                           registered_name="ctr", tags=TAGS, client=store.client)
+    assert worse.alias == "challenger" and worse.model_uri == f"models:/ctr/{worse.version}"
+    assert worse.test_auc < first.test_auc
+    assert worse.previous_champion_auc == pytest.approx(first.test_auc, abs=1e-9)
+    assert "kept as challenger" in worse.reason
+    assert int(store.client.get_model_version_by_alias("ctr", "champion").version) == 1
+    assert int(store.client.get_model_version_by_alias("ctr", "challenger").version) == worse.version
+
+    forced = promote_policy(run_id=store.finished_run(), policy_dir=bad_dir, test_frame=test_frame,
+                            registered_name="ctr", tags=TAGS, force=True, client=store.client)
+    assert forced.alias == "champion" and forced.reason.startswith("forced")
+    assert int(store.client.get_model_version_by_alias("ctr", "champion").version) == forced.version
+
+
+def test_failed_load_back_check_moves_no_alias(store, good_dir, test_frame, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("cannot score")
+
+    monkeypatch.setattr(registry, "predict_frame", broken)
+    with pytest.raises(PromotionCheckError, match="failed its load-back check.*no alias moved"):
+        promote_policy(run_id=store.finished_run(), policy_dir=good_dir, test_frame=test_frame,
+                       registered_name="ctr_broken", tags=TAGS, client=store.client)
+    assert store.client.get_registered_model("ctr_broken").aliases == {}
+
+
+def test_test_frame_with_one_class_is_refused_before_logging(store, good_dir, test_frame):
+    with pytest.raises(DataError, match="only one class"):
+        promote_policy(run_id=store.finished_run(), policy_dir=good_dir, test_frame=test_frame.assign(label=0),
+                       registered_name="ctr_one_class", tags=TAGS, client=store.client)
+
+
+def test_pull_writes_policy_yaml_that_round_trips_and_a_loadable_policy(store, champion, good_dir, test_frame,
+                                                                       tmp_path):
+    out = pull_model("models:/ctr/1", tmp_path / "pulled", client=store.client)
+    policy, _ = read_policy_yaml(out / "policy.yaml")
+    assert policy == TINY_POLICY
+    pulled = ScoringPolicy.load(out / "policy")
+    np.testing.assert_allclose(pulled.predict(test_frame), ScoringPolicy.load(good_dir).predict(test_frame))
+    assert json.loads((out / "source.json").read_text())["version"] == 1
+    assert (out / "model" / "MLmodel").is_file()
+
+
+@pytest.mark.parametrize("reference, message", [
+    ("models:/nope@champion", "no registered model 'nope'"),
+    ("ctx", "did you mean 'ctr'"),
+    ("ctr@gold", "has no alias 'gold'; versions: 1"),
+    ("ctr/99", "has no version 99"),
+])
+def test_unknown_models_are_one_line_errors(store, champion, reference, message):
+    with pytest.raises(ModelNotFoundError, match=message) as info:
+        registry.resolve_model_version(reference, store.client)
+    assert "\n" not in str(info.value) and isinstance(info.value, UserInputError)
+
+
+def test_model_references_parse_with_or_without_the_scheme():
+    assert parse_model_ref("ctr").uri == "models:/ctr@champion"
+    assert parse_model_ref("models:/ctr@challenger").uri == "models:/ctr@challenger"
+    assert parse_model_ref("ctr/7").uri == "models:/ctr/7"
+    with pytest.raises(RegistryError, match="NAME@alias"):
+        parse_model_ref("models:/ctr/latest")
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_score_file_appends_probabilities_equal_to_the_policy(store, champion, good_dir, tiny_criteo_dir, tmp_path,
+                                                               suffix):
+    seen = []
+    result = score_file("ctr/1", tiny_criteo_dir / "test.tsv", tmp_path / f"scores{suffix}", fmt="criteo",
+                        batch_size=128, progress=lambda done, total: seen.append((done, total)), client=store.client)
+    raw = read_table(tiny_criteo_dir / "test.tsv", "criteo")
+    scored = read_table(result.output)
+    assert list(scored.columns) == list(raw.columns) + ["probability"] and len(scored) == len(raw) == result.rows
+    np.testing.assert_allclose(scored["probability"], ScoringPolicy.load(good_dir).predict(raw), rtol=1e-6, atol=1e-7)
+    assert seen[-1] == (len(raw), len(raw)) and len(seen) == -(-len(raw) // 128)
+
+
+def test_score_file_names_a_missing_column(store, champion, test_frame, tmp_path):
+    path = tmp_path / "rows.parquet"
+    test_frame.drop(columns=["C3", "I5"]).to_parquet(path)
+    with pytest.raises(DataError, match="missing column\\(s\\) 'C3', 'I5'"):
+        score_file("ctr/1", path, tmp_path / "out.csv", client=store.client)
+
+
+# -- CLI ---------------------------------------------------------------------------------------------
+def test_cli_score_writes_the_output_and_reports_rows(store, champion, tiny_criteo_dir, tmp_path):
+    out = tmp_path / "scores.parquet"
+    result = CliRunner().invoke(main, ["score", "--model", "models:/ctr/1", "--input", str(tiny_criteo_dir / "test.tsv"),
+                                       "--format", "criteo", "--output", str(out), "--tracking-uri", store.uri])
+    assert result.exit_code == 0, result.output
+    assert "scored 300 rows with ctr v1" in result.output
+    assert pq.read_table(out).column_names[-1] == "probability"
+
+
+def test_cli_pull_writes_policy_yaml(store, champion, tmp_path):
+    result = CliRunner().invoke(main, ["pull", "ctr/1", "--out", str(tmp_path / "p"), "--tracking-uri", store.uri])
+    assert result.exit_code == 0, result.output
+    assert read_policy_yaml(tmp_path / "p" / "policy.yaml")[0] == TINY_POLICY
+
+
+def test_cli_unknown_model_exits_2_with_one_line(store, champion, tmp_path):
+    result = CliRunner().invoke(main, ["pull", "nope", "--out", str(tmp_path / "p"), "--tracking-uri", store.uri])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        f"Error: no registered model 'nope' in {store.uri}; registered models: ctr, ctr_broken"]
+
+
+def test_cli_missing_default_store_is_a_one_line_error(in_tmp, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    result = CliRunner().invoke(main, ["score", "--model", "ctr", "--input", "x.csv", "--output", "y.csv"])
+    assert result.exit_code == 2 and "no MLflow store at mlruns/mlflow.db" in result.output

@@ -1,0 +1,376 @@
+"""Promotion with the champion gate, pulling a registered policy, and batch scoring of a file.
+
+    promote_policy  log the policy as a pyfunc model to its trial's run, register a version, prove it loads and
+                    scores, then move `champion` only if its test AUC is at least the current champion's on the
+                    same test rows (else `challenger`); `force=True` skips the gate.
+    pull_model      download a registered version: the MLflow model, the policy directory and its V1 policy.yaml.
+    score_file      score a CSV/TSV/Parquet/Criteo file with a registered model, batch by batch.
+
+Model references: `NAME` (= NAME@champion), `NAME@alias`, `NAME/VERSION`, or any of these after `models:/`.
+Aliases only (`champion`, `challenger`), never the deprecated stages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from model.data import check_labels, read_table
+from model.errors import DataError, UserInputError, did_you_mean
+from model.policy import POLICY_FILE, ScoringPolicy
+from model.train import classification_metrics
+
+from .pyfunc import ARTIFACT_KEY, OUTPUT_COLUMN, conform, log_policy_model
+
+import mlflow  # noqa: E402  (after .pyfunc, which sets the quiet defaults)
+from mlflow import MlflowClient  # noqa: E402
+from mlflow.exceptions import MlflowException  # noqa: E402
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+TAG_POLICY_YAML, TAG_TEST_AUC, TAG_TEST_LOGLOSS, TAG_REASON = "policy_yaml", "test_auc", "test_logloss", "promotion"
+OUTPUT_FORMATS = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet"}
+_NAME = r"[^/@:\s][^/@:]*"
+_REFERENCE = re.compile(rf"^(?:models:/)?(?P<name>{_NAME})(?:@(?P<alias>[\w-]+)|/(?P<version>\d+))?$")
+
+
+class RegistryError(UserInputError):
+    """A model reference that does not parse, or names nothing in the registry."""
+
+
+class ModelNotFoundError(RegistryError):
+    """The registered model, alias or version does not exist."""
+
+
+class PromotionCheckError(RegistryError):
+    """A registered version failed to load or score; no alias was moved."""
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A parsed model reference: exactly one of alias / version is set."""
+
+    name: str
+    alias: str | None = None
+    version: str | None = None
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}@{self.alias}" if self.alias else f"models:/{self.name}/{self.version}"
+
+
+def parse_model_ref(reference: str) -> ModelRef:
+    """`NAME`, `NAME@alias`, `NAME/VERSION`, optionally prefixed by `models:/`; bare NAME means NAME@champion."""
+    match = _REFERENCE.match(reference.strip())
+    if not match:
+        raise RegistryError(f"cannot read model reference {reference!r}; use NAME, NAME@alias or NAME/VERSION "
+                            f"(optionally prefixed by models:/), e.g. models:/ctr@champion")
+    name, alias, version = match.group("name"), match.group("alias"), match.group("version")
+    if alias is None and version is None:
+        alias = CHAMPION
+    return ModelRef(name, alias, version)
+
+
+def resolve_model_version(reference: str, client: MlflowClient | None = None):
+    """The registry's ModelVersion a reference points at; a one-line ModelNotFoundError otherwise."""
+    client = client or MlflowClient()
+    ref = parse_model_ref(reference)
+    try:
+        client.get_registered_model(ref.name)
+    except MlflowException:
+        names = [m.name for m in client.search_registered_models(max_results=1000)]
+        known = f"; registered models: {', '.join(sorted(names)[:10])}" if names else "; the registry is empty"
+        raise ModelNotFoundError(f"no registered model '{ref.name}' in {client.tracking_uri}"
+                                 f"{did_you_mean(ref.name, names)}{known}") from None
+    try:
+        if ref.alias:
+            return client.get_model_version_by_alias(ref.name, ref.alias)
+        return client.get_model_version(ref.name, ref.version)
+    except MlflowException:
+        what = f"alias '{ref.alias}'" if ref.alias else f"version {ref.version}"
+        raise ModelNotFoundError(f"registered model '{ref.name}' has no {what}; {_versions_hint(client, ref.name)}") \
+            from None
+
+
+def _versions_hint(client: MlflowClient, name: str) -> str:
+    model = client.get_registered_model(name)
+    versions = sorted(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
+    aliases = ", ".join(f"@{a}" for a in sorted(model.aliases)) or "none"
+    shown = ", ".join(map(str, versions[-10:])) or "none"
+    return f"versions: {shown}; aliases: {aliases}"
+
+
+@contextlib.contextmanager
+def _using(client: MlflowClient) -> Iterator[None]:
+    """Point mlflow's fluent API (runs, load_model, downloads) at the client's stores for the duration, then
+    restore the previous settings exactly (mlflow's setters also write MLFLOW_*_URI into the environment)."""
+    tracking, registry = client.tracking_uri, client._registry_uri
+    if mlflow.get_tracking_uri() == tracking and mlflow.get_registry_uri() == registry:
+        yield
+        return
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    saved = (tracking_utils._tracking_uri, registry_utils._registry_uri)
+    saved_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    mlflow.set_tracking_uri(tracking)
+    mlflow.set_registry_uri(registry)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(saved[0])
+        registry_utils._registry_uri = saved[1]
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+# -- scoring helpers -------------------------------------------------------------------------------
+def predict_frame(pyfunc_model, frame: pd.DataFrame, source: str = "input") -> np.ndarray:
+    """Probabilities from a loaded pyfunc model for a raw frame (conformed to its signature first)."""
+    schema = pyfunc_model.metadata.get_input_schema()
+    if schema is not None and schema.has_input_names():
+        missing = [c for c in schema.input_names() if c not in frame.columns]
+        if missing:
+            shown = ", ".join(f"'{c}'" for c in missing[:5]) + (" ..." if len(missing) > 5 else "")
+            raise DataError(f"{source}: missing column(s) {shown}{did_you_mean(missing[0], map(str, frame.columns))}"
+                            f"; the model needs {len(schema.input_names())} feature columns")
+    return np.asarray(pyfunc_model.predict(conform(frame, schema)), dtype=np.float64).reshape(-1)
+
+
+# -- promotion -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PromotionResult:
+    name: str
+    version: int
+    alias: str  # "champion" or "challenger"
+    model_uri: str  # models:/NAME@champion when promoted, else models:/NAME/VERSION
+    test_auc: float
+    test_logloss: float
+    previous_champion_auc: float | None  # None when there was no champion
+    previous_champion_version: int | None
+    reason: str
+
+    @property
+    def promoted(self) -> bool:
+        return self.alias == CHAMPION
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def promote_policy(
+    *,
+    run_id: str,
+    policy_dir: str | Path,
+    test_frame: pd.DataFrame,
+    registered_name: str,
+    tags: dict[str, str],
+    force: bool = False,
+    client: MlflowClient | None = None,
+) -> PromotionResult:
+    """Log, register, verify and (if it beats or ties the champion on `test_frame`) promote a policy."""
+    client = client or MlflowClient()
+    policy_dir = Path(policy_dir)
+    schema = ScoringPolicy.load(policy_dir).encoder.schema
+    labels = check_labels(test_frame, schema.label, "promotion test frame")
+    if not 0 < labels.sum() < len(labels):
+        raise DataError(f"promotion test frame: column '{schema.label}' holds only one class in {len(labels):,} rows; "
+                        f"AUC needs clicks and non-clicks, so use a larger or different test set")
+    with _using(client):
+        try:
+            run = client.get_run(run_id)
+        except MlflowException:
+            raise RegistryError(f"MLflow run {run_id} does not exist in {client.tracking_uri}") from None
+        info = _log_to_run(client, run, policy_dir, test_frame)
+        try:
+            client.get_registered_model(registered_name)
+        except MlflowException:
+            client.create_registered_model(registered_name, description="DeepFM click-through-rate scoring policy")
+        version_tags = {str(k): str(v) for k, v in tags.items()}
+        version_tags[TAG_POLICY_YAML] = (policy_dir / POLICY_FILE).read_text()
+        mv = client.create_model_version(registered_name, source=info.model_uri, run_id=run_id, tags=version_tags,
+                                         model_id=info.model_id)
+        version = int(mv.version)
+
+        # -- prove the registered version loads and scores before any alias moves --------------------
+        try:
+            loaded = mlflow.pyfunc.load_model(f"models:/{registered_name}/{version}")
+            probabilities = predict_frame(loaded, test_frame, "promotion test frame")
+            if len(probabilities) != len(test_frame) or not np.isfinite(probabilities).all():
+                raise ValueError(f"got {len(probabilities)} scores (non-finite included) for {len(test_frame)} rows")
+        except Exception as exc:  # anything at all: the version must not be promoted
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            client.set_model_version_tag(registered_name, str(version), TAG_REASON, f"failed load-back check: {first}")
+            raise PromotionCheckError(f"registered version {version} of '{registered_name}' failed its load-back "
+                                      f"check ({first}); no alias moved") from exc
+        test_auc, test_logloss = classification_metrics(labels, probabilities)
+        client.set_model_version_tag(registered_name, str(version), TAG_TEST_AUC, f"{test_auc:.6f}")
+        client.set_model_version_tag(registered_name, str(version), TAG_TEST_LOGLOSS, f"{test_logloss:.6f}")
+
+        # -- the champion gate: both models scored on the same rows ---------------------------------
+        champion_auc, champion_version = _champion_auc(client, registered_name, test_frame, labels, force)
+        rows = f"{len(test_frame):,} test rows"
+        if champion_version is None:
+            alias, reason = CHAMPION, f"first champion of '{registered_name}' (test AUC {test_auc:.4f} on {rows})"
+        elif force:
+            alias = CHAMPION
+            shown = "n/a" if champion_auc is None else f"{champion_auc:.4f}"
+            reason = f"forced: test AUC {test_auc:.4f} vs champion v{champion_version}'s {shown} on {rows}"
+        elif test_auc >= champion_auc:
+            alias = CHAMPION
+            reason = f"test AUC {test_auc:.4f} >= champion v{champion_version}'s {champion_auc:.4f} on the same {rows}"
+        else:
+            alias = CHALLENGER
+            reason = (f"test AUC {test_auc:.4f} < champion v{champion_version}'s {champion_auc:.4f} on the same "
+                      f"{rows}; kept as challenger (force to promote anyway)")
+        client.set_registered_model_alias(registered_name, alias, str(version))
+        client.set_model_version_tag(registered_name, str(version), TAG_REASON, reason)
+    uri = f"models:/{registered_name}@{CHAMPION}" if alias == CHAMPION else f"models:/{registered_name}/{version}"
+    return PromotionResult(registered_name, version, alias, uri, test_auc, test_logloss, champion_auc,
+                           champion_version, reason)
+
+
+def _log_to_run(client: MlflowClient, run, policy_dir: Path, test_frame: pd.DataFrame):
+    """Log the pyfunc model into `run`, leaving the run in the status (and end time) it had."""
+    run_id, status, end_time = run.info.run_id, run.info.status, run.info.end_time
+    active = mlflow.active_run()
+    if active is not None and active.info.run_id == run_id:
+        return log_policy_model(policy_dir, input_example=test_frame.head(5))
+    try:
+        with mlflow.start_run(run_id=run_id, nested=active is not None):
+            info = log_policy_model(policy_dir, input_example=test_frame.head(5))
+    finally:
+        if status == "RUNNING":
+            client.update_run(run_id, status="RUNNING")
+        else:
+            client.set_terminated(run_id, status=status, end_time=end_time)
+    return info
+
+
+def _champion_auc(client: MlflowClient, name: str, test_frame: pd.DataFrame, labels: np.ndarray,
+                  force: bool) -> tuple[float | None, int | None]:
+    """(AUC of the current champion on `test_frame`, its version), or (None, None) when there is none."""
+    try:
+        champion = client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None, None
+    try:
+        loaded = mlflow.pyfunc.load_model(f"models:/{name}@{CHAMPION}")
+        auc, _ = classification_metrics(labels, predict_frame(loaded, test_frame, "promotion test frame"))
+        return auc, int(champion.version)
+    except Exception as exc:
+        if force:
+            return None, int(champion.version)
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise PromotionCheckError(f"the current champion (version {champion.version} of '{name}') cannot score "
+                                  f"the test frame ({first}); compare by hand or force the promotion") from exc
+
+
+# -- pull ------------------------------------------------------------------------------------------
+def pull_model(model_uri: str, out_dir: str | Path, *, client: MlflowClient | None = None) -> Path:
+    """Download a registered version into `out_dir`:
+
+        out_dir/model/        the MLflow model (MLmodel, code, artifacts): mlflow.pyfunc.load_model works on it
+        out_dir/policy/       the scoring-policy directory: model.policy.ScoringPolicy.load works on it
+        out_dir/policy.yaml   the version's V1 policy YAML
+        out_dir/source.json   which name, version, aliases and run it came from
+    """
+    client = client or MlflowClient()
+    out_dir = Path(out_dir)
+    mv = resolve_model_version(model_uri, client)
+    for part in ("model", "policy", POLICY_FILE):
+        if (out_dir / part).exists():
+            raise UserInputError(f"{out_dir / part} already exists; pull into an empty or new --out directory")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with _using(client), tempfile.TemporaryDirectory(dir=out_dir, prefix=".pull-") as tmp:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{mv.name}/{mv.version}", dst_path=tmp))
+        flavor = mlflow.models.Model.load(str(local)).flavors["python_function"]
+        policy_src = local / flavor["artifacts"][ARTIFACT_KEY]["path"]
+        shutil.copytree(policy_src, out_dir / "policy")
+        shutil.copyfile(policy_src / POLICY_FILE, out_dir / POLICY_FILE)
+        shutil.move(str(local), out_dir / "model")
+    source = {"model_uri": parse_model_ref(model_uri).uri, "name": mv.name, "version": int(mv.version),
+              "aliases": list(mv.aliases), "run_id": mv.run_id, "tracking_uri": client.tracking_uri}
+    (out_dir / "source.json").write_text(json.dumps(source, indent=2) + "\n")
+    return out_dir
+
+
+# -- batch scoring ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ScoreResult:
+    rows: int
+    seconds: float
+    output: Path
+    name: str
+    version: int
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows / self.seconds if self.seconds > 0 else float("inf")
+
+
+def output_format(path: str | Path) -> str:
+    suffix = Path(path).suffix.lower()
+    if suffix not in OUTPUT_FORMATS:
+        raise UserInputError(f"cannot tell the output format of {path}; name it .csv, .tsv or .parquet")
+    return OUTPUT_FORMATS[suffix]
+
+
+def score_file(
+    model_uri: str,
+    input_path: str | Path,
+    output_path: str | Path,
+    *,
+    fmt: str | None = None,
+    batch_size: int = 100_000,
+    progress: Callable[[int, int], None] | None = None,
+    client: MlflowClient | None = None,
+) -> ScoreResult:
+    """Score every row of `input_path` with a registered model; write the input columns plus `probability`.
+
+    The output format follows `output_path`'s extension (.csv, .tsv, .parquet). `progress(done, total)` is called
+    after each batch of `batch_size` rows.
+    """
+    if batch_size < 1:
+        raise UserInputError(f"batch_size must be >= 1, got {batch_size}")
+    kind = output_format(output_path)
+    client = client or MlflowClient()
+    mv = resolve_model_version(model_uri, client)
+    frame = read_table(input_path, fmt)
+    with _using(client):
+        loaded = mlflow.pyfunc.load_model(f"models:/{mv.name}/{mv.version}")
+    output_path = Path(output_path)
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    started, total, writer, schema = time.perf_counter(), len(frame), None, None
+    try:
+        for start in range(0, total, batch_size):
+            chunk = frame.iloc[start : start + batch_size]
+            scores = predict_frame(loaded, chunk, str(input_path))
+            table = pa.Table.from_pandas(chunk, preserve_index=False).append_column(OUTPUT_COLUMN, pa.array(scores))
+            if writer is None:
+                schema = table.schema
+                writer = (pq.ParquetWriter(output_path, schema) if kind == "parquet" else pacsv.CSVWriter(
+                    output_path, schema, write_options=pacsv.WriteOptions(delimiter="\t" if kind == "tsv" else ",")))
+            writer.write_table(table.cast(schema))
+            if progress is not None:
+                progress(min(start + batch_size, total), total)
+    finally:
+        if writer is not None:
+            writer.close()
+    return ScoreResult(total, time.perf_counter() - started, output_path, mv.name, int(mv.version))
