@@ -29,6 +29,7 @@ from .tracking import StudyTracker, git_commit
 ATTR_RUN_ID, ATTR_CHECKPOINT, ATTR_RETRY_OF = "mlflow_run_id", "checkpoint", "retry_of_run_id"
 ATTR_SKIPPED = "skipped"  # a trial claimed after the total was reached: failed without running
 ATTR_WORKER = "worker"  # host:pid of the process that ran the trial (team mode: which machine to look at)
+ATTR_TRAINING = "training"  # {seconds: epochs only, wall_seconds: build + epochs + evaluation, best_epoch}
 CHECKPOINT_PATH = "checkpoint"
 TAG_FAILURE, TAG_STATE = "deepfm.failure_reason", "deepfm.trial_state"
 
@@ -73,15 +74,17 @@ def make_objective(
     }
 
     def objective(trial: optuna.Trial) -> float:
+        trials = trial.study.get_trials(deepcopy=False)  # one read serves the total check and the retry lookup
         if spec.n_trials is not None:
-            _check_total(trial, spec.n_trials)
+            _check_total(trial, spec.n_trials, trials)
         policy = suggest_policy(trial, spec.space)
         if failure_injector is not None:
             policy = failure_injector(trial, policy)
         worker = f"{socket.gethostname()}:{os.getpid()}"
         trial.set_user_attr(ATTR_WORKER, worker)
         tags = {**common_tags, "deepfm.worker": worker}
-        retry_of = _frozen(trial).system_attrs.get("failed_trial")  # set by Optuna's retry callbacks
+        frozen = next(t for t in trials if t.number == trial.number)
+        retry_of = frozen.system_attrs.get("failed_trial")  # set by Optuna's retry callbacks
         if retry_of is not None:
             tags["deepfm.retry_of_trial"] = str(retry_of)
             old_run = trial.user_attrs.get(ATTR_RUN_ID)  # a retry inherits the dead trial's user attrs
@@ -93,32 +96,38 @@ def make_objective(
         status, state = "FAILED", "FAIL"
         started = time.perf_counter()
         try:
+            reporting = {"seconds": 0.0}  # time spent logging inside the training loop is platform overhead
+
             def report(metrics: EpochMetrics) -> None:
+                began = time.perf_counter()
                 tracker.log_epoch(run_id, metrics.epoch, {
                     "val_auc": metrics.val_auc, "val_logloss": metrics.val_logloss, "train_loss": metrics.train_loss,
                     "epoch_seconds": metrics.seconds, "samples_per_second": metrics.samples_per_second})
                 trial.report(getattr(metrics, spec.metric), metrics.epoch)
                 if on_epoch is not None:
                     on_epoch(trial, metrics)
+                reporting["seconds"] += time.perf_counter() - began
                 if trial.should_prune():
                     raise optuna.TrialPruned(f"pruned after epoch {metrics.epoch}")
 
+            train_started = time.perf_counter()
             result = train(prepared, policy, control, on_epoch=report)
+            train_wall = time.perf_counter() - train_started - reporting["seconds"]
             value = getattr(result.best, spec.metric)
-            overhead = time.perf_counter() - started - result.train_seconds
+            overhead = time.perf_counter() - started - train_wall
             tracker.log_summary(run_id, {
                 "best_val_auc": result.best.val_auc, "best_val_logloss": result.best.val_logloss,
                 "best_epoch": result.best_epoch, "train_seconds": result.train_seconds,
                 "epochs_trained": len(result.history), "platform_overhead_seconds": overhead}, tags={
-                "deepfm.stop_reason": result.stop_reason})
+                "deepfm.stop_reason": result.stop_reason, TAG_STATE: "COMPLETE"})
             if _better(value, _study_best(trial.study), spec.direction):
                 _save_checkpoint(tracker, run_id, ScoringPolicy(policy, control, prepared.encoder, result.model, {
                     "best_epoch": result.best_epoch, "val_auc": result.best.val_auc,
                     "val_logloss": result.best.val_logloss, "data_fingerprint": prepared.fingerprint,
                     "history": [m.to_dict() for m in result.history]}))
                 trial.set_user_attr(ATTR_CHECKPOINT, f"runs:/{run_id}/{CHECKPOINT_PATH}")
-            trial.set_user_attr("train_seconds", result.train_seconds)
-            trial.set_user_attr("best_epoch", result.best_epoch)
+            trial.set_user_attr(ATTR_TRAINING, {  # one write: each attribute is a round trip to the storage
+                "seconds": result.train_seconds, "wall_seconds": train_wall, "best_epoch": result.best_epoch})
             status, state = "FINISHED", "COMPLETE"
             return value
         except optuna.TrialPruned:
@@ -134,25 +143,22 @@ def make_objective(
             tracker.set_tags(run_id, {TAG_FAILURE: "interrupted (KeyboardInterrupt)"})
             raise
         finally:
-            tracker.set_tags(run_id, {TAG_STATE: state})
+            if state != "COMPLETE":  # the success path wrote its state with the summary
+                tracker.set_tags(run_id, {TAG_STATE: state})
             tracker.end_run(run_id, status)
 
     return objective
 
 
-def _check_total(trial: optuna.Trial, total: int) -> None:
+def _check_total(trial: optuna.Trial, total: int, trials: list[optuna.trial.FrozenTrial]) -> None:
     """With many workers, a trial started after the total was reached is not run (MaxTrialsCallback only
     stops a worker after its own trial ends, so workers would overshoot)."""
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.RUNNING)
-    earlier = [t for t in trial.study.get_trials(deepcopy=False, states=states) if t.number < trial.number]
+    earlier = [t for t in trials if t.state in states and t.number < trial.number]
     if len(earlier) >= total:
         trial.study.stop()
         trial.set_user_attr(ATTR_SKIPPED, "total reached")
         raise TotalReached(f"the study already has {total} trials")
-
-
-def _frozen(trial: optuna.Trial) -> optuna.trial.FrozenTrial:
-    return next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
 
 
 def _save_checkpoint(tracker: StudyTracker, run_id: str, policy: ScoringPolicy) -> None:

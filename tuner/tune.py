@@ -15,7 +15,7 @@ from model.dataset import PreparedData, prepare
 from model.errors import UserInputError
 from model.train import EpochMetrics
 
-from .objective import ATTR_CHECKPOINT, ATTR_RUN_ID, prune_checkpoints
+from .objective import ATTR_CHECKPOINT, ATTR_RUN_ID, ATTR_TRAINING, prune_checkpoints
 from .report import write_report
 from .runner import StudyHandle, init_study, run_trials
 from .space import policy_from_params
@@ -67,9 +67,10 @@ def summarise(handle: StudyHandle, status: str = "FINISHED") -> optuna.trial.Fro
         if best is not None:
             policy = policy_from_params(best.params, spec.space)
             metrics[f"best_{spec.metric}"] = best.value
-            for key in ("best_epoch", "train_seconds"):
-                if key in best.user_attrs:
-                    metrics[f"best_trial_{key}"] = best.user_attrs[key]
+            training = best.user_attrs.get(ATTR_TRAINING, {})
+            for key in ("best_epoch", "seconds"):
+                if key in training:
+                    metrics[f"best_trial_{'train_' if key == 'seconds' else ''}{key}"] = training[key]
             tags = {"deepfm.best_trial": str(best.number), "deepfm.best_run_id": best.user_attrs.get(ATTR_RUN_ID, "")}
             tracker.log_summary(handle.parent_run_id, metrics, params=policy.to_dict(), tags=tags)
             (Path(tmp) / "best_policy.yaml").write_text(policy_to_v1_yaml(policy))
