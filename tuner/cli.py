@@ -367,7 +367,8 @@ def ui(tracking_uri, port) -> None:
     uri = resolve_tracking_uri(tracking_uri)
     if uri.startswith(("http://", "https://")):
         raise UserInputError(f"{uri} is already an MLflow server: open it in a browser")
-    exe = shutil.which("mlflow") or "mlflow"
+    beside = Path(sys.executable).with_name("mlflow")  # the mlflow of this environment, even if not on PATH
+    exe = str(beside) if beside.exists() else (shutil.which("mlflow") or "mlflow")
     args = [exe, "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     if artifact_location_for(uri):
         args += ["--default-artifact-root", artifact_location_for(uri)]

@@ -1,0 +1,86 @@
+"""`deepfm tune/status/report/ui` on a real embedded store, as a user runs them."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from tuner.cli import main
+
+pytestmark = pytest.mark.slow
+
+STUDY = {
+    "study": {"name": "clitiny", "n_trials": 3, "sampler": {"type": "tpe", "seed": 1, "n_startup_trials": 2},
+              "promote": False},
+    "data": {"synthetic": {"rows": 2000, "seed": 2, "max_cardinality": 100}},
+    "training": {"batch_size": 256, "max_epochs": 2, "device": "cpu", "threads": 1},
+    "policy_configs": {"scoring_policy": {"embedding_dim": 4, "deep_hidden_units": [16], "dropout": 0.0}},
+}
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture()
+def tuned(in_tmp) -> Path:
+    path = in_tmp / "clitiny.yaml"
+    path.write_text(yaml.safe_dump(STUDY))
+    result = run("tune", path)
+    assert result.exit_code == 0, result.output
+    assert "best trial" in result.output and "policy_configs:" in result.output
+    return path
+
+
+def test_tune_then_status_and_report(tuned, in_tmp):
+    result = run("status", tuned)
+    assert result.exit_code == 0
+    assert "3 complete" in result.output and "best trial" in result.output
+    result = run("report", tuned, "--out", "r.html")
+    assert result.exit_code == 0
+    page = (in_tmp / "r.html").read_text()
+    assert "Optimization history" in page and "plotly" in page.lower()
+
+
+def test_rerunning_a_finished_study_adds_nothing(tuned):
+    result = run("tune", tuned)
+    assert result.exit_code == 0 and "3 complete" in result.output
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ui_serves_the_embedded_store_on_loopback(tuned, in_tmp):
+    port = free_port()
+    deepfm = Path(sys.executable).with_name("deepfm")
+    proc = subprocess.Popen([str(deepfm), "ui", "--port", str(port)], cwd=in_tmp, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, start_new_session=True,
+                            env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
+                    assert response.status == 200
+                    break
+            except OSError:
+                assert proc.poll() is None, proc.stderr.read().decode()
+                assert time.monotonic() < deadline, "MLflow UI did not start"
+                time.sleep(0.5)
+        body = urllib.request.urlopen(
+            f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get-by-name?experiment_name=deepfm-clitiny",
+            timeout=5).read().decode()
+        assert "deepfm-clitiny" in body
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=30)
