@@ -1,0 +1,120 @@
+"""Scoring throughput and latency of the pyfunc model on raw Criteo-format rows.
+
+    python bench/score.py [--rows 100000] [--repeats 5] [--latency-calls 1000] [--out DIR]
+
+Fits the encoder on the benchmark's train.tsv (1M synthetic rows, see bench/common.py), builds a DeepFM with the
+default V1 policy (embedding 16, MLP 128-64-32; weights untrained: scoring costs the same), logs it as the pyfunc
+model into a throwaway SQLite store, loads it back through `models:/NAME/1` and measures:
+
+- batch: `pyfunc.predict(conform(raw))` on the first --rows rows of test.tsv as read by `read_table(..., "criteo")`
+  (float64 counts with NaN, Arrow strings): conform + MLflow's schema check + encoder + forward, best of --repeats;
+  also the in-memory `ScoringPolicy.predict` and `tuner.registry.score_file` (TSV in, Parquet out) for reference;
+- single row: p50/p99 latency of one-row `pyfunc.predict` calls (the REST path minus HTTP/JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from common import ensure_data, machine, write_json
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--latency-calls", type=int, default=1000)
+    parser.add_argument("--out", default=None, help="also write score.json here (default: $OUT if set)")
+    args = parser.parse_args()
+
+    import mlflow
+    import pandas as pd
+
+    from model.config import PolicyConfig, TrainConfig
+    from model.data import read_table
+    from model.encoder import FeatureEncoder
+    from model.policy import ScoringPolicy
+    from model.schema import criteo_schema
+    from tuner.pyfunc import conform, log_policy_model
+    from tuner.registry import score_file
+
+    directory = ensure_data()
+    started = time.perf_counter()
+    encoder = FeatureEncoder(criteo_schema()).fit(read_table(directory / "train.tsv", "criteo"))
+    raw = read_table(directory / "test.tsv", "criteo").head(args.rows)
+    setup_seconds = time.perf_counter() - started
+
+    with tempfile.TemporaryDirectory(prefix="bench-score-") as tmp:
+        tmp = Path(tmp)
+        policy = ScoringPolicy.build(PolicyConfig(), TrainConfig(device="cpu"), encoder)
+        policy.save(tmp / "policy")
+        uri = f"sqlite:///{tmp}/mlflow.db"
+        mlflow.set_tracking_uri(uri)
+        experiment = mlflow.create_experiment("bench", artifact_location=str(tmp / "artifacts"))
+        with mlflow.start_run(experiment_id=experiment):
+            info = log_policy_model(tmp / "policy", input_example=raw.head(5))
+        mlflow.register_model(info.model_uri, "bench_ctr")
+        model = mlflow.pyfunc.load_model("models:/bench_ctr/1")
+        schema = model.metadata.get_input_schema()
+
+        def pyfunc_batch() -> np.ndarray:
+            return model.predict(conform(raw, schema)).to_numpy()
+
+        load_before = os.getloadavg()[0]
+        cpu = time.process_time()
+        batch = best_of(args.repeats, pyfunc_batch)
+        cpu_per_run = (time.process_time() - cpu) / max(args.repeats, 1)
+        in_memory = best_of(args.repeats, lambda: policy.predict(raw))
+        np.testing.assert_allclose(pyfunc_batch(), policy.predict(raw), rtol=1e-6)
+        # score_file end to end: read the TSV, score in batches, write Parquet
+        (tmp / "rows.tsv").write_bytes(b"".join(open(directory / "test.tsv", "rb").readlines()[: args.rows]))
+        file_seconds = best_of(min(args.repeats, 2), lambda: score_file(
+            "bench_ctr/1", tmp / "rows.tsv", tmp / "scores.parquet", fmt="criteo"))
+
+        singles = [raw.iloc[[i]] for i in range(min(args.latency_calls, len(raw)))]
+        for row in singles[:20]:  # warm-up
+            model.predict(conform(row, schema))
+        latencies = []
+        for row in singles:
+            t = time.perf_counter()
+            model.predict(conform(row, schema))
+            latencies.append(time.perf_counter() - t)
+        mlflow.set_tracking_uri(None)
+
+    ms = np.array(latencies) * 1000
+    results = {
+        "benchmark": "score", "date": datetime.date.today().isoformat(), "machine": machine(),
+        "rows": len(raw), "policy": PolicyConfig().to_dict(), "setup_seconds": round(setup_seconds, 1),
+        "pyfunc_rows_per_second": round(len(raw) / batch),
+        "pyfunc_seconds": round(batch, 3),
+        "pyfunc_cpu_seconds_per_run": round(cpu_per_run, 3),
+        "load_average_1min_before": round(load_before, 2),
+        "in_memory_rows_per_second": round(len(raw) / in_memory),
+        "score_file_rows_per_second": round(len(raw) / file_seconds),
+        "single_row_ms": {"p50": round(float(np.percentile(ms, 50)), 2), "p99": round(float(np.percentile(ms, 99)), 2),
+                          "calls": len(ms)},
+        "pandas": pd.__version__, "mlflow": mlflow.__version__,
+    }
+    write_json(results, "score.json", args.out)
+
+
+def best_of(repeats: int, func) -> float:
+    best = float("inf")
+    for _ in range(max(repeats, 1)):
+        t = time.perf_counter()
+        func()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+if __name__ == "__main__":
+    main()
