@@ -41,4 +41,5 @@ def promote_study(handle: StudyHandle, *, test_frame: pd.DataFrame, force: bool 
             "policy_yaml": policy_to_v1_yaml(policy),
         }
         return promote_policy(run_id=best.user_attrs[ATTR_RUN_ID], policy_dir=policy_dir, test_frame=test_frame,
-                              registered_name=name or spec.model_name, tags=tags, force=force)
+                              registered_name=name or spec.model_name, tags=tags, force=force,
+                              client=handle.tracker.client)
