@@ -1,7 +1,9 @@
 """Shared by the benchmarks: the benchmark data set (Criteo-format synthetic rows) and the machine's description.
 
-`ensure_data` writes data/generated/bench/{train,val,test}.tsv once (1,000,000 / 100,000 / 100,000 rows of one
-synthetic draw, so the three parts are i.i.d.) and reuses them afterwards; data/generated/ is git-ignored.
+`ensure_data` writes data/generated/bench/{train,val,test}.tsv once (1,000,000 / 125,000 / 125,000 rows of one
+synthetic draw, so the parts are i.i.d.) plus all.tsv (the three in that order, as one file), and reuses them
+afterwards; data/generated/ is git-ignored. `load_prepared` reads all.tsv and splits it by position, through the
+same `read_table` + `prepare` path as `deepfm train`.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as `python bench/x.py` from a checkout without installing
 
 DATA_DIR = ROOT / "data" / "generated" / "bench"
-TRAIN_ROWS, VAL_ROWS, TEST_ROWS = 1_000_000, 100_000, 100_000
+TRAIN_ROWS, VAL_ROWS, TEST_ROWS = 1_000_000, 125_000, 125_000
 SEED = 0
 
 
@@ -28,7 +30,9 @@ def ensure_data(train_rows: int = TRAIN_ROWS, val_rows: int = VAL_ROWS, test_row
     """The benchmark's Criteo TSVs (no header): generated on first use, then reused."""
     from model.synth import SynthSpec, bayes_metrics, generate, write_criteo_tsv
 
-    directory = Path(directory or (DATA_DIR if train_rows == TRAIN_ROWS else DATA_DIR.with_name(f"bench-{train_rows}")))
+    if directory is None:
+        directory = DATA_DIR if train_rows == TRAIN_ROWS else DATA_DIR.with_name(f"bench-{train_rows}")
+    directory = Path(directory)
     info = directory / "info.json"
     if info.is_file():
         return directory
@@ -38,6 +42,9 @@ def ensure_data(train_rows: int = TRAIN_ROWS, val_rows: int = VAL_ROWS, test_row
             "test": (train_rows + val_rows, len(frame))}
     for name, (a, b) in cuts.items():
         write_criteo_tsv(frame.iloc[a:b], directory / f"{name}.tsv")
+    with open(directory / "all.tsv", "wb") as out:
+        for name in cuts:
+            out.write((directory / f"{name}.tsv").read_bytes())
     a, b = cuts["test"]
     truth = bayes_metrics(frame["label"].to_numpy()[a:b], probability[a:b])
     info.write_text(json.dumps({"rows": {k: b - a for k, (a, b) in cuts.items()}, "seed": SEED,
@@ -48,21 +55,18 @@ def ensure_data(train_rows: int = TRAIN_ROWS, val_rows: int = VAL_ROWS, test_row
 
 
 def load_prepared(directory: Path):
-    """Read train/val/test, fit the encoder on train, encode once: (PreparedData, seconds)."""
-    import pandas as pd
-
+    """Read all.tsv, split it by position (train, val, test as written), fit the encoder on train, encode once:
+    (PreparedData, seconds)."""
     from model.data import Split, read_table
     from model.dataset import prepare
     from model.schema import criteo_schema
 
     started = time.perf_counter()
-    parts = [read_table(directory / f"{name}.tsv", "criteo") for name in ("train", "val", "test")]
-    sizes = [len(p) for p in parts]
-    frame = pd.concat(parts, ignore_index=True)
-    del parts
-    edges = np.cumsum([0] + sizes)
+    rows = json.loads((directory / "info.json").read_text())["rows"]
+    frame = read_table(directory / "all.tsv", "criteo")
+    edges = np.cumsum([0, rows["train"], rows["val"], rows["test"]])
     split = Split(*(np.arange(edges[i], edges[i + 1]) for i in range(3)))
-    prepared = prepare(frame, criteo_schema(), split, source=str(directory))
+    prepared = prepare(frame, criteo_schema(), split, source=str(directory / "all.tsv"))
     return prepared, time.perf_counter() - started
 
 

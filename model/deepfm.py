@@ -36,13 +36,24 @@ def fm_interaction(embeddings: torch.Tensor) -> torch.Tensor:
     return 0.5 * (square_of_sum - sum_of_squares).sum(dim=1)
 
 
+class Dropout(nn.Dropout):
+    """nn.Dropout whose CPU mask is uniform draws compared with p: about twice as fast as the `bernoulli_` that
+    torch's CPU dropout uses (measured in bench/). Same expectation, same module in the state dict (none)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0 or x.device.type != "cpu":
+            return super().forward(x)
+        keep = torch.rand_like(x) >= self.p
+        return x * (keep * (1.0 / (1.0 - self.p)))
+
+
 def multilayer_perceptron(in_features: int, hidden: tuple[int, ...], activation: str, dropout: float) -> nn.Sequential:
     """Linear -> activation -> dropout per hidden width, then one output unit."""
     layers: list[nn.Module] = []
     for width in hidden:
         layers += [nn.Linear(in_features, width), ACTIVATION_LAYERS[activation]()]
         if dropout > 0:
-            layers.append(nn.Dropout(dropout))
+            layers.append(Dropout(dropout))
         in_features = width
     layers.append(nn.Linear(in_features, 1))
     return nn.Sequential(*layers)
@@ -78,12 +89,19 @@ class DeepFM(nn.Module):
         slot_to_field = torch.zeros(len(slot_field), n_multi)
         slot_to_field[torch.arange(len(slot_field)), slot_field] = 1.0
         self.register_buffer("slot_to_field", slot_to_field, persistent=False)
-        self.register_buffer("numeric_rows", starts[n_cat + n_multi :].clone(), persistent=False)
+        numeric_rows = starts[n_cat + n_multi :]
+        self.register_buffer("numeric_rows", numeric_rows.clone(), persistent=False)
+        # (2, Fn): each numeric field's value row and missing row, fetched in one lookup (one sparse gradient)
+        self.register_buffer("numeric_pairs", torch.stack([numeric_rows, numeric_rows + 1]), persistent=False)
 
     def forward(self, categorical: torch.Tensor, multivalued: torch.Tensor, numeric: torch.Tensor) -> torch.Tensor:
         """categorical (B, Fc) int, multivalued (B, S) int with -1 padding, numeric (B, Fn) float with NaN
         -> logits (B,)"""
         embeddings, first = self.field_embeddings(categorical, multivalued, numeric)
+        return self.logits_from(embeddings, first)
+
+    def logits_from(self, embeddings: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
+        """The three-part sum over given field vectors (B, F, d) and first-order sums (B,) -> logits (B,)"""
         deep = self.mlp(embeddings.flatten(1)).squeeze(1)
         return self.bias + first + fm_interaction(embeddings) + deep
 
@@ -107,8 +125,9 @@ class DeepFM(nn.Module):
         if numeric.shape[1]:
             missing = torch.isnan(numeric).unsqueeze(-1)  # (B, Fn, 1)
             values = torch.nan_to_num(numeric, nan=0.0).unsqueeze(-1)
-            value_vec, missing_vec = self.embedding.weight[self.numeric_rows], self.embedding.weight[self.numeric_rows + 1]
+            # through the modules, not `.weight[rows]`, so sparse-gradient training sees one sparse gradient per table
+            value_vec, missing_vec = self.embedding(self.numeric_pairs).unbind(0)  # (Fn, d) each
             parts.append(torch.where(missing, missing_vec, values * value_vec))
-            value_w, missing_w = self.first_order.weight[self.numeric_rows], self.first_order.weight[self.numeric_rows + 1]
+            value_w, missing_w = self.first_order(self.numeric_pairs).unbind(0)  # (Fn, 1) each
             first = first + torch.where(missing, missing_w, values * value_w).sum(dim=(1, 2))
         return torch.cat(parts, dim=1), first

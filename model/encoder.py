@@ -9,6 +9,7 @@ scoring requests, so serving can never drift from training.
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from .schema import FeatureSchema
 MISSING, OOV, FIRST_TOKEN = 0, 1, 2
 CLIP = 10.0  # standardized numeric values are clipped to +-CLIP, so one outlier cannot blow up a score
 ENCODER_FORMAT_VERSION = 1
+PARALLEL_MIN_ROWS = 50_000  # frames at least this long are encoded one column per thread
 
 
 @dataclass
@@ -77,33 +79,53 @@ def _as_numbers(series: pd.Series, source: str) -> np.ndarray:
 
 
 class _Vocabulary:
-    """Token -> index lookups through a hash index built once (pandas caches it), fed one dictionary per batch."""
+    """Token -> index lookups in Arrow: each batch is dictionary-encoded once, and only its distinct tokens are
+    looked up in the vocabulary (a hash join in C++, no Python object per token)."""
 
     def __init__(self, tokens: list[str]):
         self.tokens = tokens
-        self._index = pd.Index(np.array(tokens, dtype=object), dtype=object)
+        self._values = pa.array(tokens, type=pa.string())
 
     def lookup(self, tokens: pa.Array) -> np.ndarray:
-        encoded = pc.dictionary_encode(tokens)
-        if isinstance(encoded, pa.ChunkedArray):
-            encoded = encoded.combine_chunks()
-        dictionary = encoded.dictionary.to_numpy(zero_copy_only=False)
-        positions = self._index.get_indexer(dictionary)
+        return self.lookup_encoded(_dictionary_encode(tokens))
+
+    def lookup_encoded(self, encoded: pa.DictionaryArray) -> np.ndarray:
+        dictionary = encoded.dictionary
+        positions = pc.index_in(dictionary, value_set=self._values).fill_null(-1).to_numpy(zero_copy_only=False)
         mapped = np.where(positions >= 0, positions + FIRST_TOKEN, OOV).astype(np.int32)
-        mapped[dictionary == ""] = MISSING
+        mapped[pc.equal(dictionary, "").to_numpy(zero_copy_only=False)] = MISSING
         mapped = np.append(mapped, np.int32(MISSING))  # code -1 (a null input) -> missing
         codes = encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False)
         return mapped[codes]
 
 
-def _fit_vocabulary(tokens: pa.Array, min_count: int) -> list[str]:
-    counts = pc.value_counts(tokens)
-    values = counts.field("values").to_numpy(zero_copy_only=False)
-    freq = counts.field("counts").to_numpy()
-    keep = (freq >= min_count) & pd.notna(values) & (values != "")
-    values, freq = values[keep], freq[keep]
-    order = np.lexsort((values.astype(str), -freq))  # by frequency, ties by token: deterministic
-    return [str(v) for v in values[order]]
+def _dictionary_encode(tokens: pa.Array) -> pa.DictionaryArray:
+    encoded = pc.dictionary_encode(tokens)
+    return encoded.combine_chunks() if isinstance(encoded, pa.ChunkedArray) else encoded
+
+
+def _fit_vocabulary(tokens: pa.Array, min_count: int, rows: np.ndarray | None = None) -> list[str]:
+    """Tokens (of `rows` only, when given) seen at least `min_count` times, most frequent first, ties by token."""
+    encoded = _dictionary_encode(tokens)
+    codes = encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False)
+    if rows is not None:
+        codes = codes[rows]
+    freq = np.bincount(codes[codes >= 0], minlength=len(encoded.dictionary))
+    dictionary = encoded.dictionary
+    keep = (freq >= min_count) & ~pc.equal(dictionary, "").to_numpy(zero_copy_only=False)
+    index = np.flatnonzero(keep)
+    values = dictionary.take(pa.array(index)).to_numpy(zero_copy_only=False).astype(str)
+    order = np.lexsort((values, -freq[index]))  # by frequency, ties by token: deterministic
+    return values[order].tolist()
+
+
+def _parallel(function, items: list, n_rows: int) -> list:
+    """function(item) for each item, on a thread pool for large inputs (Arrow and NumPy release the GIL);
+    results in order, the first failure re-raised."""
+    if n_rows < PARALLEL_MIN_ROWS or len(items) < 2 or pa.cpu_count() < 2:
+        return [function(item) for item in items]
+    with ThreadPoolExecutor(max_workers=min(pa.cpu_count(), len(items))) as pool:
+        return list(pool.map(function, items))
 
 
 class FeatureEncoder:
@@ -122,27 +144,37 @@ class FeatureEncoder:
         s = self.schema
         s.check_columns(df, source, need_label=False)
         take = (lambda a: a.take(pa.array(rows))) if rows is not None else (lambda a: a)
-        for col in s.categorical:
-            self.vocabularies[col] = _Vocabulary(_fit_vocabulary(take(_as_tokens(df[col], source)), s.min_count))
-        for col in s.multivalued:
-            lists = pc.split_pattern(take(_as_tokens(df[col], source)), s.separator)
-            self.vocabularies[col] = _Vocabulary(_fit_vocabulary(pc.list_flatten(lists), s.min_count))
-            longest = pc.max(pc.list_value_length(lists)).as_py() or 1
-            self.lengths[col] = int(min(max(longest, 1), s.max_tokens))
-        for col in s.numeric:
+
+        def categorical(col: str) -> _Vocabulary:
+            return _Vocabulary(_fit_vocabulary(_as_tokens(df[col], source), s.min_count, rows))
+
+        def numeric(col: str) -> tuple[float, float]:
             values = self._numeric_transform(_as_numbers(df[col], source))
             if rows is not None:
                 values = values[rows]
             finite = values[np.isfinite(values)]
             mean = float(finite.mean()) if len(finite) else 0.0
             std = float(finite.std()) if len(finite) > 1 else 1.0
-            self.numeric_stats[col] = (mean, std if std > 1e-12 else 1.0)
+            return mean, std if std > 1e-12 else 1.0
+
+        jobs = [(categorical, c) for c in s.categorical] + [(numeric, c) for c in s.numeric]
+        results = _parallel(lambda job: job[0](job[1]), jobs, len(df))
+        for (kind, col), result in zip(jobs, results):
+            if kind is categorical:
+                self.vocabularies[col] = result
+            else:
+                self.numeric_stats[col] = result
+        for col in s.multivalued:
+            lists = pc.split_pattern(take(_as_tokens(df[col], source)), s.separator)
+            self.vocabularies[col] = _Vocabulary(_fit_vocabulary(pc.list_flatten(lists), s.min_count))
+            longest = pc.max(pc.list_value_length(lists)).as_py() or 1
+            self.lengths[col] = int(min(max(longest, 1), s.max_tokens))
         self.fitted = True
         return self
 
     def _numeric_transform(self, values: np.ndarray) -> np.ndarray:
         if self.schema.numeric_transform == "log1p":
-            return np.sign(values) * np.log1p(np.abs(values))
+            return np.copysign(np.log1p(np.abs(values)), values)  # sign(x) log1p(|x|), one pass fewer
         return values
 
     # -- encoding ------------------------------------------------------------------------------------
@@ -153,16 +185,25 @@ class FeatureEncoder:
         s = self.schema
         s.check_columns(df, source, need_label=False)
         n = len(df)
-        categorical = np.empty((n, len(s.categorical)), dtype=np.int32)
-        for j, col in enumerate(s.categorical):
-            categorical[:, j] = self.vocabularies[col].lookup(_as_tokens(df[col], source))
-        blocks = [self._encode_multivalued(_as_tokens(df[col], source), col) for col in s.multivalued]
-        multivalued = np.concatenate(blocks, axis=1) if blocks else np.empty((n, 0), dtype=np.int32)
-        numeric = np.empty((n, len(s.numeric)), dtype=np.float32)
-        for j, col in enumerate(s.numeric):
+        categorical = np.empty((len(s.categorical), n), dtype=np.int32)  # field-major while filling, then transposed
+        numeric = np.empty((len(s.numeric), n), dtype=np.float32)
+
+        def encode_categorical(j: int) -> None:
+            col = s.categorical[j]
+            categorical[j] = self.vocabularies[col].lookup(_as_tokens(df[col], source))
+
+        def encode_numeric(j: int) -> None:
+            col = s.numeric[j]
             mean, std = self.numeric_stats[col]
             values = (self._numeric_transform(_as_numbers(df[col], source)) - mean) / std
-            numeric[:, j] = np.clip(values, -CLIP, CLIP)
+            np.clip(values, -CLIP, CLIP, out=numeric[j])
+
+        jobs = [(encode_categorical, j) for j in range(len(s.categorical))]
+        jobs += [(encode_numeric, j) for j in range(len(s.numeric))]
+        _parallel(lambda job: job[0](job[1]), jobs, n)
+        categorical, numeric = np.ascontiguousarray(categorical.T), np.ascontiguousarray(numeric.T)
+        blocks = [self._encode_multivalued(_as_tokens(df[col], source), col) for col in s.multivalued]
+        multivalued = np.concatenate(blocks, axis=1) if blocks else np.empty((n, 0), dtype=np.int32)
         return EncodedFeatures(categorical, multivalued, numeric)
 
     def _encode_multivalued(self, tokens: pa.Array, col: str) -> np.ndarray:

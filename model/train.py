@@ -105,6 +105,80 @@ def make_optimizer(model: DeepFM, policy: PolicyConfig, control: TrainConfig, de
     return torch.optim.Adam(groups, lr=policy.learning_rate, fused=True)
 
 
+class RowSparseAdam:
+    """Adam for the embedding tables that updates only the rows a batch looked up ("lazy" Adam, as torch's
+    SparseAdam), for tables trained with sparse gradients (`nn.Embedding.sparse = True`).
+
+    A dense step would touch every row of every table (and a dense gradient would zero-fill them all) though a
+    batch uses a few percent of them. Unlike SparseAdam it never sorts: the uncoalesced sparse gradients are summed
+    into a dense buffer with `index_add_`, the touched rows come from a boolean mask, and all tables (which share
+    one row layout) are updated on the same rows. Steps count globally, like SparseAdam's.
+    """
+
+    def __init__(self, tables: list[nn.Parameter], lr: float, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8):
+        if len({t.shape[0] for t in tables}) != 1:
+            raise ValueError("RowSparseAdam needs tables with the same number of rows")
+        self.tables, self.lr, self.betas, self.eps = tables, lr, betas, eps
+        self.grad_sum = [torch.zeros_like(t) for t in tables]
+        self.exp_avg = [torch.zeros_like(t) for t in tables]
+        self.exp_avg_sq = [torch.zeros_like(t) for t in tables]
+        self.touched = torch.zeros(tables[0].shape[0], dtype=torch.bool, device=tables[0].device)
+        self.steps = 0
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for table in self.tables:
+            table.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        # -- sum each table's gradient into its buffer, mark the rows it touched ----------------------------
+        for table, buffer in zip(self.tables, self.grad_sum):
+            grad = table.grad
+            if grad is None:
+                continue
+            if grad.is_sparse:
+                rows = grad._indices()[0]
+                buffer.index_add_(0, rows, grad._values())
+                self.touched[rows] = True
+            else:
+                buffer += grad
+                self.touched |= (grad != 0).any(dim=1)
+        rows = self.touched.nonzero().squeeze(1)
+        if len(rows) == 0:
+            return
+        self.touched[rows] = False
+        # -- Adam on those rows only -----------------------------------------------------------------------
+        self.steps += 1
+        beta1, beta2 = self.betas
+        step_size = self.lr / (1 - beta1**self.steps)
+        bias_correction2_sqrt = math.sqrt(1 - beta2**self.steps)
+        for table, buffer, exp_avg, exp_avg_sq in zip(self.tables, self.grad_sum, self.exp_avg, self.exp_avg_sq):
+            grad = buffer.index_select(0, rows)
+            buffer.index_fill_(0, rows, 0.0)
+            m = exp_avg.index_select(0, rows).mul_(beta1).add_(grad, alpha=1 - beta1)
+            v = exp_avg_sq.index_select(0, rows).mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            exp_avg.index_copy_(0, rows, m)
+            exp_avg_sq.index_copy_(0, rows, v)
+            table.index_add_(0, rows, m.div_(v.sqrt_().div_(bias_correction2_sqrt).add_(self.eps)), alpha=-step_size)
+
+
+def make_optimizers(model: DeepFM, policy: PolicyConfig, control: TrainConfig, device: str) -> list:
+    """On CPU: fused Adam for the MLP and bias, row-sparse Adam for the two embedding tables (switched to sparse
+    gradients; `train` switches them back). On CUDA a dense fused step over every table is cheap: one Adam."""
+    if device != "cpu":
+        return [make_optimizer(model, policy, control, device)]
+    tables = [model.embedding, model.first_order]
+    for table in tables:
+        table.sparse = True
+    ids = {id(t.weight) for t in tables}
+    dense = [p for n, p in model.named_parameters() if n.startswith("mlp.")]
+    other = [p for n, p in model.named_parameters() if not n.startswith("mlp.") and id(p) not in ids]
+    groups = [{"params": dense, "weight_decay": control.weight_decay}, {"params": other, "weight_decay": 0.0}]
+    return [torch.optim.Adam(groups, lr=policy.learning_rate, fused=True),
+            RowSparseAdam([t.weight for t in tables], lr=policy.learning_rate)]
+
+
 def train(
     prepared: PreparedData,
     policy: PolicyConfig,
@@ -121,7 +195,7 @@ def train(
     click_rate = float(prepared.train.labels.mean().clamp(1e-4, 1 - 1e-4))
     with torch.no_grad():
         model.bias.fill_(math.log(click_rate / (1 - click_rate)))  # start at the base rate, not at 50%
-    optimizer = make_optimizer(model, policy, control, device)
+    optimizers = make_optimizers(model, policy, control, device)
     loss_fn = nn.BCEWithLogitsLoss()
     train_data, val_data = prepared.train.to(device), prepared.val.to(device)
     generator = torch.Generator(device="cpu").manual_seed(control.seed)
@@ -138,14 +212,15 @@ def train(
         for step, start in enumerate(range(0, n, control.batch_size)):
             batch = train_data.rows(order[start : start + control.batch_size])
             with _autocast(device):
-                if control.embedding_l2 > 0:
-                    embeddings, _ = model.field_embeddings(batch.categorical, batch.multivalued, batch.numeric)
-                logits = model(batch.categorical, batch.multivalued, batch.numeric)
+                embeddings, first = model.field_embeddings(batch.categorical, batch.multivalued, batch.numeric)
+                logits = model.logits_from(embeddings, first)
             loss = loss_fn(logits.float(), batch.labels)
             objective = loss + control.embedding_l2 * embeddings.float().pow(2).sum() / len(logits) if control.embedding_l2 > 0 else loss
-            optimizer.zero_grad(set_to_none=True)
+            for optimizer in optimizers:
+                optimizer.zero_grad(set_to_none=True)
             objective.backward()
-            optimizer.step()
+            for optimizer in optimizers:
+                optimizer.step()
             loss_sum += loss.detach() * len(logits)
             if step % NAN_CHECK_EVERY == 0 and not torch.isfinite(loss_sum):
                 break
@@ -181,5 +256,6 @@ def train(
         result.stop_reason = f"reached max_epochs={control.max_epochs}"
 
     model.load_state_dict(best_state)
+    model.embedding.sparse = model.first_order.sparse = False  # a plain module again for whoever uses it next
     model.eval()
     return result
