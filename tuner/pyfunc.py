@@ -38,9 +38,6 @@ from model.schema import FeatureSchema  # noqa: E402
 
 ARTIFACT_KEY = "policy"
 OUTPUT_COLUMN = "probability"
-# Rows per encode + forward step when scoring. Smaller than ScoringPolicy's default because on CPU the forward
-# pass is memory-bound: (batch, fields, dim) intermediates that stay in cache score ~1.5x faster per row.
-SCORING_BATCH = 16384
 # Pinned loosely to what the policy needs at load time; the project itself travels as code (code_paths).
 PIP_REQUIREMENTS = ["torch", "numpy", "pandas", "pyarrow", "scikit-learn", "pyyaml", f"mlflow=={mlflow.__version__}"]
 
@@ -53,7 +50,7 @@ class ScoringPolicyModel(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.Series:
         frame = _as_frame(model_input)
-        probabilities = self.policy.predict(frame, batch_size=SCORING_BATCH).astype(np.float64)
+        probabilities = self.policy.predict(frame).astype(np.float64)
         return pd.Series(probabilities, index=frame.index, name=OUTPUT_COLUMN)
 
 
