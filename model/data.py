@@ -67,8 +67,13 @@ def read_table(path: str | Path, fmt: str | None = None, columns: list[str] | No
         raise DataError(f"{path}: cannot parse as {fmt}: {first}") from None
     if table.num_rows == 0:
         raise DataError(f"{path}: the file has no data rows")
-    # Arrow-backed columns: zero-copy back to Arrow in the encoder, no Python objects per value.
-    return table.to_pandas(types_mapper=lambda t: pd.ArrowDtype(t) if pa.types.is_string(t) else None)
+    # Arrow-backed columns: zero-copy back to Arrow in the encoder, no Python objects per value. Numeric columns
+    # become NumPy; self_destruct frees each Arrow column as it is converted, so the file is not held twice.
+    frame = table.to_pandas(types_mapper=lambda t: pd.ArrowDtype(t) if pa.types.is_string(t) else None,
+                            split_blocks=True, self_destruct=True)
+    del table
+    pa.default_memory_pool().release_unused()
+    return frame
 
 
 def check_labels(df: pd.DataFrame, label: str, source: str) -> np.ndarray:

@@ -185,23 +185,23 @@ class FeatureEncoder:
         s = self.schema
         s.check_columns(df, source, need_label=False)
         n = len(df)
-        categorical = np.empty((len(s.categorical), n), dtype=np.int32)  # field-major while filling, then transposed
-        numeric = np.empty((len(s.numeric), n), dtype=np.float32)
+        categorical = np.empty((n, len(s.categorical)), dtype=np.int32)
+        numeric = np.empty((n, len(s.numeric)), dtype=np.float32)
 
         def encode_categorical(j: int) -> None:
             col = s.categorical[j]
-            categorical[j] = self.vocabularies[col].lookup(_as_tokens(df[col], source))
+            categorical[:, j] = self.vocabularies[col].lookup(_as_tokens(df[col], source))
 
         def encode_numeric(j: int) -> None:
             col = s.numeric[j]
             mean, std = self.numeric_stats[col]
             values = (self._numeric_transform(_as_numbers(df[col], source)) - mean) / std
-            np.clip(values, -CLIP, CLIP, out=numeric[j])
+            numeric[:, j] = np.clip(values, -CLIP, CLIP, out=values)
 
+        # one column per job: each writes its own column of the outputs
         jobs = [(encode_categorical, j) for j in range(len(s.categorical))]
         jobs += [(encode_numeric, j) for j in range(len(s.numeric))]
         _parallel(lambda job: job[0](job[1]), jobs, n)
-        categorical, numeric = np.ascontiguousarray(categorical.T), np.ascontiguousarray(numeric.T)
         blocks = [self._encode_multivalued(_as_tokens(df[col], source), col) for col in s.multivalued]
         multivalued = np.concatenate(blocks, axis=1) if blocks else np.empty((n, 0), dtype=np.int32)
         return EncodedFeatures(categorical, multivalued, numeric)
