@@ -132,6 +132,8 @@ def make_objective(
             return value
         except optuna.TrialPruned:
             status, state = "KILLED", "PRUNED"
+            trial.set_user_attr(ATTR_TRAINING, {  # pruned trials trained too: overhead accounting needs it
+                "wall_seconds": time.perf_counter() - train_started - reporting["seconds"]})
             raise
         except TrainingDiverged as exc:
             tracker.set_tags(run_id, {TAG_FAILURE: str(exc)})
