@@ -10,7 +10,7 @@ that a long study sees) and of command time (process start-up, data preparation 
 Platform overhead per trial is Optuna's trial duration minus the training loop's wall time (model build,
 epochs, evaluation); the objective also logs it on each trial run as `platform_overhead_seconds`.
 
-    python bench/workers.py [--trials 12] [--rows 20000] [--workers 1 3] [--repeat 2] [--no-services]
+    python bench/workers.py [--trials 12] [--rows 20000] [--configs 1x1 1x2 3x1] [--repeat 1] [--stores sqlite pg]
 """
 
 from __future__ import annotations
@@ -55,13 +55,15 @@ policy_configs:
 """
 
 
-def run(workdir: Path, name: str, workers: int, args, storage: str | None, tracking: str | None) -> dict:
+def run(workdir: Path, name: str, workers: int, threads: int, args, storage: str | None,
+        tracking: str | None) -> dict:
     """One `deepfm tune --workers N` over a fresh study; its throughput and per-trial overhead."""
     import optuna
 
     study_path = workdir / f"{name}.yaml"
     study_path.write_text(STUDY.format(name=name, trials=args.trials, rows=args.rows, epochs=args.epochs))
-    cmd = [sys.executable, "-m", "tuner.cli", "tune", str(study_path), "--workers", str(workers), "--no-promote"]
+    cmd = [sys.executable, "-m", "tuner.cli", "tune", str(study_path), "--workers", str(workers), "--no-promote",
+           "--threads", str(threads)]
     if storage:
         cmd += ["--storage", storage, "--tracking-uri", tracking]
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
@@ -80,7 +82,7 @@ def run(workdir: Path, name: str, workers: int, args, storage: str | None, track
     training = [t.user_attrs["training"]["wall_seconds"] for t in trials]
     overheads = [d - w for d, w in zip(durations, training)]
     return {
-        "workers": workers, "threads_per_worker": max(1, (os.cpu_count() or 1) // workers),
+        "workers": workers, "threads_per_worker": threads,
         "trials": len(trials), "command_seconds": round(command_wall, 1), "study_seconds": round(study_wall, 1),
         "trials_per_hour_study": round(len(trials) / study_wall * 3600),
         "trials_per_hour_command": round(len(trials) / command_wall * 3600),
@@ -96,10 +98,12 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=12)
     parser.add_argument("--rows", type=int, default=20_000)
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 3])
-    parser.add_argument("--repeat", type=int, default=2,
+    parser.add_argument("--configs", nargs="+", default=["1x1", "1x2", "3x1"],
+                        help="WORKERSxTHREADS: local workers and torch threads per worker")
+    parser.add_argument("--repeat", type=int, default=1,
                         help="runs per configuration, alternating; the fastest is kept (shared machines are noisy)")
-    parser.add_argument("--no-services", action="store_true", help="SQLite only (no PostgreSQL/MLflow server)")
+    parser.add_argument("--stores", nargs="+", choices=["sqlite", "pg"], default=["sqlite", "pg"],
+                        help="sqlite: the embedded default; pg: PostgreSQL + an MLflow server, started here")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
@@ -107,25 +111,27 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="deepfm-bench-workers-"))
     results = {"benchmark": "workers", "date": time.strftime("%Y-%m-%d"), "machine": machine(), "args": vars(args),
                "command": "python bench/workers.py " + " ".join(sys.argv[1:]), "runs": []}
-    def measure(store: str, storage: str | None, tracking: str | None) -> None:
-        best: dict[int, dict] = {}
+    def measure(store: str, label: str, storage: str | None, tracking: str | None) -> None:
+        best: dict[str, dict] = {}
         for attempt in range(args.repeat):
-            for n in args.workers:
-                result = run(workdir, f"{store}-{n}w-{attempt}", n, args, storage, tracking)
+            for config in args.configs:
+                workers, threads = (int(x) for x in config.split("x"))
+                result = run(workdir, f"{label}-{config}-{attempt}", workers, threads, args, storage, tracking)
                 print({"store": store, "attempt": attempt, **result}, flush=True)
-                if n not in best or result["study_seconds"] < best[n]["study_seconds"]:
-                    best[n] = result
-        results["runs"].extend({"store": store, **best[n]} for n in args.workers)
+                if config not in best or result["study_seconds"] < best[config]["study_seconds"]:
+                    best[config] = result
+        results["runs"].extend({"store": store, **best[c]} for c in args.configs)
 
-    measure("sqlite", None, None)
-    if not args.no_services:
+    if "sqlite" in args.stores:
+        measure("sqlite", "sqlite", None, None)
+    if "pg" in args.stores:
         from services import missing_reason, mlflow_server, postgres_server
 
         reason = missing_reason()
         if reason:
-            raise SystemExit(f"{reason} (or pass --no-services)")
+            raise SystemExit(f"{reason} (or pass --stores sqlite)")
         with postgres_server() as pg, mlflow_server(pg.url("mlflow"), workdir / "artifacts") as uri:
-            measure("postgresql+mlflow-server", pg.url("optuna"), uri)
+            measure("postgresql+mlflow-server", "pg", pg.url("optuna"), uri)
     write_json(results, "workers.json", args.out)
 
 
