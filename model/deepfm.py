@@ -109,25 +109,40 @@ class DeepFM(nn.Module):
         self, categorical: torch.Tensor, multivalued: torch.Tensor, numeric: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, F, d) field vectors and the (B,) first-order sum."""
-        parts, first = [], torch.zeros(len(categorical), device=categorical.device)
+        batch, d = len(categorical), self.embedding.embedding_dim
+        # every row this batch needs, of every field kind, in one lookup per table: with sparse-gradient training
+        # each table then gets one sparse gradient instead of a sum of several (which costs a copy per term)
+        indices, shapes = [], []
         if categorical.shape[1]:
-            index = categorical + self.categorical_offsets
-            parts.append(self.embedding(index))
-            first = first + self.first_order(index).sum(dim=(1, 2))
+            indices.append((categorical + self.categorical_offsets).reshape(-1))
+            shapes.append((batch, categorical.shape[1]))
+        if multivalued.shape[1]:
+            indices.append((multivalued.clamp(min=0) + self.multivalued_offsets).reshape(-1))
+            shapes.append((batch, multivalued.shape[1]))
+        if numeric.shape[1]:
+            indices.append(self.numeric_pairs.reshape(-1))
+            shapes.append((2, numeric.shape[1]))
+        index = indices[0] if len(indices) == 1 else torch.cat(indices)
+        sizes = [a * b for a, b in shapes]
+        vectors = [v.view(*shape, d) for v, shape in zip(self.embedding(index).split(sizes), shapes)]
+        weights = [w.view(shape) for w, shape in zip(self.first_order(index).split(sizes), shapes)]
+
+        parts, first = [], torch.zeros(batch, device=categorical.device)
+        if categorical.shape[1]:
+            parts.append(vectors.pop(0))
+            first = first + weights.pop(0).sum(dim=1)
         if multivalued.shape[1]:
             present = (multivalued >= 0).to(self.embedding.weight.dtype)  # (B, S)
-            index = multivalued.clamp(min=0) + self.multivalued_offsets
             counts = (present @ self.slot_to_field).clamp(min=1.0)  # (B, Fm)
-            vectors = self.embedding(index) * present.unsqueeze(-1)  # (B, S, d)
-            parts.append(torch.einsum("bsd,sf->bfd", vectors, self.slot_to_field) / counts.unsqueeze(-1))
-            weights = self.first_order(index).squeeze(-1) * present  # (B, S)
-            first = first + ((weights @ self.slot_to_field) / counts).sum(dim=1)
+            slot_vectors = vectors.pop(0) * present.unsqueeze(-1)  # (B, S, d)
+            parts.append(torch.einsum("bsd,sf->bfd", slot_vectors, self.slot_to_field) / counts.unsqueeze(-1))
+            slot_weights = weights.pop(0) * present  # (B, S)
+            first = first + ((slot_weights @ self.slot_to_field) / counts).sum(dim=1)
         if numeric.shape[1]:
             missing = torch.isnan(numeric).unsqueeze(-1)  # (B, Fn, 1)
             values = torch.nan_to_num(numeric, nan=0.0).unsqueeze(-1)
-            # through the modules, not `.weight[rows]`, so sparse-gradient training sees one sparse gradient per table
-            value_vec, missing_vec = self.embedding(self.numeric_pairs).unbind(0)  # (Fn, d) each
+            value_vec, missing_vec = vectors.pop(0).unbind(0)  # (Fn, d) each: the field's value and missing rows
             parts.append(torch.where(missing, missing_vec, values * value_vec))
-            value_w, missing_w = self.first_order(self.numeric_pairs).unbind(0)  # (Fn, 1) each
-            first = first + torch.where(missing, missing_w, values * value_w).sum(dim=(1, 2))
+            value_w, missing_w = weights.pop(0).unbind(0)  # (Fn,) each
+            first = first + torch.where(missing.squeeze(-1), missing_w, values.squeeze(-1) * value_w).sum(dim=1)
         return torch.cat(parts, dim=1), first

@@ -140,14 +140,14 @@ class RowSparseAdam:
             if grad.is_sparse:
                 rows = grad._indices()[0]
                 buffer.index_add_(0, rows, grad._values())
-                self.touched[rows] = True
+                self.touched.index_fill_(0, rows, True)
             else:
                 buffer += grad
                 self.touched |= (grad != 0).any(dim=1)
         rows = self.touched.nonzero().squeeze(1)
         if len(rows) == 0:
             return
-        self.touched[rows] = False
+        self.touched.index_fill_(0, rows, False)
         # -- Adam on those rows only -----------------------------------------------------------------------
         self.steps += 1
         beta1, beta2 = self.betas
