@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/install-postgres.sh
 export MLFLOW_DISABLE_TELEMETRY=true
+export PATH="$PWD/.venv/bin:$PATH"  # tools the tests start (mlflow, uvicorn, deepfm) come from the venv
 set +e
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
 status=$?

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 import signal
 import socket
 import subprocess
@@ -59,7 +60,9 @@ def served(tiny_frame, tiny_prepared, tmp_path_factory):
                    tags={"study": "serve"}, client=client)
 
     port = free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    venv_bin = str(Path(sys.executable).parent)  # `mlflow models serve` execs uvicorn by name
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_DISABLE_TELEMETRY": "true",
+           "PATH": venv_bin + os.pathsep + os.environ.get("PATH", "")}
     log = open(root / "server.log", "w")
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/ctr_served@champion",

@@ -197,6 +197,7 @@ def tune(study_path, storage, tracking_uri, n_trials, timeout, threads, workers,
     """
     from .console import err, out as console
     from .progress import TrialProgress
+    from .runner import redact
     from .tune import best_trial, tune as run_tune
 
     spec = _load_spec(study_path, n_trials=n_trials, timeout=timeout)
@@ -210,7 +211,7 @@ def tune(study_path, storage, tracking_uri, n_trials, timeout, threads, workers,
     progress = TrialProgress(err, spec.n_trials, spec.training.max_epochs, spec.metric, spec.direction)
 
     def ready(handle, data) -> None:
-        err.print(f"study '{spec.name}' ({handle.storage_url}), MLflow experiment '{spec.experiment_name}' "
+        err.print(f"study '{spec.name}' ({redact(handle.storage_url)}), MLflow experiment '{spec.experiment_name}' "
                   f"({handle.tracking_uri}); data: {data.prepared.summary()}")
         best = best_trial(handle.study)
         progress.start(sum(1 for t in handle.study.trials if t.state.name in ("COMPLETE", "PRUNED")),
@@ -259,10 +260,10 @@ def init(study_path, storage, tracking_uri) -> None:
     Example: deepfm init studies/criteo.yaml --storage postgresql+psycopg2://optuna:pw@db/optuna
     """
     from .console import out as console
-    from .runner import init_study
+    from .runner import init_study, redact
 
     handle = init_study(_load_spec(study_path), storage, tracking_uri)
-    console.print(f"study '{handle.spec.name}' ready in {handle.storage_url}; MLflow experiment "
+    console.print(f"study '{handle.spec.name}' ready in {redact(handle.storage_url)}; MLflow experiment "
                   f"{handle.tracker.experiment_id}, parent run {handle.parent_run_id}")
 
 
@@ -277,7 +278,7 @@ def status(study_path, storage, tracking_uri) -> None:
     from rich.table import Table
 
     from .console import out as console
-    from .runner import open_storage, resolve_storage
+    from .runner import open_storage, redact, resolve_storage
     from .tune import best_trial, trial_counts
     import optuna
 
@@ -286,7 +287,7 @@ def status(study_path, storage, tracking_uri) -> None:
     try:
         study = optuna.load_study(study_name=spec.name, storage=open_storage(storage_url))
     except KeyError:
-        raise UserInputError(f"no study named '{spec.name}' in {storage_url}; start it with 'deepfm tune {study_path}'")
+        raise UserInputError(f"no study named '{spec.name}' in {redact(storage_url)}; start it with 'deepfm tune {study_path}'")
     table = Table(title=f"study '{spec.name}'")
     for column in ("#", "state", spec.metric, "seconds", "params"):
         table.add_column(column, justify="right" if column in ("#", spec.metric, "seconds") else "left")
@@ -315,14 +316,14 @@ def report(study_path, storage, tracking_uri, out) -> None:
 
     from .console import out as console
     from .report import write_report
-    from .runner import open_storage, resolve_storage
+    from .runner import open_storage, redact, resolve_storage
 
     spec = _load_spec(study_path)
     storage_url = resolve_storage(storage, spec)
     try:
         study = optuna.load_study(study_name=spec.name, storage=open_storage(storage_url))
     except KeyError:
-        raise UserInputError(f"no study named '{spec.name}' in {storage_url}; start it with 'deepfm tune {study_path}'")
+        raise UserInputError(f"no study named '{spec.name}' in {redact(storage_url)}; start it with 'deepfm tune {study_path}'")
     path = write_report(study, out or f"outputs/{spec.name}-report.html")
     console.print(f"wrote {path}")
 

@@ -97,7 +97,7 @@ def open_storage(url: str, tracker: StudyTracker | None = None) -> optuna.storag
     try:
         return retry(connect, attempts=8)
     except (SQLAlchemyError, ImportError, ValueError) as exc:
-        raise ConfigError(f"cannot open Optuna storage {url}: {str(exc).splitlines()[0]}; check the URL and "
+        raise ConfigError(f"cannot open Optuna storage {redact(url)}: {str(exc).splitlines()[0]}; check the URL and "
                           f"that the database is up") from None
 
 
@@ -190,10 +190,10 @@ def init_study(spec: StudySpec, storage_url: str | None = None, tracking_uri: st
                     "sampler": spec.sampler.type, "sampler_seed": spec.sampler.seed, "pruner": spec.pruner.type,
                     "n_trials": spec.n_trials, "timeout": spec.timeout, "search_space": space_to_dict(spec.space),
                     "data": spec.data.to_dict(), **{f"training.{k}": v for k, v in spec.training.to_dict().items()}},
-            tags={"deepfm.storage": _redact(storage_url)})
+            tags={"deepfm.storage": redact(storage_url)})
         study.set_user_attr(ATTR_PARENT_RUN, parent)
         study.set_user_attr(ATTR_EXPERIMENT, tracker.experiment_id)
-        study.set_user_attr(ATTR_TRACKING_URI, _redact(tracking_uri))
+        study.set_user_attr(ATTR_TRACKING_URI, redact(tracking_uri))
     else:
         parent = _wait_for_parent(study, wait_seconds)
     return StudyHandle(spec, study, tracker, parent, storage_url, tracking_uri)
@@ -211,7 +211,7 @@ def _wait_for_parent(study: optuna.Study, wait_seconds: float) -> str:
         time.sleep(0.5)
 
 
-def _redact(url: str) -> str:
+def redact(url: str) -> str:
     """postgresql://user:secret@host/db -> postgresql://user:***@host/db (never log passwords)."""
     if "@" in url and "://" in url:
         scheme, rest = url.split("://", 1)

@@ -23,7 +23,7 @@ from typing import IO, Callable
 
 from model.errors import UserInputError
 
-from .runner import StudyHandle, _redact, init_study
+from .runner import StudyHandle, redact, init_study
 from .study import StudySpec
 from .tune import TuneResult, load_data, summarise, trial_counts
 
@@ -153,7 +153,7 @@ def run_local_workers(
     handle = init_study(spec, storage, tracking_uri)
     threads = threads or threads_per_worker(workers)
     if echo is not None:
-        echo(f"study '{spec.name}' ({_redact(handle.storage_url)}): {workers} local workers x {threads} "
+        echo(f"study '{spec.name}' ({redact(handle.storage_url)}): {workers} local workers x {threads} "
              f"torch thread{'s' if threads > 1 else ''}, {spec.n_trials or 'unlimited'} trials in total")
     running: list[Worker] = []
     try:
