@@ -37,8 +37,8 @@ def fm_interaction(embeddings: torch.Tensor) -> torch.Tensor:
 
 
 class Dropout(nn.Dropout):
-    """nn.Dropout whose CPU mask is uniform draws compared with p: about twice as fast as the `bernoulli_` that
-    torch's CPU dropout uses (measured in bench/). Same expectation, same module in the state dict (none)."""
+    """nn.Dropout whose CPU mask is uniform draws compared with p: fwd + bwd at (4096, 128) takes 3.8 ms against
+    6.9 ms for torch's CPU dropout (`bernoulli_`), one thread. Same expectation; no state, as nn.Dropout."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0 or x.device.type != "cpu":
