@@ -27,7 +27,8 @@ from .errors import DataError
 
 POLICY_FILE, TRAINING_FILE, ENCODER_FILE, WEIGHTS_FILE, METRICS_FILE = (
     "policy.yaml", "training.yaml", "encoder.json", "weights.pt", "metrics.json")
-PREDICT_BATCH = 65536
+PREDICT_BATCH = 262144  # rows encoded per call (large: the encoder parallelises over columns)
+MODEL_BATCH = 4096  # rows per forward pass on the CPU
 
 
 @dataclass
@@ -49,19 +50,26 @@ class ScoringPolicy:
         return cls(config, training, encoder, model, metrics or {})
 
     # -- scoring -------------------------------------------------------------------------------------
-    @torch.no_grad()
+    @torch.inference_mode()
     def predict(self, frame: pd.DataFrame, batch_size: int = PREDICT_BATCH) -> np.ndarray:
-        """Click probability per row of a raw frame (extra columns ignored, unseen tokens -> OOV)."""
+        """Click probability per row of a raw frame (extra columns ignored, unseen tokens -> OOV).
+
+        The frame is encoded in large chunks (the encoder's per-call cost is amortised) and the model runs on
+        cache-sized slices of each chunk (a (batch, fields, dim) activation that fits in L2 is ~2x faster on CPU)."""
         if len(frame) == 0:
             return np.empty(0, dtype=np.float32)
         self.model.eval()
         device = next(self.model.parameters()).device
+        model_batch = MODEL_BATCH if device.type == "cpu" else batch_size
         out = np.empty(len(frame), dtype=np.float32)
         for start in range(0, len(frame), batch_size):
             chunk = frame.iloc[start : start + batch_size]
             data = TensorData.from_features(self.encoder.transform(chunk, source="scoring input"), device=str(device))
-            logits = self.model(data.categorical, data.multivalued, data.numeric)
-            out[start : start + len(chunk)] = torch.sigmoid(logits.float()).cpu().numpy()
+            for offset in range(0, len(chunk), model_batch):
+                stop = offset + model_batch
+                logits = self.model(data.categorical[offset:stop], data.multivalued[offset:stop],
+                                    data.numeric[offset:stop])
+                out[start + offset : start + offset + len(logits)] = torch.sigmoid(logits.float()).cpu().numpy()
         return out
 
     # -- persistence ---------------------------------------------------------------------------------
