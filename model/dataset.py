@@ -67,10 +67,22 @@ def fingerprint_frame(df: pd.DataFrame) -> str:
 
 
 def prepare(df: pd.DataFrame, schema: FeatureSchema, split: Split, source: str = "data") -> PreparedData:
-    """Check labels and columns, fit the encoder on the training rows only, encode all rows once."""
+    """Check labels and columns, fit the encoder on the training rows only, encode all rows once.
+
+    Memory: the encoded rows are split array by array, each full array freed as soon as its three parts exist,
+    so the peak holds the frame, one encoded copy and one array's parts (not two encoded copies)."""
     schema.check_columns(df, source)
     labels = check_labels(df, schema.label, source)
     encoder = FeatureEncoder(schema).fit(df, rows=split.train, source=source)
-    features = TensorData.from_features(encoder.transform(df, source=source), labels)
-    parts = [features.rows(torch.from_numpy(rows)) for rows in (split.train, split.val, split.test)]
-    return PreparedData(encoder, *parts, fingerprint=fingerprint_frame(df))
+    fingerprint = fingerprint_frame(df)
+    features = encoder.transform(df, source=source)
+    splits = (split.train, split.val, split.test)
+    columns: dict[str, list[torch.Tensor]] = {}
+    for name in ("categorical", "multivalued", "numeric"):
+        full = getattr(features, name)
+        setattr(features, name, None)
+        columns[name] = [torch.from_numpy(np.ascontiguousarray(full[rows])) for rows in splits]
+        del full
+    parts = [TensorData(columns["categorical"][i], columns["multivalued"][i], columns["numeric"][i],
+                        torch.from_numpy(labels[rows])) for i, rows in enumerate(splits)]
+    return PreparedData(encoder, *parts, fingerprint=fingerprint)

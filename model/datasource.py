@@ -11,7 +11,7 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from .data import FORMATS, Split, check_labels, read_table, split_rows
+from .data import FORMATS, Split, check_labels, concat_frames, read_table, split_rows
 from .errors import ConfigError, DataError, did_you_mean
 from .schema import FeatureSchema, criteo_schema, infer_schema
 from .synth import SynthSpec, write_dataset
@@ -105,8 +105,10 @@ class DataSpec:
             return frame, schema, split_rows(len(frame), self.val_fraction, self.test_fraction, self.split_seed, order)
         schema.check_columns(test_frame, str(test_path))
         inner = split_rows(len(frame), self.val_fraction, 0.0, self.split_seed, order)
-        combined = pd.concat([frame, test_frame[list(frame.columns)]], ignore_index=True)
-        test_rows = np.arange(len(frame), len(combined))
+        n_train = len(frame)
+        combined = concat_frames([frame, test_frame[list(frame.columns)]])
+        del frame, test_frame
+        test_rows = np.arange(n_train, len(combined))
         return combined, schema, Split(inner.train, inner.val, test_rows)
 
     def resolve_schema(self, frame: pd.DataFrame, fmt: str, source: str) -> FeatureSchema:

@@ -48,9 +48,15 @@ def _as_tokens(series: pd.Series, source: str) -> pa.Array:
         finite = np.isfinite(values)
         if np.array_equal(values[finite], np.round(values[finite])):
             return pa.array(np.where(finite, values, 0).astype(np.int64), mask=~finite).cast(pa.string())
+    if isinstance(series.dtype, pd.CategoricalDtype):  # codes + categories: stays dictionary-encoded
+        codes = series.cat.codes.to_numpy()
+        categories = _as_tokens(pd.Series(series.cat.categories), source)
+        return pa.DictionaryArray.from_arrays(pa.array(codes.astype(np.int32), mask=codes < 0), categories)
     array = pa.array(series, from_pandas=True)
     if isinstance(array, pa.ChunkedArray):
         array = array.combine_chunks()
+    if pa.types.is_dictionary(array.type):
+        array = array.dictionary_decode()
     if not pa.types.is_string(array.type) and not pa.types.is_large_string(array.type):
         try:
             array = array.cast(pa.string())
@@ -100,7 +106,14 @@ class _Vocabulary:
         return mapped[codes]
 
 
+def _decoded(tokens: pa.Array) -> pa.Array:
+    """Plain strings (for string kernels such as split_pattern)."""
+    return tokens.dictionary_decode() if pa.types.is_dictionary(tokens.type) else tokens
+
+
 def _dictionary_encode(tokens: pa.Array) -> pa.DictionaryArray:
+    if pa.types.is_dictionary(tokens.type):
+        return tokens
     encoded = pc.dictionary_encode(tokens)
     return encoded.combine_chunks() if isinstance(encoded, pa.ChunkedArray) else encoded
 
@@ -166,7 +179,7 @@ class FeatureEncoder:
             else:
                 self.numeric_stats[col] = result
         for col in s.multivalued:
-            lists = pc.split_pattern(take(_as_tokens(df[col], source)), s.separator)
+            lists = pc.split_pattern(take(_decoded(_as_tokens(df[col], source))), s.separator)
             self.vocabularies[col] = _Vocabulary(_fit_vocabulary(pc.list_flatten(lists), s.min_count))
             longest = pc.max(pc.list_value_length(lists)).as_py() or 1
             self.lengths[col] = int(min(max(longest, 1), s.max_tokens))
@@ -210,7 +223,7 @@ class FeatureEncoder:
     def _encode_multivalued(self, tokens: pa.Array, col: str) -> np.ndarray:
         """(N, L) indices, -1 padded; a row with no tokens holds the missing index in its first slot."""
         n, width = len(tokens), self.lengths[col]
-        lists = pc.split_pattern(tokens, self.schema.separator)
+        lists = pc.split_pattern(_decoded(tokens), self.schema.separator)
         lengths = pc.list_value_length(lists).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
         flat = pc.list_flatten(lists)
         ids = self.vocabularies[col].lookup(flat) if len(flat) else np.empty(0, dtype=np.int32)

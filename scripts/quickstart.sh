@@ -9,8 +9,8 @@ export MLFLOW_DISABLE_TELEMETRY=true
 .venv/bin/deepfm tune studies/quick.yaml
 echo
 echo "Scoring 5 raw test rows with models:/deepfm-quick@champion:"
-head -n 5 data/generated/synth-60000-seed0-card20000/test.tsv > outputs/sample.tsv 2>/dev/null \
-  || { mkdir -p outputs && head -n 5 data/generated/synth-60000-seed0-card20000/test.tsv > outputs/sample.tsv; }
+mkdir -p outputs
+head -n 5 data/generated/synth-60000-seed0-card20000/test.tsv > outputs/sample.tsv
 .venv/bin/deepfm score --model models:/deepfm-quick@champion --input outputs/sample.tsv --format criteo \
   --output outputs/sample-scores.csv
 .venv/bin/python - <<'PY'

@@ -95,3 +95,19 @@ def test_non_numeric_value_in_numeric_column_names_column_and_value():
 def test_transform_before_fit_says_to_call_fit():
     with pytest.raises(RuntimeError, match="call fit"):
         FeatureEncoder(SCHEMA).transform(frame())
+
+
+def test_categorical_and_dictionary_columns_encode_like_strings():
+    plain = frame()
+    as_categories = plain.astype({"c": "category", "t": "category"})
+    enc = FeatureEncoder(SCHEMA).fit(as_categories)
+    assert enc.vocabularies["c"].tokens == FeatureEncoder(SCHEMA).fit(plain).vocabularies["c"].tokens
+    a, b = enc.transform(plain), enc.transform(as_categories)
+    assert np.array_equal(a.categorical, b.categorical) and np.array_equal(a.multivalued, b.multivalued)
+
+
+def test_integer_categories_become_the_same_tokens_as_integers():
+    schema = FeatureSchema(label="y", categorical=("c",))
+    enc = FeatureEncoder(schema).fit(pd.DataFrame({"c": [1, 2, 2]}))
+    out = enc.transform(pd.DataFrame({"c": pd.Series([2, None, 1], dtype="category")}))
+    assert out.categorical[:, 0].tolist() == [2, MISSING, 3]
