@@ -102,6 +102,10 @@ def _as_string(series: pd.Series) -> pd.Series:
     dtype = series.dtype
     if isinstance(dtype, pd.StringDtype) or dtype == object:
         return series
+    if isinstance(dtype, pd.CategoricalDtype) and pd.api.types.is_string_dtype(dtype.categories.dtype):
+        # e.g. Criteo tokens read dictionary-encoded: decode in Arrow (MLflow's check wants string columns)
+        decoded = pa.array(series, from_pandas=True).dictionary_decode().cast(pa.large_string()).cast(pa.string())
+        return pd.Series(pd.arrays.ArrowStringArray(decoded), index=series.index, name=series.name)
     if isinstance(dtype, pd.ArrowDtype) and (pa.types.is_string(dtype.pyarrow_dtype)
                                              or pa.types.is_large_string(dtype.pyarrow_dtype)):
         return series.astype(pd.StringDtype("pyarrow"))
