@@ -78,3 +78,21 @@ def test_model_package_never_imports_optuna_or_mlflow():
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('optuna', 'mlflow')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_row_sparse_adam_matches_torch_sparse_adam():
+    """The fast embedding optimizer makes the same lazy-Adam update as torch.optim.SparseAdam."""
+    from model.train import RowSparseAdam
+
+    torch.manual_seed(0)
+    ours, reference = torch.nn.Embedding(50, 4, sparse=True), torch.nn.Embedding(50, 4, sparse=True)
+    reference.load_state_dict(ours.state_dict())
+    fast = RowSparseAdam([ours.weight], lr=0.01)
+    slow = torch.optim.SparseAdam(list(reference.parameters()), lr=0.01)
+    for step in range(5):
+        index = torch.randint(0, 50, (32, 3))  # repeated rows within a batch are summed
+        for module, optimizer in ((ours, fast), (reference, slow)):
+            optimizer.zero_grad()
+            module(index).pow(2).sum().backward()
+            optimizer.step()
+    assert torch.allclose(ours.weight, reference.weight, atol=1e-6)
