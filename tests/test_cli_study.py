@@ -84,3 +84,17 @@ def test_ui_serves_the_embedded_store_on_loopback(tuned, in_tmp):
     finally:
         os.killpg(proc.pid, 15)
         proc.wait(timeout=30)
+
+
+def test_promote_registers_the_best_trial_as_champion(tuned, in_tmp):
+    result = run("promote", tuned, "--name", "ctr")
+    assert result.exit_code == 0, result.output
+    assert "alias 'champion'" in result.output and "models:/ctr@champion" in result.output
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{(in_tmp / 'mlruns' / 'mlflow.db').resolve()}")
+    version = client.get_model_version_by_alias("ctr", "champion")
+    assert version.tags["study"] == "clitiny" and "policy_configs:" in version.tags["policy_yaml"]
+    result = run("pull", "ctr@champion", "--out", "pulled")
+    assert result.exit_code == 0, result.output
+    assert (in_tmp / "pulled" / "policy.yaml").read_text().startswith("policy_configs:")

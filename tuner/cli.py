@@ -174,6 +174,26 @@ def store_options(func):
     return func
 
 
+def _existing_study(spec, storage, study_path):
+    """The study as stored; a study never started is a one-line error saying how to start it."""
+    import optuna
+
+    from .runner import open_storage, redact, resolve_storage
+
+    storage_url = resolve_storage(storage, spec)
+    try:
+        return optuna.load_study(study_name=spec.name, storage=open_storage(storage_url))
+    except KeyError:
+        raise UserInputError(f"no study named '{spec.name}' in {redact(storage_url)}; start it with "
+                             f"'deepfm tune {study_path}'") from None
+
+
+def _print_promotion(console, name: str, p) -> None:
+    console.print(f"registered {name} version {p.version} (test AUC {p.test_auc:.4f}) -> alias '{p.alias}'"
+                  f"{': ' + p.reason if p.reason else ''}")
+    console.print(f"model URI: {p.model_uri}")
+
+
 def _load_spec(study_path: str, **overrides):
     from .study import load_study
 
@@ -242,10 +262,7 @@ def _print_tune_result(console, spec, result, tracking_uri) -> None:
     console.print(f"best trial {best.number}: {spec.metric} {best.value:.4f}; its V1 config:")
     console.print(policy_to_v1_yaml(policy_from_params(best.params, spec.space)).rstrip())
     if result.promotion is not None:
-        p = result.promotion
-        console.print(f"registered {spec.model_name} version {p.version} (test AUC {p.test_auc:.4f}) -> alias "
-                      f"'{p.alias}'{': ' + p.reason if getattr(p, 'reason', '') else ''}")
-        console.print(f"model URI: {p.model_uri}")
+        _print_promotion(console, spec.model_name, result.promotion)
     uri = result.handle.tracking_uri
     console.print(f"browse the trials: deepfm ui{' --tracking-uri ' + uri if tracking_uri else ''}  "
                   f"(MLflow UI on http://127.0.0.1:5000)")
@@ -278,16 +295,10 @@ def status(study_path, storage, tracking_uri) -> None:
     from rich.table import Table
 
     from .console import out as console
-    from .runner import open_storage, redact, resolve_storage
     from .tune import best_trial, trial_counts
-    import optuna
 
     spec = _load_spec(study_path)
-    storage_url = resolve_storage(storage, spec)
-    try:
-        study = optuna.load_study(study_name=spec.name, storage=open_storage(storage_url))
-    except KeyError:
-        raise UserInputError(f"no study named '{spec.name}' in {redact(storage_url)}; start it with 'deepfm tune {study_path}'")
+    study = _existing_study(spec, storage, study_path)
     table = Table(title=f"study '{spec.name}'")
     for column in ("#", "state", spec.metric, "seconds", "params"):
         table.add_column(column, justify="right" if column in ("#", spec.metric, "seconds") else "left")
@@ -312,18 +323,11 @@ def report(study_path, storage, tracking_uri, out) -> None:
 
     Example: deepfm report studies/quick.yaml --out quick.html
     """
-    import optuna
-
     from .console import out as console
     from .report import write_report
-    from .runner import open_storage, redact, resolve_storage
 
     spec = _load_spec(study_path)
-    storage_url = resolve_storage(storage, spec)
-    try:
-        study = optuna.load_study(study_name=spec.name, storage=open_storage(storage_url))
-    except KeyError:
-        raise UserInputError(f"no study named '{spec.name}' in {redact(storage_url)}; start it with 'deepfm tune {study_path}'")
+    study = _existing_study(spec, storage, study_path)
     path = write_report(study, out or f"outputs/{spec.name}-report.html")
     console.print(f"wrote {path}")
 
@@ -346,10 +350,8 @@ def promote(study_path, storage, tracking_uri, name, force) -> None:
     spec = _load_spec(study_path)
     handle = init_study(spec, storage, tracking_uri)
     data = load_data(spec)
-    p = promote_study(handle, test_frame=data.test_frame, force=force, name=name)
-    console.print(f"registered {name or spec.model_name} version {p.version} (test AUC {p.test_auc:.4f}) -> alias "
-                  f"'{p.alias}'{': ' + p.reason if getattr(p, 'reason', '') else ''}")
-    console.print(f"model URI: {p.model_uri}")
+    _print_promotion(console, name or spec.model_name,
+                     promote_study(handle, test_frame=data.test_frame, force=force, name=name))
 
 
 @main.command()
