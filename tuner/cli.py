@@ -264,8 +264,11 @@ def _print_tune_result(console, spec, result, tracking_uri) -> None:
     if result.promotion is not None:
         _print_promotion(console, spec.model_name, result.promotion)
     uri = result.handle.tracking_uri
-    console.print(f"browse the trials: deepfm ui{' --tracking-uri ' + uri if tracking_uri else ''}  "
-                  f"(MLflow UI on http://127.0.0.1:5000)")
+    if uri.startswith(("http://", "https://")):
+        console.print(f"browse the trials: open {uri} (experiment '{spec.experiment_name}')")
+    else:
+        console.print(f"browse the trials: deepfm ui{' --tracking-uri ' + uri if tracking_uri else ''}  "
+                      f"(MLflow UI on http://127.0.0.1:5000)")
 
 
 @main.command()
