@@ -121,7 +121,7 @@ class TrainConfig:
     seed: int = 42
     device: str = "auto"  # auto = cuda when available
     threads: int | None = None  # torch intra-op threads; None = torch's default
-    eval_batch_size: int = 65536
+    eval_batch_size: int = 8192  # cache-sized on CPU; larger batches only add transient memory
 
     def __post_init__(self) -> None:
         _int(self.batch_size, "training.batch_size", 1)

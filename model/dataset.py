@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import torch
 
 from .data import Split, check_labels
@@ -58,6 +60,16 @@ class PreparedData:
                 f"{len(self.encoder.schema.features)} fields, fingerprint {self.fingerprint}")
 
 
+def release_free_memory() -> None:
+    """Hand memory freed by dropped frames back to the OS (Arrow's pool and glibc's heap keep it otherwise), so
+    training's own allocations do not stack on top of a dead frame's pages."""
+    pa.default_memory_pool().release_unused()
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
+
+
 def fingerprint_frame(df: pd.DataFrame) -> str:
     """A short, stable hash of the data's content (so runs on different data are told apart)."""
     hashed = pd.util.hash_pandas_object(df, index=False).to_numpy()
@@ -69,20 +81,14 @@ def fingerprint_frame(df: pd.DataFrame) -> str:
 def prepare(df: pd.DataFrame, schema: FeatureSchema, split: Split, source: str = "data") -> PreparedData:
     """Check labels and columns, fit the encoder on the training rows only, encode all rows once.
 
-    Memory: the encoded rows are split array by array, each full array freed as soon as its three parts exist,
-    so the peak holds the frame, one encoded copy and one array's parts (not two encoded copies)."""
+    Rows are encoded in split order (train, val, test back to back), so the three parts are views of one
+    encoded array: the peak holds the frame and one encoded copy, never two."""
     schema.check_columns(df, source)
     labels = check_labels(df, schema.label, source)
     encoder = FeatureEncoder(schema).fit(df, rows=split.train, source=source)
     fingerprint = fingerprint_frame(df)
-    features = encoder.transform(df, source=source)
-    splits = (split.train, split.val, split.test)
-    columns: dict[str, list[torch.Tensor]] = {}
-    for name in ("categorical", "multivalued", "numeric"):
-        full = getattr(features, name)
-        setattr(features, name, None)
-        columns[name] = [torch.from_numpy(np.ascontiguousarray(full[rows])) for rows in splits]
-        del full
-    parts = [TensorData(columns["categorical"][i], columns["multivalued"][i], columns["numeric"][i],
-                        torch.from_numpy(labels[rows])) for i, rows in enumerate(splits)]
+    order = np.concatenate([split.train, split.val, split.test])
+    features = TensorData.from_features(encoder.transform(df, source=source, rows=order), labels[order])
+    edges = np.cumsum([0, len(split.train), len(split.val), len(split.test)])
+    parts = [features.rows(slice(int(a), int(b))) for a, b in zip(edges[:-1], edges[1:])]
     return PreparedData(encoder, *parts, fingerprint=fingerprint)

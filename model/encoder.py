@@ -192,31 +192,35 @@ class FeatureEncoder:
         return values
 
     # -- encoding ------------------------------------------------------------------------------------
-    def transform(self, df: pd.DataFrame, source: str = "input") -> EncodedFeatures:
-        """Encode the feature columns of `df`; extra columns are ignored, a missing one is an error."""
+    def transform(self, df: pd.DataFrame, source: str = "input", rows: np.ndarray | None = None) -> EncodedFeatures:
+        """Encode the feature columns of `df`; extra columns are ignored, a missing one is an error.
+
+        With `rows`, output row i encodes `df` row rows[i] (e.g. train, val, test rows back to back, so the
+        parts are views of one array instead of copies)."""
         if not self.fitted:
             raise RuntimeError("FeatureEncoder is not fitted; call fit(train_frame) first")
         s = self.schema
         s.check_columns(df, source, need_label=False)
-        n = len(df)
+        n = len(df) if rows is None else len(rows)
+        pick = (lambda values: values) if rows is None else (lambda values: values[rows])
         categorical = np.empty((n, len(s.categorical)), dtype=np.int32)
         numeric = np.empty((n, len(s.numeric)), dtype=np.float32)
 
         def encode_categorical(j: int) -> None:
             col = s.categorical[j]
-            categorical[:, j] = self.vocabularies[col].lookup(_as_tokens(df[col], source))
+            categorical[:, j] = pick(self.vocabularies[col].lookup(_as_tokens(df[col], source)))
 
         def encode_numeric(j: int) -> None:
             col = s.numeric[j]
             mean, std = self.numeric_stats[col]
             values = (self._numeric_transform(_as_numbers(df[col], source)) - mean) / std
-            numeric[:, j] = np.clip(values, -CLIP, CLIP, out=values)
+            numeric[:, j] = pick(np.clip(values, -CLIP, CLIP, out=values))
 
         # one column per job: each writes its own column of the outputs
         jobs = [(encode_categorical, j) for j in range(len(s.categorical))]
         jobs += [(encode_numeric, j) for j in range(len(s.numeric))]
-        _parallel(lambda job: job[0](job[1]), jobs, n)
-        blocks = [self._encode_multivalued(_as_tokens(df[col], source), col) for col in s.multivalued]
+        _parallel(lambda job: job[0](job[1]), jobs, len(df))
+        blocks = [pick(self._encode_multivalued(_as_tokens(df[col], source), col)) for col in s.multivalued]
         multivalued = np.concatenate(blocks, axis=1) if blocks else np.empty((n, 0), dtype=np.int32)
         return EncodedFeatures(categorical, multivalued, numeric)
 

@@ -18,11 +18,12 @@ from sklearn.metrics import log_loss, roc_auc_score
 from torch import nn
 
 from .config import PolicyConfig, TrainConfig
-from .dataset import PreparedData, TensorData
+from .dataset import PreparedData, TensorData, release_free_memory
 from .deepfm import DeepFM
 from .errors import TrainingDiverged
 
 NAN_CHECK_EVERY = 50  # steps between finite-loss checks (each one syncs a GPU)
+EVAL_BATCH = 8192  # rows per evaluation forward: cache-sized, and no 100 MB activations
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ def build_model(prepared: PreparedData, policy: PolicyConfig) -> DeepFM:
 
 
 @torch.no_grad()
-def predict_logits(model: DeepFM, data: TensorData, batch_size: int = 65536) -> torch.Tensor:
+def predict_logits(model: DeepFM, data: TensorData, batch_size: int = EVAL_BATCH) -> torch.Tensor:
     model.eval()
     device = next(model.parameters()).device
     out = []
@@ -86,7 +87,7 @@ def classification_metrics(labels: np.ndarray, probabilities: np.ndarray) -> tup
     return float(auc), float(log_loss(labels, probabilities, labels=[0, 1]))
 
 
-def evaluate(model: DeepFM, data: TensorData, batch_size: int = 65536) -> tuple[float, float]:
+def evaluate(model: DeepFM, data: TensorData, batch_size: int = EVAL_BATCH) -> tuple[float, float]:
     logits = predict_logits(model, data, batch_size)
     if not torch.isfinite(logits).all():
         raise TrainingDiverged("the model's outputs are NaN or infinite; lower learning_rate or add weight_decay")
@@ -191,6 +192,7 @@ def train(
 ) -> TrainResult:
     """Train a DeepFM on `prepared.train`, select the epoch with the best validation AUC, return it restored."""
     # -- setup: seeds in one place, device, threads -----------------------------------------------
+    release_free_memory()  # a frame the caller dropped must not stay resident under the training allocations
     torch.manual_seed(control.seed)
     if control.threads:
         torch.set_num_threads(control.threads)
