@@ -285,7 +285,6 @@ def test_storage_opened_by_three_processes_at_the_same_instant_on_a_new_database
 # -- without services: local workers over the default SQLite stores -------------------------------------------
 @pytest.mark.slow
 def test_ctrl_c_stops_local_workers_and_closes_their_runs_on_sqlite(launcher, tmp_path):
-    import optuna
 
     study_path = write_study(tmp_path, "local", n_trials=40, batch_size=64)
     parent = launcher(["tune", str(study_path), "--workers", "2", "--no-promote"], name="local-workers")

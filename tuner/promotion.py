@@ -8,12 +8,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from model.config import policy_to_v1_yaml
 from model.errors import UserInputError
 
 from .objective import ATTR_CHECKPOINT, ATTR_RUN_ID, download_checkpoint
 from .runner import StudyHandle
-from .space import policy_from_params
 from .tune import best_trial
 
 
@@ -28,7 +26,6 @@ def promote_study(handle: StudyHandle, *, test_frame: pd.DataFrame, force: bool 
     if not checkpoint:
         raise UserInputError(f"best trial {best.number} of study '{spec.name}' has no saved checkpoint; "
                              f"re-run it with 'deepfm tune' (checkpoints are kept for the best trial only)")
-    policy = policy_from_params(best.params, spec.space)
     with tempfile.TemporaryDirectory(prefix="deepfm-promote-") as tmp:
         policy_dir = download_checkpoint(handle.tracking_uri, checkpoint, Path(tmp))
         metrics = json.loads((policy_dir / "metrics.json").read_text())
@@ -38,7 +35,6 @@ def promote_study(handle: StudyHandle, *, test_frame: pd.DataFrame, force: bool 
             "val_auc": f"{metrics['val_auc']:.6f}",
             "val_logloss": f"{metrics['val_logloss']:.6f}",
             "data_fingerprint": str(metrics.get("data_fingerprint", "")),
-            "policy_yaml": policy_to_v1_yaml(policy),
         }
         return promote_policy(run_id=best.user_attrs[ATTR_RUN_ID], policy_dir=policy_dir, test_frame=test_frame,
                               registered_name=name or spec.model_name, tags=tags, force=force,

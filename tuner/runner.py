@@ -27,10 +27,10 @@ from model.errors import ConfigError
 from model.train import EpochMetrics
 
 from .env import DEFAULT_OPTUNA_STORAGE
-from .objective import ATTR_RUN_ID, ATTR_SKIPPED, TAG_FAILURE, TotalReached, make_objective
+from .objective import ATTR_RUN_ID, ATTR_SKIPPED, TAG_FAILURE, make_objective
 from .space import space_to_dict
 from .study import StudySpec
-from .tracking import StudyTracker, absolute_sqlite, is_transient, resolve_tracking_uri, retry
+from .tracking import StudyTracker, absolute_sqlite, resolve_tracking_uri, retry
 
 ATTR_PARENT_RUN, ATTR_EXPERIMENT, ATTR_TRACKING_URI = "mlflow_parent_run_id", "mlflow_experiment_id", "mlflow_tracking_uri"
 HEARTBEAT_SECONDS, GRACE_SECONDS = 10, 30  # defaults; env DEEPFM_HEARTBEAT_SECONDS / DEEPFM_GRACE_SECONDS override
@@ -291,6 +291,3 @@ def _wait_for_others(study: optuna.Study, total: int, deadline: float | None) ->
         time.sleep(min(heartbeat, 5))
         optuna.storages.fail_stale_trials(study)
 
-
-__all__ = ["init_study", "run_trials", "resolve_storage", "open_storage", "StudyHandle", "finished_count",
-           "TotalReached", "is_transient"]

@@ -12,7 +12,6 @@ import pandas as pd
 
 from model.config import TrainConfig, policy_to_v1_yaml
 from model.dataset import PreparedData, prepare
-from model.errors import UserInputError
 from model.train import EpochMetrics
 
 from .objective import ATTR_CHECKPOINT, ATTR_RUN_ID, ATTR_TRAINING, prune_checkpoints
@@ -120,5 +119,3 @@ def tune(
         result.promotion = promote_study(handle, test_frame=data.test_frame)
     return result
 
-
-__all__ = ["tune", "load_data", "summarise", "TuneResult", "LoadedData", "UserInputError"]
