@@ -7,11 +7,17 @@ Fields come in three kinds, all ending as one d-vector per field:
 - multi-valued ("tag1|tag2"): the mean of its tokens' vectors (-1 marks padding);
 - numeric: value x the field's vector, as in the paper; a missing value (NaN) uses a second, learned vector.
 The model returns logits; probabilities are the policy's business at predict time.
+
+Two ways to assemble the field vectors, which agree to float rounding: `field_embeddings` (training: one lookup of
+few rows per table, so the sparse gradients stay small) and `bagged_embeddings` (forward, i.e. scoring and
+evaluation: one `embedding_bag` per table whose per-sample weights carry the numeric values and the multi-valued
+means, so no (B, F, d) intermediate is built twice).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .config import PolicyConfig
@@ -31,9 +37,9 @@ ACTIVATION_LAYERS = {
 def fm_interaction(embeddings: torch.Tensor) -> torch.Tensor:
     """Sum over field pairs i<j of <e_i, e_j>, by the identity 1/2 ((sum e)^2 - sum e^2).
     (B, F, d) -> (B,)"""
-    square_of_sum = embeddings.sum(dim=1).pow(2)
-    sum_of_squares = embeddings.pow(2).sum(dim=1)
-    return 0.5 * (square_of_sum - sum_of_squares).sum(dim=1)
+    summed = embeddings.sum(dim=1)
+    sum_of_squares = torch.linalg.vector_norm(embeddings.flatten(1), dim=1).square()  # no (B, F*d) temporary
+    return 0.5 * (torch.linalg.vecdot(summed, summed) - sum_of_squares)
 
 
 class Dropout(nn.Dropout):
@@ -91,19 +97,50 @@ class DeepFM(nn.Module):
         self.register_buffer("slot_to_field", slot_to_field, persistent=False)
         numeric_rows = starts[n_cat + n_multi :]
         self.register_buffer("numeric_rows", numeric_rows.clone(), persistent=False)
+        # bagged layout of one row: [categorical | multi-valued slots | numeric], one bag per field
+        slot_starts = torch.tensor([0] + list(multivalued_lengths[:-1]), dtype=torch.long).cumsum(0)
+        bag_starts = torch.cat([torch.arange(n_cat), n_cat + slot_starts[:n_multi],
+                                n_cat + len(slot_field) + torch.arange(n_numeric)])
+        self.register_buffer("bag_starts", bag_starts, persistent=False)
         # (2, Fn): each numeric field's value row and missing row, fetched in one lookup (one sparse gradient)
         self.register_buffer("numeric_pairs", torch.stack([numeric_rows, numeric_rows + 1]), persistent=False)
 
     def forward(self, categorical: torch.Tensor, multivalued: torch.Tensor, numeric: torch.Tensor) -> torch.Tensor:
         """categorical (B, Fc) int, multivalued (B, S) int with -1 padding, numeric (B, Fn) float with NaN
         -> logits (B,)"""
-        embeddings, first = self.field_embeddings(categorical, multivalued, numeric)
+        embeddings, first = self.bagged_embeddings(categorical, multivalued, numeric)
         return self.logits_from(embeddings, first)
 
     def logits_from(self, embeddings: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
         """The three-part sum over given field vectors (B, F, d) and first-order sums (B,) -> logits (B,)"""
         deep = self.mlp(embeddings.flatten(1)).squeeze(1)
         return self.bias + first + fm_interaction(embeddings) + deep
+
+    def bagged_embeddings(
+        self, categorical: torch.Tensor, multivalued: torch.Tensor, numeric: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """As `field_embeddings`, by one `embedding_bag` per table: a field is the weighted sum of its rows, with
+        weight 1 (categorical), present/count (multi-valued slots) or the value (numeric; 1 for the missing row).
+        Scores 100k rows in ~40% less CPU time than lookup + where + cat (bench/score.py)."""
+        batch, n_cat, n_slots = len(categorical), categorical.shape[1], multivalued.shape[1]
+        width, d = n_cat + n_slots + numeric.shape[1], self.embedding.embedding_dim
+        index = torch.empty(batch, width, dtype=torch.long, device=categorical.device)
+        weight = torch.ones(batch, width, dtype=self.embedding.weight.dtype, device=categorical.device)
+        index[:, :n_cat] = categorical + self.categorical_offsets
+        if n_slots:
+            present = (multivalued >= 0).to(weight.dtype)
+            counts = (present @ self.slot_to_field).clamp(min=1.0)  # (B, Fm) tokens per field
+            index[:, n_cat : n_cat + n_slots] = multivalued.clamp(min=0) + self.multivalued_offsets
+            weight[:, n_cat : n_cat + n_slots] = present / (counts @ self.slot_to_field.T)
+        if numeric.shape[1]:
+            missing = torch.isnan(numeric)
+            index[:, n_cat + n_slots :] = self.numeric_rows + missing
+            weight[:, n_cat + n_slots :] = torch.where(missing, 1.0, numeric)
+        starts = (torch.arange(batch, device=index.device) * width).unsqueeze(1) + self.bag_starts
+        vectors = F.embedding_bag(index.view(-1), self.embedding.weight, starts.view(-1), mode="sum",
+                                  per_sample_weights=weight.view(-1))
+        first = F.embedding_bag(index, self.first_order.weight, mode="sum", per_sample_weights=weight)
+        return vectors.view(batch, self.num_fields, d), first.squeeze(1)
 
     def field_embeddings(
         self, categorical: torch.Tensor, multivalued: torch.Tensor, numeric: torch.Tensor

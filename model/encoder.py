@@ -85,20 +85,34 @@ def _as_numbers(series: pd.Series, source: str) -> np.ndarray:
 
 
 class _Vocabulary:
-    """Token -> index lookups: each batch is dictionary-encoded once in Arrow, and only its distinct tokens are
-    looked up, through a hash index built once per vocabulary (pandas caches it), so a one-row request costs
-    O(1) per field, not O(vocabulary)."""
+    """Token -> index lookups. Each batch is dictionary-encoded once in Arrow and only its distinct tokens are
+    looked up: a large batch through Arrow's `index_in` (hashes the vocabulary per call, ~3x faster per token and
+    free of the GIL), a small one through a pandas hash index built once (pandas caches it), so a one-row request
+    costs O(1) per field, not O(vocabulary)."""
+
+    ARROW_LOOKUP_RATIO = 8  # Arrow when distinct tokens >= vocabulary / 8: the measured crossover of the two costs
 
     def __init__(self, tokens: list[str]):
         self.tokens = tokens
-        self._index = pd.Index(np.array(tokens, dtype=object), dtype=object)
+        self._array = pa.array(tokens, type=pa.string())
+        self._index: pd.Index | None = None
 
     def lookup(self, tokens: pa.Array) -> np.ndarray:
         return self.lookup_encoded(_dictionary_encode(tokens))
 
+    def positions(self, dictionary: pa.Array) -> np.ndarray:
+        """Vocabulary position of each token, -1 when unseen."""
+        if len(dictionary) * self.ARROW_LOOKUP_RATIO >= len(self.tokens):
+            if not pa.types.is_string(dictionary.type):
+                dictionary = dictionary.cast(pa.string())
+            return pc.index_in(dictionary, value_set=self._array).fill_null(-1).to_numpy(zero_copy_only=False)
+        if self._index is None:
+            self._index = pd.Index(np.array(self.tokens, dtype=object), dtype=object)
+        return self._index.get_indexer(dictionary.to_numpy(zero_copy_only=False))
+
     def lookup_encoded(self, encoded: pa.DictionaryArray) -> np.ndarray:
         dictionary = encoded.dictionary
-        positions = self._index.get_indexer(dictionary.to_numpy(zero_copy_only=False))
+        positions = self.positions(dictionary)
         mapped = np.where(positions >= 0, positions + FIRST_TOKEN, OOV).astype(np.int32)
         mapped[pc.equal(dictionary, "").to_numpy(zero_copy_only=False)] = MISSING
         mapped = np.append(mapped, np.int32(MISSING))  # code -1 (a null input) -> missing

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,17 @@ from .errors import DataError
 POLICY_FILE, TRAINING_FILE, ENCODER_FILE, WEIGHTS_FILE, METRICS_FILE = (
     "policy.yaml", "training.yaml", "encoder.json", "weights.pt", "metrics.json")
 PREDICT_BATCH = 262144  # rows encoded per call (large: the encoder parallelises over columns)
-MODEL_BATCH = 4096  # rows per forward pass on the CPU
+MODEL_BATCH = 1024  # rows per forward pass on the CPU: its activations stay in cache
+_SCORING_POOLS: dict[int, ThreadPoolExecutor] = {}
+
+
+def _scoring_pool(threads: int) -> ThreadPoolExecutor:
+    """Threads that each run whole forward passes with one torch thread: on CPU, slices scored side by side take
+    ~25% less time than the same slices each split across all cores by torch (no fork/join per operator)."""
+    if threads not in _SCORING_POOLS:
+        _SCORING_POOLS[threads] = ThreadPoolExecutor(threads, thread_name_prefix="deepfm-score",
+                                                     initializer=torch.set_num_threads, initargs=(1,))
+    return _SCORING_POOLS[threads]
 
 
 @dataclass
@@ -54,22 +65,32 @@ class ScoringPolicy:
     def predict(self, frame: pd.DataFrame, batch_size: int = PREDICT_BATCH) -> np.ndarray:
         """Click probability per row of a raw frame (extra columns ignored, unseen tokens -> OOV).
 
-        The frame is encoded in large chunks (the encoder's per-call cost is amortised) and the model runs on
-        cache-sized slices of each chunk (a (batch, fields, dim) activation that fits in L2 is ~2x faster on CPU)."""
+        The frame is encoded in large chunks (the encoder's per-call cost is amortised); on the CPU the model
+        then scores cache-sized slices of each chunk, one slice per core at a time."""
         if len(frame) == 0:
             return np.empty(0, dtype=np.float32)
         self.model.eval()
         device = next(self.model.parameters()).device
         model_batch = MODEL_BATCH if device.type == "cpu" else batch_size
+        threads = torch.get_num_threads() if device.type == "cpu" else 1
         out = np.empty(len(frame), dtype=np.float32)
         for start in range(0, len(frame), batch_size):
             chunk = frame.iloc[start : start + batch_size]
             data = TensorData.from_features(self.encoder.transform(chunk, source="scoring input"), device=str(device))
-            for offset in range(0, len(chunk), model_batch):
-                stop = offset + model_batch
-                logits = self.model(data.categorical[offset:stop], data.multivalued[offset:stop],
-                                    data.numeric[offset:stop])
-                out[start + offset : start + offset + len(logits)] = torch.sigmoid(logits.float()).cpu().numpy()
+
+            def score(offset: int, data: TensorData = data, start: int = start) -> None:
+                with torch.inference_mode():  # per thread, like grad mode
+                    stop = offset + model_batch
+                    logits = self.model(data.categorical[offset:stop], data.multivalued[offset:stop],
+                                        data.numeric[offset:stop])
+                    out[start + offset : start + offset + len(logits)] = torch.sigmoid(logits.float()).cpu().numpy()
+
+            offsets = range(0, len(chunk), model_batch)
+            if threads > 1 and len(offsets) > 1:
+                list(_scoring_pool(threads).map(score, offsets))
+            else:
+                for offset in offsets:
+                    score(offset)
         return out
 
     # -- persistence ---------------------------------------------------------------------------------

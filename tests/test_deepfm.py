@@ -43,6 +43,16 @@ def test_forward_is_bias_plus_first_order_plus_fm_plus_mlp():
     assert embeddings.shape == (6, 2 + 1 + 2, 4)
 
 
+def test_scoring_path_agrees_with_the_training_path_for_every_field_kind():
+    m = model()
+    c, mv, n = inputs()
+    mv[1] = -1  # a row whose multi-valued field has no token at all: a zero vector either way
+    embeddings, first = m.field_embeddings(c, mv, n)
+    bagged, bagged_first = m.bagged_embeddings(c, mv, n)
+    assert torch.allclose(bagged, embeddings, atol=1e-6)
+    assert torch.allclose(bagged_first, first, atol=1e-6)
+
+
 def test_gradients_reach_every_parameter():
     m = model()
     m(*inputs()).sum().backward()

@@ -111,3 +111,16 @@ def test_integer_categories_become_the_same_tokens_as_integers():
     enc = FeatureEncoder(schema).fit(pd.DataFrame({"c": [1, 2, 2]}))
     out = enc.transform(pd.DataFrame({"c": pd.Series([2, None, 1], dtype="category")}))
     assert out.categorical[:, 0].tolist() == [2, MISSING, 3]
+
+
+def test_large_and_small_batches_look_tokens_up_alike():
+    """A batch with many distinct tokens goes through Arrow's index_in, a small one through the cached pandas
+    index: both must give every token (seen, unseen, empty, null) the same index."""
+    tokens = [f"t{i}" for i in range(200)]
+    schema = FeatureSchema(label="y", categorical=("c",))
+    enc = FeatureEncoder(schema).fit(pd.DataFrame({"c": tokens + tokens[:50]}))
+    batch = pd.DataFrame({"c": tokens[::-1] + ["unseen", "", None]})
+    large = enc.transform(batch).categorical[:, 0]  # 203 distinct tokens for 200 in the vocabulary
+    small = np.concatenate([enc.transform(batch.iloc[[i]]).categorical[:, 0] for i in range(len(batch))])
+    assert np.array_equal(large, small)
+    assert large[-3:].tolist() == [OOV, MISSING, MISSING] and large[-4] == 2  # 't0': seen twice, first by token
