@@ -94,6 +94,17 @@ def concat_frames(frames: list[pd.DataFrame]) -> pd.DataFrame:
     return pd.DataFrame(columns)
 
 
+def used_categories(series: pd.Series) -> tuple[np.ndarray, pd.Index]:
+    """(codes, categories) of a categorical column, the categories cut to those its rows use when they are far
+    fewer: a few rows sliced from a big read must not cost a pass over every token of the file."""
+    codes = series.cat.codes.to_numpy()
+    categories = series.cat.categories
+    if len(codes) * 8 >= len(categories):
+        return codes, categories
+    used = np.unique(codes[codes >= 0])
+    return np.where(codes >= 0, np.searchsorted(used, codes), -1), categories[used]
+
+
 def check_labels(df: pd.DataFrame, label: str, source: str) -> np.ndarray:
     """Labels as float32 0/1; anything else is an error naming the file, the column and the bad value."""
     if label not in df.columns:

@@ -9,7 +9,6 @@ scoring requests, so serving can never drift from training.
 from __future__ import annotations
 
 import json
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,13 +18,14 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .data import used_categories
 from .errors import DataError
+from .parallel import map_columns
 from .schema import FeatureSchema
 
 MISSING, OOV, FIRST_TOKEN = 0, 1, 2
 CLIP = 10.0  # standardized numeric values are clipped to +-CLIP, so one outlier cannot blow up a score
 ENCODER_FORMAT_VERSION = 1
-PARALLEL_MIN_ROWS = 50_000  # frames at least this long are encoded one column per thread
 
 
 @dataclass
@@ -49,10 +49,11 @@ def _as_tokens(series: pd.Series, source: str) -> pa.Array:
         if np.array_equal(values[finite], np.round(values[finite])):
             return pa.array(np.where(finite, values, 0).astype(np.int64), mask=~finite).cast(pa.string())
     if isinstance(series.dtype, pd.CategoricalDtype):  # codes + categories: stays dictionary-encoded
-        codes = series.cat.codes.to_numpy()
-        categories = _as_tokens(pd.Series(series.cat.categories), source)
+        codes, categories = used_categories(series)
+        categories = _as_tokens(pd.Series(categories), source)
         return pa.DictionaryArray.from_arrays(pa.array(codes.astype(np.int32), mask=codes < 0), categories)
-    array = pa.array(series, from_pandas=True)
+    values = series.array if hasattr(series.array, "__arrow_array__") else series.to_numpy()
+    array = pa.array(values, from_pandas=True)  # not the Series: pyarrow's probing of it costs ~20 us a column
     if isinstance(array, pa.ChunkedArray):
         array = array.combine_chunks()
     if pa.types.is_dictionary(array.type):
@@ -67,9 +68,15 @@ def _as_tokens(series: pd.Series, source: str) -> pa.Array:
 
 def _as_numbers(series: pd.Series, source: str) -> np.ndarray:
     """Float64 values with NaN for missing; a non-numeric value is an error naming the column and the value."""
+    values = None
     if pd.api.types.is_numeric_dtype(series.dtype) or pd.api.types.is_bool_dtype(series.dtype):
         values = series.to_numpy(dtype=np.float64, na_value=np.nan)
-    else:
+    elif series.dtype == object:  # e.g. a JSON request's numbers and nulls: NumPy parses them, else the check below
+        try:
+            values = np.asarray(series.to_numpy(), dtype=np.float64)
+        except (TypeError, ValueError):
+            pass
+    if values is None:
         converted = pd.to_numeric(series, errors="coerce")
         bad = converted.isna() & series.notna() & (series.astype("string").str.strip() != "")
         if bad.any():
@@ -85,39 +92,45 @@ def _as_numbers(series: pd.Series, source: str) -> np.ndarray:
 
 
 class _Vocabulary:
-    """Token -> index lookups. Each batch is dictionary-encoded once in Arrow and only its distinct tokens are
-    looked up: a large batch through Arrow's `index_in` (hashes the vocabulary per call, ~3x faster per token and
-    free of the GIL), a small one through a pandas hash index built once (pandas caches it), so a one-row request
-    costs O(1) per field, not O(vocabulary)."""
+    """Token -> index lookups. A large batch is dictionary-encoded once in Arrow and only its distinct tokens are
+    looked up, through Arrow's `index_in` when they are many (it hashes the vocabulary per call: ~0.06 us per
+    vocabulary token, GIL-free); a few rows, or a few distinct tokens, go through a dict built on first use, so a
+    one-row request costs O(1) per field, not O(vocabulary), and no Arrow kernel call (~10 us each)."""
 
-    ARROW_LOOKUP_RATIO = 8  # Arrow when distinct tokens >= vocabulary / 8: the measured crossover of the two costs
+    ARROW_LOOKUP_RATIO = 8  # Arrow when distinct tokens >= vocabulary / 8
+    SMALL_BATCH = 64  # up to this many rows, tokens are looked up one by one in Python
 
     def __init__(self, tokens: list[str]):
         self.tokens = tokens
         self._array = pa.array(tokens, type=pa.string())
-        self._index: pd.Index | None = None
+        self._index: dict[str, int] | None = None
 
     def lookup(self, tokens: pa.Array) -> np.ndarray:
+        if len(tokens) <= self.SMALL_BATCH:
+            return self._lookup_each(tokens.to_pylist())
         return self.lookup_encoded(_dictionary_encode(tokens))
-
-    def positions(self, dictionary: pa.Array) -> np.ndarray:
-        """Vocabulary position of each token, -1 when unseen."""
-        if len(dictionary) * self.ARROW_LOOKUP_RATIO >= len(self.tokens):
-            if not pa.types.is_string(dictionary.type):
-                dictionary = dictionary.cast(pa.string())
-            return pc.index_in(dictionary, value_set=self._array).fill_null(-1).to_numpy(zero_copy_only=False)
-        if self._index is None:
-            self._index = pd.Index(np.array(self.tokens, dtype=object), dtype=object)
-        return self._index.get_indexer(dictionary.to_numpy(zero_copy_only=False))
 
     def lookup_encoded(self, encoded: pa.DictionaryArray) -> np.ndarray:
         dictionary = encoded.dictionary
-        positions = self.positions(dictionary)
-        mapped = np.where(positions >= 0, positions + FIRST_TOKEN, OOV).astype(np.int32)
-        mapped[pc.equal(dictionary, "").to_numpy(zero_copy_only=False)] = MISSING
+        if len(dictionary) * self.ARROW_LOOKUP_RATIO >= len(self.tokens):
+            if not pa.types.is_string(dictionary.type):
+                dictionary = dictionary.cast(pa.string())
+            positions = pc.index_in(dictionary, value_set=self._array).fill_null(-1).to_numpy(zero_copy_only=False)
+            mapped = np.where(positions >= 0, positions + FIRST_TOKEN, OOV).astype(np.int32)
+            mapped[pc.equal(dictionary, "").to_numpy(zero_copy_only=False)] = MISSING
+        else:
+            mapped = self._lookup_each(dictionary.to_pylist())
         mapped = np.append(mapped, np.int32(MISSING))  # code -1 (a null input) -> missing
-        codes = encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False)
+        indices = encoded.indices
+        codes = (indices.fill_null(-1) if indices.null_count else indices).to_numpy(zero_copy_only=False)
         return mapped[codes]
+
+    def _lookup_each(self, tokens: list[str | None]) -> np.ndarray:
+        """Null and empty tokens -> MISSING, unseen -> OOV."""
+        if self._index is None:
+            self._index = {token: i + FIRST_TOKEN for i, token in enumerate(self.tokens)}
+        index = self._index
+        return np.array([index.get(token, OOV) if token else MISSING for token in tokens], dtype=np.int32)
 
 
 def _decoded(tokens: pa.Array) -> pa.Array:
@@ -145,15 +158,6 @@ def _fit_vocabulary(tokens: pa.Array, min_count: int, rows: np.ndarray | None = 
     values = dictionary.take(pa.array(index)).to_numpy(zero_copy_only=False).astype(str)
     order = np.lexsort((values, -freq[index]))  # by frequency, ties by token: deterministic
     return values[order].tolist()
-
-
-def _parallel(function, items: list, n_rows: int) -> list:
-    """function(item) for each item, on a thread pool for large inputs (Arrow and NumPy release the GIL);
-    results in order, the first failure re-raised."""
-    if n_rows < PARALLEL_MIN_ROWS or len(items) < 2 or pa.cpu_count() < 2:
-        return [function(item) for item in items]
-    with ThreadPoolExecutor(max_workers=min(pa.cpu_count(), len(items))) as pool:
-        return list(pool.map(function, items))
 
 
 class FeatureEncoder:
@@ -186,7 +190,7 @@ class FeatureEncoder:
             return mean, std if std > 1e-12 else 1.0
 
         jobs = [(categorical, c) for c in s.categorical] + [(numeric, c) for c in s.numeric]
-        results = _parallel(lambda job: job[0](job[1]), jobs, len(df))
+        results = map_columns(lambda job: job[0](job[1]), jobs, len(df))
         for (kind, col), result in zip(jobs, results):
             if kind is categorical:
                 self.vocabularies[col] = result
@@ -233,7 +237,7 @@ class FeatureEncoder:
         # one column per job: each writes its own column of the outputs
         jobs = [(encode_categorical, j) for j in range(len(s.categorical))]
         jobs += [(encode_numeric, j) for j in range(len(s.numeric))]
-        _parallel(lambda job: job[0](job[1]), jobs, len(df))
+        map_columns(lambda job: job[0](job[1]), jobs, len(df))
         blocks = [pick(self._encode_multivalued(_as_tokens(df[col], source), col)) for col in s.multivalued]
         multivalued = np.concatenate(blocks, axis=1) if blocks else np.empty((n, 0), dtype=np.int32)
         return EncodedFeatures(categorical, multivalued, numeric)

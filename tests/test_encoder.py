@@ -124,3 +124,13 @@ def test_large_and_small_batches_look_tokens_up_alike():
     small = np.concatenate([enc.transform(batch.iloc[[i]]).categorical[:, 0] for i in range(len(batch))])
     assert np.array_equal(large, small)
     assert large[-3:].tolist() == [OOV, MISSING, MISSING] and large[-4] == 2  # 't0': seen twice, first by token
+
+
+def test_a_few_rows_of_a_large_category_set_encode_like_their_strings():
+    tokens = [f"t{i}" for i in range(100)]
+    schema = FeatureSchema(label="y", categorical=("c",))
+    enc = FeatureEncoder(schema).fit(pd.DataFrame({"c": tokens}))
+    big = pd.DataFrame({"c": pd.Categorical(tokens[::-1] + [None, "unseen"])})
+    for rows in ([0], [5, 99, 100], [101, 3]):
+        as_strings = pd.DataFrame({"c": [big["c"].iloc[r] if r < 100 else [None, "unseen"][r - 100] for r in rows]})
+        assert np.array_equal(enc.transform(big.iloc[rows]).categorical, enc.transform(as_strings).categorical)

@@ -32,7 +32,9 @@ from mlflow.models import ModelSignature  # noqa: E402
 from mlflow.types.schema import ColSpec, DataType, Schema  # noqa: E402
 
 import model as model_package  # noqa: E402
+from model.data import used_categories  # noqa: E402
 from model.errors import DataError  # noqa: E402
+from model.parallel import map_columns  # noqa: E402
 from model.policy import POLICY_FILE, ScoringPolicy  # noqa: E402
 from model.schema import FeatureSchema  # noqa: E402
 
@@ -77,17 +79,18 @@ def conform(frame: pd.DataFrame, input_schema: Schema | None) -> pd.DataFrame:
     (3, 3.0 -> "3"); Arrow strings stay Arrow-backed, so nothing is converted to Python objects."""
     if input_schema is None or not input_schema.has_input_names():
         return frame
-    columns: dict[str, pd.Series] = {}
-    for spec in input_schema.inputs:
-        if spec.name not in frame.columns:
-            continue
+    specs = [spec for spec in input_schema.inputs if spec.name in frame.columns]
+
+    def cast(spec) -> pd.Series:
         series = frame[spec.name]
         if spec.type == DataType.double:
-            series = _as_double(series)
-        elif spec.type == DataType.string:
-            series = _as_string(series)
-        columns[spec.name] = series
-    return pd.DataFrame(columns, index=frame.index)
+            return _as_double(series)
+        if spec.type == DataType.string:
+            return _as_string(series)
+        return series
+
+    columns = map_columns(cast, specs, len(frame))  # decoding is Arrow work: one column per core
+    return pd.DataFrame(dict(zip([spec.name for spec in specs], columns)), index=frame.index)
 
 
 def _as_double(series: pd.Series) -> pd.Series:
@@ -104,7 +107,11 @@ def _as_string(series: pd.Series) -> pd.Series:
         return series
     if isinstance(dtype, pd.CategoricalDtype) and pd.api.types.is_string_dtype(dtype.categories.dtype):
         # e.g. Criteo tokens read dictionary-encoded: decode in Arrow (MLflow's check wants string columns)
-        decoded = pa.array(series, from_pandas=True).dictionary_decode().cast(pa.large_string()).cast(pa.string())
+        codes, categories = used_categories(series)
+        values = pa.array(categories.array if hasattr(categories.array, "__arrow_array__") else categories)
+        values = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+        decoded = pa.DictionaryArray.from_arrays(pa.array(codes.astype(np.int32), mask=codes < 0), values)
+        decoded = decoded.dictionary_decode().cast(pa.string())
         return pd.Series(pd.arrays.ArrowStringArray(decoded), index=series.index, name=series.name)
     if isinstance(dtype, pd.ArrowDtype) and (pa.types.is_string(dtype.pyarrow_dtype)
                                              or pa.types.is_large_string(dtype.pyarrow_dtype)):

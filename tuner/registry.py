@@ -34,7 +34,7 @@ from model.errors import DataError, UserInputError, did_you_mean
 from model.policy import POLICY_FILE, ScoringPolicy
 from model.train import classification_metrics
 
-from .pyfunc import ARTIFACT_KEY, OUTPUT_COLUMN, conform, log_policy_model
+from .pyfunc import ARTIFACT_KEY, OUTPUT_COLUMN, ScoringPolicyModel, conform, log_policy_model
 
 import mlflow  # noqa: E402  (after .pyfunc, which sets the quiet defaults)
 from mlflow import MlflowClient  # noqa: E402
@@ -143,6 +143,26 @@ def _using(client: MlflowClient) -> Iterator[None]:
 # -- scoring helpers -------------------------------------------------------------------------------
 def predict_frame(pyfunc_model, frame: pd.DataFrame, source: str = "input") -> np.ndarray:
     """Probabilities from a loaded pyfunc model for a raw frame (conformed to its signature first)."""
+    schema = _check_columns(pyfunc_model, frame, source)
+    return np.asarray(pyfunc_model.predict(conform(frame, schema)), dtype=np.float64).reshape(-1)
+
+
+def batch_scorer(pyfunc_model, source: str) -> Callable[[pd.DataFrame], np.ndarray]:
+    """The fastest exact way to score many frames with a loaded model: a scoring policy's own `predict` when the
+    model is one (no decoding of dictionary-encoded tokens for MLflow's type check, then hashing them again;
+    the encoder still names a missing or non-numeric column), else `predict_frame`."""
+    python_model = pyfunc_model.unwrap_python_model() if hasattr(pyfunc_model, "unwrap_python_model") else None
+    if not isinstance(python_model, ScoringPolicyModel):
+        return lambda frame: predict_frame(pyfunc_model, frame, source)
+
+    def score(frame: pd.DataFrame) -> np.ndarray:
+        _check_columns(pyfunc_model, frame, source)
+        return python_model.policy.predict(frame).astype(np.float64)
+
+    return score
+
+
+def _check_columns(pyfunc_model, frame: pd.DataFrame, source: str):
     schema = pyfunc_model.metadata.get_input_schema()
     if schema is not None and schema.has_input_names():
         missing = [c for c in schema.input_names() if c not in frame.columns]
@@ -150,7 +170,7 @@ def predict_frame(pyfunc_model, frame: pd.DataFrame, source: str = "input") -> n
             shown = ", ".join(f"'{c}'" for c in missing[:5]) + (" ..." if len(missing) > 5 else "")
             raise DataError(f"{source}: missing column(s) {shown}{did_you_mean(missing[0], map(str, frame.columns))}"
                             f"; the model needs {len(schema.input_names())} feature columns")
-    return np.asarray(pyfunc_model.predict(conform(frame, schema)), dtype=np.float64).reshape(-1)
+    return schema
 
 
 # -- promotion -------------------------------------------------------------------------------------
@@ -358,10 +378,11 @@ def score_file(
     output_path = Path(output_path)
     output_path.parent.mkdir(parents=True, exist_ok=True)
     started, total, writer, schema = time.perf_counter(), len(frame), None, None
+    score = batch_scorer(loaded, str(input_path))
     try:
         for start in range(0, total, batch_size):
             chunk = frame.iloc[start : start + batch_size]
-            scores = predict_frame(loaded, chunk, str(input_path))
+            scores = score(chunk)
             table = pa.Table.from_pandas(chunk, preserve_index=False).append_column(OUTPUT_COLUMN, pa.array(scores))
             if writer is None:
                 schema = table.schema
