@@ -29,7 +29,7 @@ from .parallel import scoring_pool
 POLICY_FILE, TRAINING_FILE, ENCODER_FILE, WEIGHTS_FILE, METRICS_FILE = (
     "policy.yaml", "training.yaml", "encoder.json", "weights.pt", "metrics.json")
 PREDICT_BATCH = 262144  # rows encoded per call (large: the encoder parallelises over columns)
-MODEL_BATCH = 1024  # rows per forward pass on the CPU: its activations stay in cache
+MODEL_BATCH = 2048  # rows per forward pass on the CPU: activations stay in cache, few Python calls per row
 
 
 @dataclass
