@@ -20,6 +20,8 @@ T = TypeVar("T")
 R = TypeVar("R")
 PARALLEL_MIN_ROWS = 50_000  # frames at least this long are processed one column per thread
 _SCORING_POOLS: dict[int, ThreadPoolExecutor] = {}
+if hasattr(os, "register_at_fork"):  # a forked child (e.g. a server worker) has none of its parent's threads
+    os.register_at_fork(after_in_child=_SCORING_POOLS.clear)
 
 
 def cores() -> int:
