@@ -121,7 +121,7 @@ class DeepFM(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """As `field_embeddings`, by one `embedding_bag` per table: a field is the weighted sum of its rows, with
         weight 1 (categorical), present/count (multi-valued slots) or the value (numeric; 1 for the missing row).
-        Scores 100k rows in ~40% less CPU time than lookup + where + cat (bench/score.py)."""
+        ~40% less CPU time per row than lookup + where + cat (BENCHMARKS.md, "Scoring")."""
         batch, n_cat, n_slots = len(categorical), categorical.shape[1], multivalued.shape[1]
         width, d = n_cat + n_slots + numeric.shape[1], self.embedding.embedding_dim
         index = torch.empty(batch, width, dtype=torch.long, device=categorical.device)
