@@ -191,8 +191,9 @@ def test_killed_worker_trial_is_failed_and_rerun_by_a_live_worker(services, laun
             trials = load(storage, "fault").get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
         except KeyError:  # not created yet
             trials = []
-        for t in trials:
-            if "mlflow_run_id" in t.user_attrs and int(t.user_attrs.get("worker", ":0").split(":")[1]) in by_pid:
+        for t in trials:  # a trial with no epoch reported yet: it cannot finish before the kill lands
+            if ("mlflow_run_id" in t.user_attrs and not t.intermediate_values
+                    and int(t.user_attrs.get("worker", ":0").split(":")[1]) in by_pid):
                 victim_trial, victim = t, by_pid[int(t.user_attrs["worker"].split(":")[1])]
                 break
         else:
@@ -328,7 +329,7 @@ def test_a_local_worker_runs_the_same_command_as_a_remote_one():
 
     cmd = worker_command("studies/quick.yaml", threads=2, n_trials=12)
     assert cmd[1:3] == ["-m", "tuner.cli"]
-    assert cmd[3:] == ["tune", "studies/quick.yaml", "--workers", "1", "--no-promote", "--threads", "2",
+    assert cmd[3:] == ["tune", "studies/quick.yaml", "--workers", "1", "--no-promote", "--no-summary", "--threads", "2",
                        "--n-trials", "12"]
     template = worker_args("studies/quick.yaml", "DB", "URI")
     assert template[:2] == cmd[3:5] and set(["--workers", "1", "--no-promote"]) <= set(template)

@@ -187,3 +187,18 @@ def test_ctrl_c_leaves_no_running_trial_or_run(in_tmp):
     tune(load_study(path))
     study = optuna.load_study(study_name="tiny", storage="sqlite:///mlruns/optuna.db")
     assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials) == 3
+
+
+def test_a_worker_without_summary_leaves_the_parent_run_to_its_coordinator(in_tmp):
+    """`--workers N` runs its workers with --no-summary: the parent run stays open with no report until the
+    coordinator summarises once, after every worker."""
+    from tuner.tune import summarise
+
+    path = write_study(in_tmp, study__n_trials=2)
+    result = tune(load_study(path), summary=False)
+    client, parents, trials = runs_of()
+    assert len(trials) == 2 and parents[0].info.status == "RUNNING"
+    assert not [a for a in client.list_artifacts(parents[0].info.run_id) if a.path == "report"]
+    summarise(result.handle)
+    client, parents, _ = runs_of()
+    assert parents[0].info.status == "FINISHED" and "best_val_auc" in parents[0].data.metrics

@@ -210,7 +210,9 @@ def _load_spec(study_path: str, **overrides):
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Local worker processes sharing the study (n_trials stays the total).")
 @click.option("--promote/--no-promote", default=None, help="Promote the best trial at the end (default: study file).")
-def tune(study_path, storage, tracking_uri, n_trials, timeout, threads, workers, promote) -> None:
+@click.option("--summary/--no-summary", default=True, hidden=True,
+              help="Summarise on the parent run at the end (--workers N runs its workers without, then once).")
+def tune(study_path, storage, tracking_uri, n_trials, timeout, threads, workers, promote, summary) -> None:
     """Create or resume a tuning study and run its trials.
 
     Example: deepfm tune studies/quick.yaml
@@ -240,7 +242,7 @@ def tune(study_path, storage, tracking_uri, n_trials, timeout, threads, workers,
     try:
         with progress:
             result = run_tune(spec, storage=storage, tracking_uri=tracking_uri, threads=threads, promote=promote,
-                              on_epoch=progress.on_epoch, on_trial=progress.on_trial, on_ready=ready)
+                              on_epoch=progress.on_epoch, on_trial=progress.on_trial, on_ready=ready, summary=summary)
     except KeyboardInterrupt:
         err.print("interrupted: the running trial was marked failed and its MLflow run closed; "
                   "run the same command to resume")

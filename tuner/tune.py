@@ -98,8 +98,10 @@ def tune(
     on_trial: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
     on_ready: Callable[[StudyHandle, LoadedData], None] | None = None,
     failure_injector=None,
+    summary: bool = True,
 ) -> TuneResult:
-    """Create or resume the study and run this worker's share of its trials."""
+    """Create or resume the study and run this worker's share of its trials; then summarise on the parent run
+    (unless `summary` is False: a local worker whose coordinator summarises once, after every worker)."""
     data = data or load_data(spec)  # bad data fails here, before any study or run exists
     handle = init_study(spec, storage, tracking_uri)
     control: TrainConfig = spec.training.replace(threads=threads) if threads else spec.training
@@ -109,9 +111,10 @@ def tune(
         run_trials(handle, data.prepared, control, on_epoch=on_epoch, on_trial=on_trial,
                    failure_injector=failure_injector)
     except KeyboardInterrupt:
-        summarise(handle, status="KILLED")
+        if summary:
+            summarise(handle, status="KILLED")
         raise
-    best = summarise(handle)
+    best = summarise(handle) if summary else best_trial(handle.study)
     result = TuneResult(handle, best, trial_counts(handle.study))
     if (spec.promote if promote is None else promote) and best is not None:
         from .promotion import promote_study

@@ -1,9 +1,10 @@
 """Local team mode: `deepfm tune STUDY --workers N` as N worker processes sharing one study.
 
 The parent process creates the study, its MLflow experiment and parent run once (`init_study`), starts N
-`deepfm tune STUDY --workers 1 --no-promote` processes over the same storage and tracking URIs (passed in the
-environment, so passwords never show in `ps`), forwards Ctrl-C to them, and then summarises and promotes once.
-Each worker is exactly what an independent machine would run, so local and multi-machine runs behave alike;
+`deepfm tune STUDY --workers 1 --no-promote --no-summary` processes over the same storage and tracking URIs
+(passed in the environment, so passwords never show in `ps`), forwards Ctrl-C to them, and then summarises and
+promotes once. Each worker is what an independent machine would run, less the summary (the report and the
+parent run's end state are written once, after every worker), so local and multi-machine runs behave alike;
 Optuna's RDB storage is the only coordination (trials are claimed in the database, heartbeats catch dead
 workers). `n_trials` is the study's total over all workers.
 """
@@ -51,7 +52,7 @@ def worker_command(study_path: str, *, threads: int, n_trials: int | None = None
                    timeout: float | None = None) -> list[str]:
     """The command one worker runs (the same `deepfm tune` a remote machine or a compose worker runs)."""
     cmd = [sys.executable, "-m", "tuner.cli", "tune", str(study_path), "--workers", "1", "--no-promote",
-           "--threads", str(threads)]
+           "--no-summary", "--threads", str(threads)]
     if n_trials is not None:
         cmd += ["--n-trials", str(n_trials)]
     if timeout is not None:
