@@ -117,7 +117,8 @@ class _Vocabulary:
                 dictionary = dictionary.cast(pa.string())
             positions = pc.index_in(dictionary, value_set=self._array).fill_null(-1).to_numpy(zero_copy_only=False)
             mapped = np.where(positions >= 0, positions + FIRST_TOKEN, OOV).astype(np.int32)
-            mapped[pc.equal(dictionary, "").to_numpy(zero_copy_only=False)] = MISSING
+            empty_or_null = pc.fill_null(pc.equal(dictionary, ""), True)  # as `_lookup_each`: both are missing
+            mapped[empty_or_null.to_numpy(zero_copy_only=False)] = MISSING
         else:
             mapped = self._lookup_each(dictionary.to_pylist())
         mapped = np.append(mapped, np.int32(MISSING))  # code -1 (a null input) -> missing

@@ -134,3 +134,15 @@ def test_a_few_rows_of_a_large_category_set_encode_like_their_strings():
     for rows in ([0], [5, 99, 100], [101, 3]):
         as_strings = pd.DataFrame({"c": [big["c"].iloc[r] if r < 100 else [None, "unseen"][r - 100] for r in rows]})
         assert np.array_equal(enc.transform(big.iloc[rows]).categorical, enc.transform(as_strings).categorical)
+
+
+def test_a_null_inside_an_arrow_dictionary_is_missing_on_both_lookup_paths():
+    import pyarrow as pa
+
+    from model.encoder import _Vocabulary
+
+    vocabulary = _Vocabulary([f"t{i}" for i in range(16)])
+    encoded = pa.DictionaryArray.from_arrays(pa.array([0, 1, 2, 0], type=pa.int32()), pa.array(["t3", None, "zz"]))
+    assert vocabulary.lookup_encoded(encoded).tolist() == [5, MISSING, OOV, 5]  # 3 distinct of 16: the dict path
+    vocabulary.ARROW_LOOKUP_RATIO = 100  # now Arrow's index_in
+    assert vocabulary.lookup_encoded(encoded).tolist() == [5, MISSING, OOV, 5]
