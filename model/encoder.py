@@ -154,7 +154,7 @@ def _fit_vocabulary(tokens: pa.Array, min_count: int, rows: np.ndarray | None = 
         codes = codes[rows]
     freq = np.bincount(codes[codes >= 0], minlength=len(encoded.dictionary))
     dictionary = encoded.dictionary
-    keep = (freq >= min_count) & ~pc.equal(dictionary, "").to_numpy(zero_copy_only=False)
+    keep = (freq >= min_count) & ~pc.fill_null(pc.equal(dictionary, ""), True).to_numpy(zero_copy_only=False)
     index = np.flatnonzero(keep)
     values = dictionary.take(pa.array(index)).to_numpy(zero_copy_only=False).astype(str)
     order = np.lexsort((values, -freq[index]))  # by frequency, ties by token: deterministic
