@@ -83,6 +83,13 @@ class ScoringPolicy:
                     score(offset)
         return out
 
+    def warm_up(self) -> None:
+        """Score one row of missing values: builds the encoder's one-row lookups and runs every kernel once, so a
+        server's first request costs what the others do. (An empty token is missing, and is looked up.)"""
+        schema = self.encoder.schema
+        row = {column: [""] for column in schema.categorical + schema.multivalued}
+        self.predict(pd.DataFrame({**row, **{column: [None] for column in schema.numeric}}))
+
     # -- persistence ---------------------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
         directory = Path(directory)

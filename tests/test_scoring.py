@@ -73,3 +73,21 @@ def test_a_forked_worker_scores_after_its_parent_did(policy, tiny_frame, monkeyp
     with os.fdopen(read, "rb") as pipe:
         child = np.frombuffer(pipe.read(), dtype=np.float32)
     np.testing.assert_array_equal(child, expected)
+
+
+def test_warm_up_scores_a_row_of_missing_values_for_every_field_kind():
+    """`load_context` warms the policy up, so a server's first request does not build the lookups."""
+    import pandas as pd
+
+    from model.config import PolicyConfig, TrainConfig
+    from model.encoder import FeatureEncoder
+    from model.schema import FeatureSchema
+
+    schema = FeatureSchema(label="y", categorical=("c",), multivalued=("t",), numeric=("n",), min_count=1)
+    frame = pd.DataFrame({"y": [0, 1, 0], "c": ["a", "b", "a"], "t": ["x|y", "y", ""], "n": [1.0, None, 3.0]})
+    policy = ScoringPolicy.build(PolicyConfig(embedding_dim=4, deep_hidden_units=(8,), dropout=0.0),
+                                 TrainConfig(device="cpu"), FeatureEncoder(schema).fit(frame))
+    policy.warm_up()
+    assert all(vocabulary._index is not None for vocabulary in policy.encoder.vocabularies.values())
+    missing = policy.predict(pd.DataFrame({"c": [None], "t": [None], "n": [None]}))
+    assert missing.shape == (1,) and np.isfinite(missing).all()

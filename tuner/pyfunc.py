@@ -45,10 +45,12 @@ PIP_REQUIREMENTS = ["torch", "numpy", "pandas", "pyarrow", "scikit-learn", "pyya
 
 
 class ScoringPolicyModel(mlflow.pyfunc.PythonModel):
-    """`load_context` rebuilds the ScoringPolicy from its directory; `predict` scores a raw DataFrame."""
+    """`load_context` rebuilds the ScoringPolicy from its directory and warms it up; `predict` scores a raw
+    DataFrame."""
 
     def load_context(self, context) -> None:
         self.policy = ScoringPolicy.load(context.artifacts[ARTIFACT_KEY])
+        self.policy.warm_up()
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.Series:
         frame = _as_frame(model_input)
