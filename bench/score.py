@@ -15,7 +15,8 @@ model into a throwaway SQLite store, loads it back through `models:/NAME/1` and 
   also the in-memory `ScoringPolicy.predict` and `tuner.registry.score_file` (TSV in, Parquet out) for reference;
 - single row: p50/p99 latency of one-row requests as `mlflow models serve` handles them: the JSON body
   (`dataframe_split`) parsed by MLflow's scoring server against the signature, then `pyfunc.predict`
-  (HTTP excluded); reported for predict alone and for parse + predict.
+  (HTTP excluded); reported for predict alone and for parse + predict; also `load_model` time and the first
+  request to a freshly loaded model.
 """
 
 from __future__ import annotations
@@ -98,6 +99,12 @@ def main() -> None:
                                                                                  for c in features]]}})
                   for i in range(min(args.latency_calls, len(plain)))]
         parse = lambda body: infer_and_parse_data(json.loads(body), schema)  # noqa: E731
+        t = time.perf_counter()
+        fresh = mlflow.pyfunc.load_model("models:/bench_ctr/1")  # what a server does at start
+        load_seconds = time.perf_counter() - t
+        t = time.perf_counter()
+        fresh.predict(parse(bodies[0]))
+        first_request_ms = (time.perf_counter() - t) * 1000
         for body in bodies[:20]:  # warm-up
             model.predict(parse(body))
         predict_ms, request_ms = [], []
@@ -123,6 +130,8 @@ def main() -> None:
         "in_memory_rows_per_second": round(len(raw) / in_memory),
         "score_file_rows_per_second": round(len(raw) / file_seconds),
         "single_row_predict_ms": percentiles(predict_ms),
+        "load_model_seconds": round(load_seconds, 3),
+        "first_request_after_load_ms": round(first_request_ms, 1),
         "single_row_parse_and_predict_ms": percentiles(request_ms),
         "pandas": pd.__version__, "mlflow": mlflow.__version__,
     }
