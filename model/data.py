@@ -105,6 +105,19 @@ def used_categories(series: pd.Series) -> tuple[np.ndarray, pd.Index]:
     return np.where(codes >= 0, np.searchsorted(used, codes), -1), categories[used]
 
 
+def as_arrow(values: pd.Series | pd.Index) -> pa.Array:
+    """One Arrow array of a column's values; Arrow-backed ones zero-copy. Converts the pandas array, not the
+    Series: pyarrow's probing of a Series costs ~20 us a column, which a one-row request pays per field."""
+    data = values.array if hasattr(values.array, "__arrow_array__") else values.to_numpy()
+    array = pa.array(data, from_pandas=True)
+    return array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array
+
+
+def dictionary_array(codes: np.ndarray, dictionary: pa.Array) -> pa.DictionaryArray:
+    """Categorical codes (-1 = missing) over `dictionary` as an Arrow DictionaryArray (missing -> null)."""
+    return pa.DictionaryArray.from_arrays(pa.array(codes.astype(np.int32), mask=codes < 0), dictionary)
+
+
 def check_labels(df: pd.DataFrame, label: str, source: str) -> np.ndarray:
     """Labels as float32 0/1; anything else is an error naming the file, the column and the bad value."""
     if label not in df.columns:

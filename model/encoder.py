@@ -18,7 +18,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .data import used_categories
+from .data import as_arrow, dictionary_array, used_categories
 from .errors import DataError
 from .parallel import map_columns
 from .schema import FeatureSchema
@@ -50,12 +50,8 @@ def _as_tokens(series: pd.Series, source: str) -> pa.Array:
             return pa.array(np.where(finite, values, 0).astype(np.int64), mask=~finite).cast(pa.string())
     if isinstance(series.dtype, pd.CategoricalDtype):  # codes + categories: stays dictionary-encoded
         codes, categories = used_categories(series)
-        categories = _as_tokens(pd.Series(categories), source)
-        return pa.DictionaryArray.from_arrays(pa.array(codes.astype(np.int32), mask=codes < 0), categories)
-    values = series.array if hasattr(series.array, "__arrow_array__") else series.to_numpy()
-    array = pa.array(values, from_pandas=True)  # not the Series: pyarrow's probing of it costs ~20 us a column
-    if isinstance(array, pa.ChunkedArray):
-        array = array.combine_chunks()
+        return dictionary_array(codes, _as_tokens(pd.Series(categories), source))
+    array = as_arrow(series)
     if pa.types.is_dictionary(array.type):
         array = array.dictionary_decode()
     if not pa.types.is_string(array.type) and not pa.types.is_large_string(array.type):

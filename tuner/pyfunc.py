@@ -32,7 +32,7 @@ from mlflow.models import ModelSignature  # noqa: E402
 from mlflow.types.schema import ColSpec, DataType, Schema  # noqa: E402
 
 import model as model_package  # noqa: E402
-from model.data import used_categories  # noqa: E402
+from model.data import as_arrow, dictionary_array, used_categories  # noqa: E402
 from model.errors import DataError  # noqa: E402
 from model.parallel import map_columns  # noqa: E402
 from model.policy import POLICY_FILE, ScoringPolicy  # noqa: E402
@@ -110,10 +110,7 @@ def _as_string(series: pd.Series) -> pd.Series:
     if isinstance(dtype, pd.CategoricalDtype) and pd.api.types.is_string_dtype(dtype.categories.dtype):
         # e.g. Criteo tokens read dictionary-encoded: decode in Arrow (MLflow's check wants string columns)
         codes, categories = used_categories(series)
-        values = pa.array(categories.array if hasattr(categories.array, "__arrow_array__") else categories)
-        values = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
-        decoded = pa.DictionaryArray.from_arrays(pa.array(codes.astype(np.int32), mask=codes < 0), values)
-        decoded = decoded.dictionary_decode().cast(pa.string())
+        decoded = dictionary_array(codes, as_arrow(categories)).dictionary_decode().cast(pa.string())
         return pd.Series(pd.arrays.ArrowStringArray(decoded), index=series.index, name=series.name)
     if isinstance(dtype, pd.ArrowDtype) and (pa.types.is_string(dtype.pyarrow_dtype)
                                              or pa.types.is_large_string(dtype.pyarrow_dtype)):
