@@ -19,6 +19,7 @@ from .errors import ConfigError, did_you_mean
 ACTIVATIONS = ("relu", "leaky_relu", "elu", "selu", "gelu", "silu", "tanh", "sigmoid")
 POLICY_TYPES = ("deepfm",)
 DEVICES = ("auto", "cpu", "cuda")
+SHUFFLES = ("auto", "full", "block")
 
 
 def _check_keys(given: Mapping[str, Any], allowed: tuple[str, ...], where: str) -> None:
@@ -122,6 +123,7 @@ class TrainConfig:
     device: str = "auto"  # auto = cuda when available
     threads: int | None = None  # torch intra-op threads; None = torch's default
     eval_batch_size: int = 8192  # cache-sized on CPU; larger batches only add transient memory
+    shuffle: str = "auto"  # full | block (permute inside ~256 MiB blocks) | auto: block when the split outgrows memory
 
     def __post_init__(self) -> None:
         _int(self.batch_size, "training.batch_size", 1)
@@ -141,6 +143,9 @@ class TrainConfig:
             )
         if self.threads is not None:
             _int(self.threads, "training.threads", 1)
+        if self.shuffle not in SHUFFLES:
+            raise ConfigError(f"training.shuffle: unknown value {self.shuffle!r}{did_you_mean(str(self.shuffle), SHUFFLES)}; "
+                              f"use one of {', '.join(SHUFFLES)}")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> "TrainConfig":

@@ -62,6 +62,25 @@ def _as_tokens(series: pd.Series, source: str) -> pa.Array:
     return array
 
 
+def arrow_tokens(array: pa.Array) -> pa.Array:
+    """Tokens of an Arrow column as read from a file, the same strings `_as_tokens` makes of its pandas form:
+    dictionary columns stay dictionary-encoded, integral floats print without '.0', the rest cast to strings."""
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    if pa.types.is_dictionary(array.type):
+        if not pa.types.is_string(array.dictionary.type):
+            return pa.DictionaryArray.from_arrays(array.indices, arrow_tokens(array.dictionary))
+        return array
+    if pa.types.is_string(array.type):
+        return array
+    if pa.types.is_floating(array.type):
+        values = array.to_numpy(zero_copy_only=False).astype(np.float64)
+        finite = np.isfinite(values)
+        if np.array_equal(values[finite], np.round(values[finite])):
+            return pa.array(np.where(finite, values, 0).astype(np.int64), mask=~finite).cast(pa.string())
+    return array.cast(pa.string())
+
+
 def _as_numbers(series: pd.Series, source: str) -> np.ndarray:
     """Float64 values with NaN for missing; a non-numeric value is an error naming the column and the value."""
     values = None
@@ -85,6 +104,17 @@ def _as_numbers(series: pd.Series, source: str) -> np.ndarray:
     values = values.copy() if not values.flags.writeable else values
     values[~np.isfinite(values)] = np.nan
     return values
+
+
+def numeric_transform(values: np.ndarray, kind: str) -> np.ndarray:
+    if kind == "log1p":
+        return np.copysign(np.log1p(np.abs(values)), values)  # sign(x) log1p(|x|), one pass fewer
+    return values
+
+
+def vocabulary_order(tokens: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Positions of `tokens` in vocabulary order: most frequent first, ties by token (deterministic)."""
+    return np.lexsort((tokens, -counts))
 
 
 class _Vocabulary:
@@ -153,8 +183,7 @@ def _fit_vocabulary(tokens: pa.Array, min_count: int, rows: np.ndarray | None = 
     keep = (freq >= min_count) & ~pc.fill_null(pc.equal(dictionary, ""), True).to_numpy(zero_copy_only=False)
     index = np.flatnonzero(keep)
     values = dictionary.take(pa.array(index)).to_numpy(zero_copy_only=False).astype(str)
-    order = np.lexsort((values, -freq[index]))  # by frequency, ties by token: deterministic
-    return values[order].tolist()
+    return values[vocabulary_order(values, freq[index])].tolist()
 
 
 class FeatureEncoder:
@@ -202,9 +231,14 @@ class FeatureEncoder:
         return self
 
     def _numeric_transform(self, values: np.ndarray) -> np.ndarray:
-        if self.schema.numeric_transform == "log1p":
-            return np.copysign(np.log1p(np.abs(values)), values)  # sign(x) log1p(|x|), one pass fewer
-        return values
+        return numeric_transform(values, self.schema.numeric_transform)
+
+    def standardize(self, raw: np.ndarray, mean: float, std: float) -> np.ndarray:
+        """Parsed numbers of a numeric field -> model inputs, exactly as `transform` computes them (float64, then clipped)."""
+        values = raw.astype(np.float64)
+        values[~np.isfinite(values)] = np.nan
+        values = (numeric_transform(values, self.schema.numeric_transform) - mean) / std
+        return np.clip(values, -CLIP, CLIP, out=values)
 
     # -- encoding ------------------------------------------------------------------------------------
     def transform(self, df: pd.DataFrame, source: str = "input", rows: np.ndarray | None = None) -> EncodedFeatures:
@@ -278,6 +312,11 @@ class FeatureEncoder:
             "multivalued": {c: {"tokens": self.vocabularies[c].tokens, "length": self.lengths[c]} for c in s.multivalued},
             "numeric": {c: {"mean": m, "std": sd} for c, (m, sd) in self.numeric_stats.items()},
         }
+
+    @classmethod
+    def from_fitted(cls, fitted: dict[str, Any]) -> "FeatureEncoder":
+        """An encoder from vocabularies and statistics fitted elsewhere (e.g. streamed over an on-disk dataset)."""
+        return cls.from_dict({**fitted, "format_version": ENCODER_FORMAT_VERSION})
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "FeatureEncoder":

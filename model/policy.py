@@ -83,6 +83,25 @@ class ScoringPolicy:
                     score(offset)
         return out
 
+    def evaluate_file(self, path: str | Path, fmt: str | None = None) -> dict[str, float]:
+        """AUC, logloss and click rate on a labelled file, streamed in record batches (memory stays one batch
+        whatever the file's size)."""
+        from .ingest import as_frame, batch_labels, check_file, read_types, sample_frame, stream_batches
+        from .train import classification_metrics
+
+        path, fmt = check_file(path, fmt)
+        schema = self.encoder.schema
+        sample = sample_frame(path, fmt, rows=10, block_bytes=1 << 20)
+        schema.check_columns(sample, str(path))
+        labels, scores, rows = [], [], 0
+        for batch in stream_batches(path, fmt, read_types(schema, lambda: sample, fmt)):
+            labels.append(batch_labels(batch, schema.label, str(path), rows))
+            scores.append(self.predict(as_frame(batch)))
+            rows += batch.num_rows
+        y = np.concatenate(labels) if labels else np.empty(0, dtype=np.float32)
+        auc, logloss = classification_metrics(y, np.concatenate(scores) if scores else np.empty(0, np.float32))
+        return {"rows": rows, "auc": auc, "logloss": logloss, "click_rate": float(y.mean()) if rows else float("nan")}
+
     def warm_up(self) -> None:
         """Score one row of missing values: builds the encoder's one-row lookups and runs every kernel once, so a
         server's first request costs what the others do. (An empty token is missing, and is looked up.)"""

@@ -18,7 +18,7 @@ from sklearn.metrics import log_loss, roc_auc_score
 from torch import nn
 
 from .config import PolicyConfig, TrainConfig
-from .dataset import PreparedData, TensorData, release_free_memory
+from .dataset import PreparedData, TensorData, epoch_batches, release_free_memory, shuffle_block_rows
 from .deepfm import DeepFM
 from .errors import TrainingDiverged
 
@@ -58,6 +58,16 @@ def resolve_device(device: str) -> str:
     if device == "cuda" and not torch.cuda.is_available():
         raise TrainingDiverged("training.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
     return device
+
+
+def on_device(data: TensorData, device: str) -> TensorData | None:
+    """`data` where batches are gathered: itself on the CPU; copied once to a GPU when it fits in half of the
+    device's free memory (the rest is headroom for the model), so no batch crosses the bus; else None: batches
+    are gathered on the host and copied from pinned memory."""
+    if device == "cpu":
+        return data
+    free, _ = torch.cuda.mem_get_info(torch.device(device))
+    return data.to(device) if data.nbytes <= free // 2 else None
 
 
 def build_model(prepared: PreparedData, policy: PolicyConfig) -> DeepFM:
@@ -203,20 +213,26 @@ def train(
         model.bias.fill_(math.log(click_rate / (1 - click_rate)))  # start at the base rate, not at 50%
     optimizers = make_optimizers(model, policy, control, device)
     loss_fn = nn.BCEWithLogitsLoss()
-    train_data, val_data = prepared.train.to(device), prepared.val.to(device)
+    train_data = on_device(prepared.train, device)  # None: batches come from the host, through pinned memory
+    val_data = on_device(prepared.val, device)
+    if val_data is None:
+        val_data = prepared.val  # evaluation moves host slices to the device itself
+    block_rows = shuffle_block_rows(prepared.train, control.shuffle)
     generator = torch.Generator(device="cpu").manual_seed(control.seed)
     result = TrainResult(model=model)
     best_auc, best_state, stale = -math.inf, None, 0
-    n = len(train_data)
+    n = len(prepared.train)
 
     for epoch in range(control.max_epochs):
         # -- one pass over shuffled rows ------------------------------------------------------------
         model.train()
         started = time.perf_counter()
-        order = torch.randperm(n, generator=generator).to(device)
         loss_sum = torch.zeros((), device=device)
-        for step, start in enumerate(range(0, n, control.batch_size)):
-            batch = train_data.rows(order[start : start + control.batch_size])
+        for step, index in enumerate(epoch_batches(n, control.batch_size, generator, block_rows)):
+            if train_data is not None:
+                batch = train_data.rows(index.to(device))
+            else:  # gathered on the host while the GPU runs the previous step (CUDA calls return at once)
+                batch = prepared.train.rows(index).pin_memory().to(device, non_blocking=True)
             with _autocast(device):
                 embeddings, first = model.field_embeddings(batch.categorical, batch.multivalued, batch.numeric)
                 logits = model.logits_from(embeddings, first)

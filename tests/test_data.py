@@ -98,13 +98,6 @@ def test_data_spec_validates_at_the_edge():
         DataSpec.from_dict({"train": "x.csv", "val_fractoin": 0.2})
 
 
-def test_separate_test_file_becomes_the_test_split(tiny_criteo_dir):
-    spec = DataSpec(train=str(tiny_criteo_dir / "train.tsv"), test=str(tiny_criteo_dir / "test.tsv"), format="criteo")
-    frame, schema, split = spec.load()
-    n_test = len(read_table(tiny_criteo_dir / "test.tsv", "criteo"))
-    assert len(split.test) == n_test and split.test.min() == len(frame) - n_test
-
-
 def test_real_open_bandit_csv_loads_joins_and_infers():
     clicks = read_table(f"{OPEN_BANDIT}/men.csv")
     items = read_table(f"{OPEN_BANDIT}/item_context.csv")

@@ -45,20 +45,26 @@ def data_options(func):
                         help="File format (default: from the extension).")(func)
     func = click.option("--test", "test_path", type=click.Path(dir_okay=False), default=None,
                         help="Held-out test file (default: split 10% off --data).")(func)
+    func = click.option("--valid", "valid_path", type=click.Path(dir_okay=False), default=None,
+                        help="Fixed validation file (default: split 10% off --data).")(func)
     func = click.option("--data", "data_path", type=click.Path(dir_okay=False), default=None,
                         help="Training data file (CSV, TSV, Parquet, or Criteo TSV with --format criteo).")(func)
     return func
 
 
-def data_spec_from_options(data_path, test_path, fmt, label, synthetic):
+def data_spec_from_options(data_path, valid_path, test_path, fmt, label, synthetic):
     from model.datasource import DataSpec
 
     if (data_path is None) == (synthetic is None):
         raise UserInputError("give either --data FILE or --synthetic ROWS")
     schema = {"label": label} if label else {}
     if synthetic is not None:
-        return DataSpec(synthetic={"rows": synthetic}, schema=schema)
-    return DataSpec(train=data_path, test=test_path, format=fmt, schema=schema)
+        return DataSpec(synthetic={"rows": synthetic}, valid=valid_path, schema=schema)
+    return DataSpec(train=data_path, valid=valid_path, test=test_path, format=fmt, schema=schema)
+
+
+def _log_to_stderr(message: str) -> None:
+    click.echo(message, err=True)
 
 
 # -- data ------------------------------------------------------------------------------------------
@@ -92,6 +98,19 @@ def data_synth(rows, seed, max_cardinality, test_fraction, out) -> None:
                   f"logloss {truth['test_bayes_logloss']:.4f})")
 
 
+@data.command("prepare")
+@click.argument("study_path", metavar="STUDY.yaml", type=click.Path(dir_okay=False))
+def data_prepare(study_path) -> None:
+    """Encode the study's data once into its on-disk dataset (data.encoded_dir) and print its folder.
+
+    tune, train and promote build it on first use too; every later run, worker and study on the same files
+    maps it instead of reading and encoding them again. Example: deepfm data prepare studies/criteo.yaml
+    """
+    prepared = _load_spec(study_path).data.prepare(_log_to_stderr)
+    click.echo(f"data: {prepared.summary()}", err=True)
+    click.echo(str(prepared.folder))
+
+
 # -- train / evaluate ------------------------------------------------------------------------------
 @main.command()
 @click.option("--policy", "policy_path", type=click.Path(dir_okay=False), required=True,
@@ -102,13 +121,12 @@ def data_synth(rows, seed, max_cardinality, test_fraction, out) -> None:
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Override training.max_epochs.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="Override training.device.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch threads (default: torch's).")
-def train(policy_path, data_path, test_path, fmt, label, synthetic, out, epochs, device, threads) -> None:
+def train(policy_path, data_path, valid_path, test_path, fmt, label, synthetic, out, epochs, device, threads) -> None:
     """Train one DeepFM scoring policy and save it as a self-contained directory.
 
     Example: deepfm train --policy studies/policy.yaml --data data/generated/synth/train.tsv --format criteo
     """
     from model.config import read_policy_yaml
-    from model.dataset import prepare
     from model.policy import ScoringPolicy
     from model.train import evaluate, train as train_model
 
@@ -118,11 +136,9 @@ def train(policy_path, data_path, test_path, fmt, label, synthetic, out, epochs,
     policy, control = read_policy_yaml(policy_path)
     overrides = {k: v for k, v in {"max_epochs": epochs, "device": device, "threads": threads}.items() if v}
     control = control.replace(**overrides)
-    spec = data_spec_from_options(data_path, test_path, fmt, label, synthetic)
-    frame, schema, split = spec.load()
-    prepared = prepare(frame, schema, split, source=str(data_path or "synthetic data"))
-    del frame
-    err.print(f"data: {prepared.summary()}")
+    spec = data_spec_from_options(data_path, valid_path, test_path, fmt, label, synthetic)
+    prepared = spec.prepare(_log_to_stderr)
+    err.print(f"data: {prepared.summary()}", markup=False)
     with EpochProgress(control.max_epochs, err) as progress:
         result = train_model(prepared, policy, control, on_epoch=progress.update)
     test_auc, test_logloss = evaluate(result.model, prepared.test) if len(prepared.test) else (float("nan"),) * 2
@@ -149,19 +165,14 @@ def evaluate(model_dir, data_path, fmt, as_json) -> None:
 
     Example: deepfm evaluate --model outputs/policy --data data/generated/synth/test.tsv --format criteo
     """
-    from model.data import check_labels, read_table
     from model.policy import ScoringPolicy
-    from model.train import classification_metrics
 
     from .console import out as console
 
-    policy = ScoringPolicy.load(model_dir)
-    frame = read_table(data_path, fmt)
-    labels = check_labels(frame, policy.encoder.schema.label, str(data_path))
-    auc, logloss = classification_metrics(labels, policy.predict(frame))
-    result = {"rows": len(frame), "auc": auc, "logloss": logloss, "click_rate": float(labels.mean())}
+    result = ScoringPolicy.load(model_dir).evaluate_file(data_path, fmt)
     console.print(json.dumps(result) if as_json else
-                  f"{len(frame):,} rows: AUC {auc:.4f}, logloss {logloss:.4f} (click rate {labels.mean():.3f})")
+                  f"{result['rows']:,} rows: AUC {result['auc']:.4f}, logloss {result['logloss']:.4f} "
+                  f"(click rate {result['click_rate']:.3f})")
 
 
 # -- tuning ----------------------------------------------------------------------------------------
@@ -234,7 +245,7 @@ def tune(study_path, storage, tracking_uri, n_trials, timeout, threads, workers,
 
     def ready(handle, data) -> None:
         err.print(f"study '{spec.name}' ({redact(handle.storage_url)}), MLflow experiment '{spec.experiment_name}' "
-                  f"({handle.tracking_uri}); data: {data.prepared.summary()}")
+                  f"({handle.tracking_uri}); data: {data.summary()}", markup=False)
         best = best_trial(handle.study)
         progress.start(sum(1 for t in handle.study.trials if t.state.name in ("COMPLETE", "PRUNED")),
                        (best.number, best.value) if best else None)
@@ -242,7 +253,8 @@ def tune(study_path, storage, tracking_uri, n_trials, timeout, threads, workers,
     try:
         with progress:
             result = run_tune(spec, storage=storage, tracking_uri=tracking_uri, threads=threads, promote=promote,
-                              on_epoch=progress.on_epoch, on_trial=progress.on_trial, on_ready=ready, summary=summary)
+                              on_epoch=progress.on_epoch, on_trial=progress.on_trial, on_ready=ready, summary=summary,
+                              log=_log_to_stderr)
     except KeyboardInterrupt:
         err.print("interrupted: the running trial was marked failed and its MLflow run closed; "
                   "run the same command to resume")
@@ -353,10 +365,10 @@ def promote(study_path, storage, tracking_uri, name, force) -> None:
     from .tune import load_data
 
     spec = _load_spec(study_path)
+    data = load_data(spec, _log_to_stderr)  # only the test rows are read: from the encoded dataset
     handle = init_study(spec, storage, tracking_uri)
-    data = load_data(spec)
     _print_promotion(console, name or spec.model_name,
-                     promote_study(handle, test_frame=data.test_frame, force=force, name=name))
+                     promote_study(handle, test_frame=data.test_frame(), force=force, name=name))
 
 
 @main.command()

@@ -1,4 +1,5 @@
-"""`deepfm tune` as a library call: init the study, read and encode data once, run trials, summarise, promote."""
+"""`deepfm tune` as a library call: map the encoded data (built once), init the study, run trials, summarise,
+promote."""
 
 from __future__ import annotations
 
@@ -8,10 +9,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 import optuna
-import pandas as pd
 
 from model.config import TrainConfig, policy_to_v1_yaml
-from model.dataset import PreparedData, prepare
+from model.dataset import PreparedData
 from model.train import EpochMetrics
 
 from .objective import ATTR_CHECKPOINT, ATTR_RUN_ID, ATTR_TRAINING, prune_checkpoints
@@ -21,16 +21,9 @@ from .space import policy_from_params
 from .study import StudySpec
 
 
-@dataclass
-class LoadedData:
-    prepared: PreparedData
-    test_frame: pd.DataFrame  # raw rows of the test split, for promotion's champion gate
-
-
-def load_data(spec: StudySpec) -> LoadedData:
-    frame, schema, split = spec.data.load()
-    prepared = prepare(frame, schema, split, source=str(spec.data.train or "synthetic data"))
-    return LoadedData(prepared, frame.iloc[split.test].reset_index(drop=True))
+def load_data(spec: StudySpec, log: Callable[[str], None] = lambda message: None) -> PreparedData:
+    """The study's encoded dataset, mapped (built on first use: the one expensive data step of a study)."""
+    return spec.data.prepare(log)
 
 
 @dataclass
@@ -93,22 +86,23 @@ def tune(
     tracking_uri: str | None = None,
     threads: int | None = None,
     promote: bool | None = None,
-    data: LoadedData | None = None,
+    data: PreparedData | None = None,
     on_epoch: Callable[[optuna.Trial, EpochMetrics], None] | None = None,
     on_trial: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
-    on_ready: Callable[[StudyHandle, LoadedData], None] | None = None,
+    on_ready: Callable[[StudyHandle, PreparedData], None] | None = None,
+    log: Callable[[str], None] = lambda message: None,
     failure_injector=None,
     summary: bool = True,
 ) -> TuneResult:
     """Create or resume the study and run this worker's share of its trials; then summarise on the parent run
     (unless `summary` is False: a local worker whose coordinator summarises once, after every worker)."""
-    data = data or load_data(spec)  # bad data fails here, before any study or run exists
+    data = data or load_data(spec, log)  # bad data fails here, before any study or run exists
     handle = init_study(spec, storage, tracking_uri)
     control: TrainConfig = spec.training.replace(threads=threads) if threads else spec.training
     if on_ready is not None:
         on_ready(handle, data)
     try:
-        run_trials(handle, data.prepared, control, on_epoch=on_epoch, on_trial=on_trial,
+        run_trials(handle, data, control, on_epoch=on_epoch, on_trial=on_trial,
                    failure_injector=failure_injector)
     except KeyboardInterrupt:
         if summary:
@@ -119,6 +113,6 @@ def tune(
     if (spec.promote if promote is None else promote) and best is not None:
         from .promotion import promote_study
 
-        result.promotion = promote_study(handle, test_frame=data.test_frame)
+        result.promotion = promote_study(handle, test_frame=data.test_frame())
     return result
 

@@ -151,6 +151,9 @@ def run_local_workers(
     """Init the study once, run `workers` worker processes on it, then summarise and (optionally) promote once."""
     if workers < 1:
         raise UserInputError(f"--workers must be at least 1, got {workers}")
+    # the data step runs once, here, before any worker or run exists: bad data fails as in a single `tune`,
+    # and the workers map the encoded dataset instead of each reading and encoding the files
+    data = load_data(spec, echo or (lambda message: None))
     handle = init_study(spec, storage, tracking_uri)
     threads = threads or threads_per_worker(workers)
     if echo is not None:
@@ -181,11 +184,11 @@ def run_local_workers(
     best = summarise(handle)
     result = TuneResult(handle, best, trial_counts(handle.study))
     if (spec.promote if promote is None else promote) and best is not None:
-        result.promotion = _promote(handle, spec)
+        result.promotion = _promote(handle, data.test_frame())
     return result
 
 
-def _promote(handle: StudyHandle, spec: StudySpec):
+def _promote(handle: StudyHandle, test_frame):
     """Promote the study's best trial once, against the study's own tracking store."""
     import mlflow
     from mlflow.tracking._tracking_service import utils as tracking_utils
@@ -196,7 +199,7 @@ def _promote(handle: StudyHandle, spec: StudySpec):
     saved, saved_env = tracking_utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(handle.tracking_uri)
     try:
-        return promote_study(handle, test_frame=load_data(spec).test_frame)
+        return promote_study(handle, test_frame=test_frame)
     finally:
         tracking_utils._tracking_uri = saved
         if saved_env is None:

@@ -1,0 +1,155 @@
+"""Stream a data file as Arrow record batches with one set of column types: no whole-table frame.
+
+The schema is settled once from the first rows (the Criteo preset needs none), then every batch of the file is
+parsed with the same types, so a column cannot change type halfway through a 40 GB log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from .data import FORMATS, detect_format
+from .errors import DataError
+from .schema import CRITEO_CATEGORICAL, CRITEO_COLUMNS, CRITEO_NUMERIC, FeatureSchema
+
+BLOCK_BYTES = 1 << 26  # CSV text per batch (~64 MiB, ~300k Criteo rows): few Python calls per row, bounded RAM
+PARQUET_BATCH_ROWS = 262_144
+SAMPLE_ROWS = 100_000  # rows read to infer a schema (at most one block of SAMPLE_BYTES)
+SAMPLE_BYTES = 1 << 24
+
+
+def criteo_types() -> dict[str, pa.DataType]:
+    """Counts as float32 (7 digits is plenty after log1p); hashed tokens dictionary-encoded per batch."""
+    types: dict[str, pa.DataType] = {"label": pa.float32(), **{c: pa.float32() for c in CRITEO_NUMERIC}}
+    types.update({c: pa.dictionary(pa.int32(), pa.string()) for c in CRITEO_CATEGORICAL})
+    return types
+
+
+def check_file(path: str | Path, fmt: str | None) -> tuple[Path, str]:
+    """(path, format) of a readable, non-empty data file; else a DataError naming the fix."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"data file {path} does not exist; check the path")
+    fmt = fmt or detect_format(path)
+    if fmt not in FORMATS:
+        raise DataError(f"unknown data format {fmt!r} for {path}; use one of {', '.join(FORMATS)}")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: the file is empty; it needs a header row (or the Criteo format) and data rows")
+    return path, fmt
+
+
+def _csv_options(fmt: str, types: dict[str, pa.DataType] | None, columns: list[str] | None, block: int,
+                 threads: bool = True):
+    if fmt == "criteo":
+        read = pacsv.ReadOptions(column_names=list(CRITEO_COLUMNS), block_size=block, use_threads=threads)
+        parse = pacsv.ParseOptions(delimiter="\t", quote_char=False)
+    else:
+        read = pacsv.ReadOptions(block_size=block, use_threads=threads)
+        parse = pacsv.ParseOptions(delimiter="\t" if fmt == "tsv" else ",")
+    convert = pacsv.ConvertOptions(column_types=types or {}, strings_can_be_null=True, include_columns=columns)
+    return {"read_options": read, "parse_options": parse, "convert_options": convert}
+
+
+def _parse_error(path: Path, fmt: str, exc: Exception) -> DataError:
+    first = str(exc).strip().splitlines()[0]
+    hint = ("; fix the data, or declare the column categorical in the schema"
+            if "conversion error" in first else "")
+    return DataError(f"{path}: cannot parse as {fmt}: {first}{hint}")
+
+
+def sample_frame(path: str | Path, fmt: str | None = None, rows: int = SAMPLE_ROWS,
+                 block_bytes: int = SAMPLE_BYTES) -> pd.DataFrame:
+    """The first rows (at most `rows`, from the first `block_bytes`) as pandas, typed as a full read would infer
+    them (for schema inference and column checks)."""
+    path, fmt = check_file(path, fmt)
+    if fmt == "parquet":
+        batches = pq.ParquetFile(path).iter_batches(batch_size=rows)
+        first = next(batches, None)
+        table = pa.Table.from_batches([first]) if first is not None else pq.read_schema(path).empty_table()
+    else:
+        try:
+            reader = pacsv.open_csv(path, **_csv_options(fmt, criteo_types() if fmt == "criteo" else None, None,
+                                                         block_bytes, threads=False))
+            batch = reader.read_next_batch()
+        except StopIteration:
+            raise DataError(f"{path}: the file has no data rows") from None
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise _parse_error(path, fmt, exc) from None
+        table = pa.Table.from_batches([batch]).slice(0, rows)
+    if table.num_rows == 0:
+        raise DataError(f"{path}: the file has no data rows")
+    return as_frame(table)
+
+
+def read_types(schema: FeatureSchema, sample: Callable[[], pd.DataFrame], fmt: str,
+               extra: tuple[str, ...] = ()) -> dict[str, pa.DataType]:
+    """The type of every column the encoder needs (plus `extra`, e.g. the order_by column) for the whole read.
+
+    Criteo: the preset's. Other files: label and numeric fields as float64, multi-valued fields as strings,
+    categorical fields as the sample's type (an integer id column stays integer, so its tokens print as '3' in
+    training exactly as they do when a scoring request sends the number 3)."""
+    if fmt == "criteo":
+        types = criteo_types()
+        return {c: types[c] for c in (schema.label, *schema.features, *extra) if c in types}
+    sample_types = pa.Schema.from_pandas(sample(), preserve_index=False)
+    types: dict[str, pa.DataType] = {schema.label: pa.float64()}
+    types.update({c: pa.float64() for c in schema.numeric})
+    types.update({c: pa.string() for c in schema.multivalued})
+    for col in (*schema.categorical, *extra):
+        t = sample_types.field(col).type
+        if pa.types.is_null(t) or pa.types.is_dictionary(t) or pa.types.is_large_string(t):
+            t = pa.string()
+        types[col] = t
+    return types
+
+
+def stream_batches(path: str | Path, fmt: str | None, types: dict[str, pa.DataType],
+                   block_bytes: int = BLOCK_BYTES) -> Iterator[pa.RecordBatch]:
+    """Record batches of `types`' columns (in that order), parsed with those types; a bad value is a DataError
+    naming the file, the column and the value."""
+    path, fmt = check_file(path, fmt)
+    columns = list(types)
+    if fmt == "parquet":
+        source = pq.ParquetFile(path)
+        missing = [c for c in columns if c not in source.schema_arrow.names]
+        if missing:
+            raise DataError(f"{path}: missing column(s) {', '.join(map(repr, missing))}")
+        for batch in source.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=columns):
+            try:
+                yield pa.RecordBatch.from_arrays(
+                    [batch.column(c) if batch.column(c).type == t else batch.column(c).cast(t) for c, t in types.items()],
+                    names=columns)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise _parse_error(path, fmt, exc) from None
+        return
+    try:
+        reader = pacsv.open_csv(path, **_csv_options(fmt, types, columns, block_bytes))
+        for batch in reader:
+            yield batch.select(columns)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise _parse_error(path, fmt, exc) from None
+
+
+def batch_labels(batch: pa.RecordBatch, label: str, source: str, first_row: int = 0) -> np.ndarray:
+    """A batch's labels as float32 0/1; anything else is an error naming the file, the row and the value."""
+    values = batch.column(label).to_numpy(zero_copy_only=False).astype(np.float64)
+    bad = ~np.isin(values, (0.0, 1.0))
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        value = values[row]
+        shown = "empty" if np.isnan(value) else repr(int(value) if value == int(value) else float(value))
+        raise DataError(f"{source}: column '{label}' must hold labels 0 or 1; row {first_row + row} has {shown} "
+                        f"({int(bad.sum())} bad rows in its block); map clicks to 1 and non-clicks to 0")
+    return values.astype(np.float32)
+
+
+def as_frame(batch: pa.RecordBatch) -> pd.DataFrame:
+    """A batch as pandas the way the scoring path reads files: strings stay Arrow-backed, tokens Categorical."""
+    return batch.to_pandas(types_mapper=lambda t: pd.ArrowDtype(t) if pa.types.is_string(t) else None)
