@@ -11,10 +11,11 @@ from typing import Any, Callable, Mapping
 
 import pandas as pd
 
-from .data import FORMATS, detect_format
+from .data import FORMATS
 from .dataset import PreparedData
 from .encoded import Source, SplitRule, open_or_build
 from .errors import ConfigError, DataError, did_you_mean
+from .ingest import check_file
 from .schema import FeatureSchema, criteo_schema, infer_schema
 from .synth import SynthSpec, write_dataset
 
@@ -106,13 +107,9 @@ class DataSpec:
     def sources(self) -> list[Source]:
         """The files to read, each with the part its rows go to; generates the synthetic data on first use."""
         train, test, fmt = self.files()
-        fmt = fmt or detect_format(train)
-        sources = [Source(str(train), fmt, "split")]
-        if self.valid is not None:
-            sources.append(Source(self.valid, fmt, "val"))
-        if test is not None:
-            sources.append(Source(str(test), fmt, "test"))
-        return sources
+        parts = [(train, "split"), *([(Path(self.valid), "val")] if self.valid else []),
+                 *([(test, "test")] if test is not None else [])]
+        return [Source(str(path), check_file(path, fmt)[1], role) for path, role in parts]
 
     def split_rule(self) -> SplitRule:
         return SplitRule(val_fraction=0.0 if self.valid else float(self.val_fraction),

@@ -102,11 +102,11 @@ def open_or_build(sources: list[Source], schema_for: Callable, rule: SplitRule, 
         if folder.exists():
             log(f"encoded dataset at {folder} is unusable ({problem}); rebuilding it")
             shutil.rmtree(folder)
-        log(f"encoded dataset: miss; encoding {', '.join(s.path for s in sources)} into {folder}")
         tmp = root / f".{fingerprint}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         try:
-            build(tmp, sources, schema_for, rule, fingerprint, log)
+            build(tmp, sources, schema_for, rule, fingerprint,
+                  lambda message: log(message.replace(str(tmp), str(folder))))
             os.rename(tmp, folder)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -307,6 +307,8 @@ def build(folder: Path, sources: list[Source], schema_for: Callable, rule: Split
             for j, col in enumerate(schema.numeric):
                 arrays["numeric"][:, j] = _numbers(batch.column(col))
             staging.append(arrays)
+            if staging.rows == n:  # the first batch parsed: the schema and the first rows are good
+                log(f"encoded dataset: miss; encoding {', '.join(s.path for s in sources)} into {folder}")
             if source.role == "split":
                 if split_rows:
                     u = rng.random(n)
