@@ -289,14 +289,17 @@ def _print_tune_result(console, spec, result, tracking_uri) -> None:
 @click.argument("study_path", metavar="STUDY.yaml", type=click.Path(dir_okay=False))
 @store_options
 def init(study_path, storage, tracking_uri) -> None:
-    """Create the study, its MLflow experiment and parent run once, before many workers start.
+    """Encode the data and create the study, its MLflow experiment and parent run once, before many workers start.
 
     Example: deepfm init studies/criteo.yaml --storage postgresql+psycopg2://optuna:pw@db/optuna
     """
     from .console import out as console
     from .runner import init_study, redact
+    from .tune import load_data
 
-    handle = init_study(_load_spec(study_path), storage, tracking_uri)
+    spec = _load_spec(study_path)
+    load_data(spec, _log_to_stderr)  # encoded once here; the workers map it (bad data fails before the study)
+    handle = init_study(spec, storage, tracking_uri)
     console.print(f"study '{handle.spec.name}' ready in {redact(handle.storage_url)}; MLflow experiment "
                   f"{handle.tracker.experiment_id}, parent run {handle.parent_run_id}")
 
