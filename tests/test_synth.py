@@ -82,6 +82,7 @@ def _race(out, counter, barrier, result):
     Path(result).write_text(json.dumps(synth.write_dataset(SynthSpec(rows=20_000, seed=6, max_cardinality=300), out)))
 
 
+@pytest.mark.slow  # two fresh interpreters import torch: ~7 s
 def test_concurrent_writers_generate_once(tmp_path):
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(2)
