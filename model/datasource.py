@@ -99,8 +99,7 @@ class DataSpec:
         if self.synthetic is not None:
             spec = SynthSpec(**self.synthetic)
             folder = Path(self.synthetic_dir) / f"synth-{spec.rows}-seed{spec.seed}-card{spec.max_cardinality}"
-            if not (folder / "truth.json").is_file():
-                write_dataset(spec, folder, test_fraction=self.test_fraction or 0.1)
+            write_dataset(spec, folder, test_fraction=self.test_fraction or 0.1)  # reuses it once complete
             return folder / "train.tsv", folder / "test.tsv", "criteo"
         return Path(self.train), Path(self.test) if self.test else None, self.format
 

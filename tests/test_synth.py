@@ -1,11 +1,18 @@
-"""Synthetic Criteo-format data: the right shape, reproducible, with honest Bayes-optimal metrics."""
+"""Synthetic Criteo-format data: the right shape, reproducible whatever the chunking, with honest Bayes-optimal
+metrics, written atomically and once when several processes ask for it at the same time."""
 
 import json
+import multiprocessing
+from pathlib import Path
 
 import numpy as np
+import pytest
+from click.testing import CliRunner
 
-from model.synth import SynthSpec, bayes_metrics, generate, write_dataset
+from model.errors import DataError
+from model.synth import SynthSpec, bayes_metrics, generate, write_criteo_tsv, write_dataset
 from model.train import classification_metrics
+from tuner.cli import main
 
 
 def test_criteo_shape_missing_values_and_click_rate():
@@ -37,3 +44,97 @@ def test_written_dataset_reports_its_truth(tmp_path):
     assert json.loads((tmp_path / "truth.json").read_text()) == truth
     assert truth["train_rows"] + truth["test_rows"] == 1000
     assert len((tmp_path / "test.tsv").read_text().splitlines()) == truth["test_rows"]
+
+
+SMALL = SynthSpec(rows=5000, seed=3, max_cardinality=300)
+
+
+def files(folder):
+    return {name: (folder / name).read_bytes() for name in ("train.tsv", "test.tsv", "truth.json")}
+
+
+def test_same_seed_same_files_whatever_the_chunk_size(tmp_path):
+    a = write_dataset(SMALL, tmp_path / "a", chunk_size=1000)
+    b = write_dataset(SMALL, tmp_path / "b", chunk_size=3000)
+    assert a == b and files(tmp_path / "a") == files(tmp_path / "b")
+    other = write_dataset(SynthSpec(rows=5000, seed=4, max_cardinality=300), tmp_path / "c")
+    assert files(tmp_path / "c")["train.tsv"] != files(tmp_path / "a")["train.tsv"]
+    # the streamed files are what write_criteo_tsv makes of the in-memory frame: same rows, same format
+    frame, _ = generate(SMALL)
+    write_criteo_tsv(frame, tmp_path / "all.tsv")
+    assert (tmp_path / "all.tsv").read_bytes() == files(tmp_path / "a")["train.tsv"] + files(tmp_path / "a")["test.tsv"]
+    assert b"\t\t" in (tmp_path / "all.tsv").read_bytes() and b".0\t" not in (tmp_path / "all.tsv").read_bytes()
+
+
+def _race(out, counter, barrier, result):
+    """One of two processes writing the same folder at once; counts the generations it starts."""
+    import model.synth as synth
+
+    generate_files = synth._write_files
+
+    def counted(*args, **kwargs):
+        with open(counter, "a") as f:
+            f.write("generated\n")
+        return generate_files(*args, **kwargs)
+
+    synth._write_files = counted
+    barrier.wait()
+    Path(result).write_text(json.dumps(synth.write_dataset(SynthSpec(rows=20_000, seed=6, max_cardinality=300), out)))
+
+
+@pytest.mark.slow  # two fresh interpreters import torch: ~7 s
+def test_concurrent_writers_generate_once(tmp_path):
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(2)
+    procs = [ctx.Process(target=_race, args=(tmp_path / "d", tmp_path / "count", barrier, tmp_path / f"r{i}"))
+             for i in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+        assert p.exitcode == 0
+    assert (tmp_path / "count").read_text() == "generated\n"
+    truth = json.loads((tmp_path / "d" / "truth.json").read_text())
+    assert json.loads((tmp_path / "r0").read_text()) == json.loads((tmp_path / "r1").read_text()) == truth
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["count", "d", "d.lock", "r0", "r1"]  # no tmp folders
+
+
+def test_partial_folder_and_leftover_tmp_are_replaced(tmp_path):
+    out = tmp_path / "d"
+    out.mkdir()
+    (out / "train.tsv").write_text("half a line")  # an interrupted write: no truth.json
+    (tmp_path / "d.tmp-999-dead").mkdir()  # a killed writer's temporary folder
+    truth = write_dataset(SynthSpec(rows=1000, seed=1), out)
+    assert len((out / "train.tsv").read_text().splitlines()) == truth["train_rows"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "d.lock"]
+
+
+def test_complete_folder_is_reused_unless_overwritten(tmp_path):
+    spec = SynthSpec(rows=1000, seed=1, max_cardinality=100)
+    truth = write_dataset(spec, tmp_path / "d")
+    inode = (tmp_path / "d" / "train.tsv").stat().st_ino
+    assert write_dataset(spec, tmp_path / "d") == truth and (tmp_path / "d" / "train.tsv").stat().st_ino == inode
+    with pytest.raises(DataError, match="rows 1000 there, 2000 asked"):
+        write_dataset(SynthSpec(rows=2000, seed=1, max_cardinality=100), tmp_path / "d")
+    with pytest.raises(DataError, match="test_rows 100 there, 200 asked"):
+        write_dataset(spec, tmp_path / "d", test_fraction=0.2)
+    assert write_dataset(spec, tmp_path / "d", test_fraction=0.2, overwrite=True)["test_rows"] == 200
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("not ours to delete")
+    with pytest.raises(DataError, match="holds other files"):
+        write_dataset(spec, tmp_path / "mine")
+    assert (tmp_path / "mine" / "notes.txt").exists()
+
+
+def test_cli_reuses_a_complete_folder_and_regenerates_with_force(in_tmp):
+    def synth(*args):
+        return CliRunner().invoke(main, ["data", "synth", "--max-cardinality", "100", "--out", "d", *args])
+
+    assert synth("--rows", "1000").output.startswith("wrote 900 train + 100 test rows to d/")
+    result = synth("--rows", "1000")
+    assert result.exit_code == 0 and result.output.startswith("reusing the 900 train + 100 test rows in d/")
+    result = synth("--rows", "2000")
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
+    assert "rows 1000 there, 2000 asked" in result.output and "--out" in result.output and "--force" in result.output
+    result = synth("--rows", "2000", "--force")
+    assert result.exit_code == 0 and result.output.startswith("wrote 1,800 train + 200 test rows to d/")

@@ -81,19 +81,30 @@ def data() -> None:
 @click.option("--test-fraction", type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True), default=0.1,
               show_default=True)
 @click.option("--out", type=click.Path(file_okay=False), default="data/generated/synth", show_default=True)
-def data_synth(rows, seed, max_cardinality, test_fraction, out) -> None:
+@click.option("--force", is_flag=True, help="Regenerate even if OUT already holds a data set.")
+def data_synth(rows, seed, max_cardinality, test_fraction, out, force) -> None:
     """Generate Criteo-format data with a known click probability.
 
-    Writes OUT/train.tsv, OUT/test.tsv and OUT/truth.json (the Bayes-optimal test AUC/logloss).
+    Writes OUT/train.tsv, OUT/test.tsv and OUT/truth.json (the Bayes-optimal test AUC/logloss), in chunks
+    (memory does not grow with --rows) and atomically; an OUT that already holds this data set is reused.
 
     Example: deepfm data synth --rows 1000000 --out data/generated/1m
     """
-    from model.synth import SynthSpec, write_dataset
+    from model.synth import SynthSpec, differences, read_truth, write_dataset
 
     from .console import out as console
 
-    truth = write_dataset(SynthSpec(rows=rows, seed=seed, max_cardinality=max_cardinality), out, test_fraction)
-    console.print(f"wrote {truth['train_rows']:,} train + {truth['test_rows']:,} test rows to {out}/ "
+    spec = SynthSpec(rows=rows, seed=seed, max_cardinality=max_cardinality)
+    truth = None if force else read_truth(out)
+    if truth is not None and (diffs := differences(truth, spec, test_fraction)):
+        raise UserInputError(f"{out} already holds a different synthetic data set ({'; '.join(diffs)}); "
+                             f"choose another --out or pass --force to regenerate it")
+    reused = truth is not None
+    if not reused:
+        truth = write_dataset(spec, out, test_fraction, overwrite=force)
+    rows_text = f"{truth['train_rows']:,} train + {truth['test_rows']:,} test rows"
+    done = f"reusing the {rows_text} in" if reused else f"wrote {rows_text} to"
+    console.print(f"{done} {out}/ "
                   f"(click rate {truth['click_rate']:.3f}; best achievable test AUC {truth['test_bayes_auc']:.4f}, "
                   f"logloss {truth['test_bayes_logloss']:.4f})")
 
