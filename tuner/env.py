@@ -21,3 +21,21 @@ def quiet_defaults() -> None:
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # e.g. "Creating initial MLflow database tables..."
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    trial_log = logging.getLogger("optuna.study._optimize")
+    if not any(isinstance(f, _OneLineTrialFailures) for f in trial_log.filters):
+        trial_log.addFilter(_OneLineTrialFailures())
+
+
+class _OneLineTrialFailures(logging.Filter):
+    """Optuna logs a failed trial with its traceback. Ctrl-C: nothing (the CLI prints its one line); a user error
+    (e.g. a model too large for memory): the one-line warning, which names the reason, without the traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from model.errors import UserInputError
+
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, KeyboardInterrupt):
+            return False
+        if isinstance(error, UserInputError):
+            record.exc_info, record.exc_text = None, None
+        return True
