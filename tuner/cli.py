@@ -110,18 +110,23 @@ def train(policy_path, data_path, test_path, fmt, label, synthetic, out, epochs,
     from model.config import read_policy_yaml
     from model.dataset import prepare
     from model.policy import ScoringPolicy
-    from model.train import evaluate, train as train_model
+    from model.deepfm import check_model_size, estimate_parameters
+    from model.train import evaluate, resolve_device, train as train_model
 
     from .console import err, out as console
-    from .progress import EpochProgress
+    from .progress import EpochProgress, human_epoch
 
     policy, control = read_policy_yaml(policy_path)
     overrides = {k: v for k, v in {"max_epochs": epochs, "device": device, "threads": threads}.items() if v}
     control = control.replace(**overrides)
+    resolve_device(control.device)  # no CUDA: fail before reading any data
     spec = data_spec_from_options(data_path, test_path, fmt, label, synthetic)
     frame, schema, split = spec.load()
     prepared = prepare(frame, schema, split, source=str(data_path or "synthetic data"))
     del frame
+    enc = prepared.encoder  # a model too large for memory: fail before printing or allocating anything
+    check_model_size(estimate_parameters(enc.categorical_dims, enc.multivalued_dims, len(enc.schema.numeric), policy),
+                     policy)
     err.print(f"data: {prepared.summary()}")
     with EpochProgress(control.max_epochs, err) as progress:
         result = train_model(prepared, policy, control, on_epoch=progress.update)
@@ -133,7 +138,7 @@ def train(policy_path, data_path, test_path, fmt, label, synthetic, out, epochs,
         "history": [m.to_dict() for m in result.history],
     }
     ScoringPolicy(policy, control, prepared.encoder, result.model, metrics).save(out)
-    console.print(f"{result.stop_reason}; best epoch {result.best_epoch}: val AUC {result.best.val_auc:.4f}, "
+    console.print(f"{result.stop_reason}; best epoch {human_epoch(result.best_epoch)}: val AUC {result.best.val_auc:.4f}, "
                   f"test AUC {test_auc:.4f}, test logloss {test_logloss:.4f}")
     console.print(f"saved policy to {out}/")
 
@@ -300,6 +305,7 @@ def status(study_path, storage, tracking_uri) -> None:
     from rich.table import Table
 
     from .console import out as console
+    from .objective import ATTR_SKIPPED
     from .tune import best_trial, trial_counts
 
     spec = _load_spec(study_path)
@@ -312,7 +318,8 @@ def status(study_path, storage, tracking_uri) -> None:
             f"{list(t.intermediate_values.values())[-1]:.4f}*" if t.intermediate_values else "")
         seconds = f"{t.duration.total_seconds():.1f}" if t.duration else ""
         params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items())
-        table.add_row(str(t.number), t.state.name.lower(), value, seconds, params)
+        state = "skipped" if t.user_attrs.get(ATTR_SKIPPED) else t.state.name.lower()
+        table.add_row(str(t.number), state, value, seconds, params)
     console.print(table)
     counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(trial_counts(study).items()))
     best = best_trial(study)
