@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import click
 
 from model.errors import UserInputError
 
-from .env import DEFAULT_TRACKING_URI
+from .env import DEFAULT_TRACKING_URI, missing_sqlite_store
 
 
 def tracking_uri_option(func):
@@ -21,11 +20,10 @@ def tracking_uri_option(func):
 def registry_client(tracking_uri: str | None):
     """An MlflowClient on the given store; a missing embedded SQLite store is a one-line error, not a new DB."""
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
-    if uri.startswith("sqlite:///"):
-        path = Path(uri.removeprefix("sqlite:///"))
-        if not path.is_file():
-            raise UserInputError(f"no MLflow store at {path} (tracking URI {uri}); run 'deepfm tune' and "
-                                 f"'deepfm promote' first, or pass --tracking-uri")
+    path = missing_sqlite_store(uri)
+    if path is not None:
+        raise UserInputError(f"no MLflow store at {path} (tracking URI {uri}); run 'deepfm tune' and "
+                             f"'deepfm promote' first, or pass --tracking-uri")
     from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri=uri, registry_uri=uri)

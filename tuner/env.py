@@ -12,6 +12,14 @@ DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 DEFAULT_ARTIFACT_ROOT = "mlruns/artifacts"
 
 
+def missing_sqlite_store(uri: str) -> Path | None:
+    """The file of a sqlite:/// URI that does not exist yet (opening it would create an empty store), else None."""
+    if uri.startswith("sqlite:///"):
+        path = Path(uri.removeprefix("sqlite:///"))
+        return None if path.is_file() else path
+    return None
+
+
 def quiet_defaults() -> None:
     """No telemetry, no interactive prompts, no noisy logging from the libraries we drive."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
