@@ -2,14 +2,46 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import tempfile
 from pathlib import Path
+
+from model.errors import UserInputError
 
 DEFAULT_ROOT = Path("mlruns")
 DEFAULT_OPTUNA_STORAGE = "sqlite:///mlruns/optuna.db"
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 DEFAULT_ARTIFACT_ROOT = "mlruns/artifacts"
+
+
+# OSError numbers that say "this place cannot be written": never transient, never retried, always the user's to fix
+DISK_ERRNOS = {errno.EROFS: "is on a read-only file system", errno.ENOSPC: "is on a full disk",
+               errno.EDQUOT: "is over its disk quota", errno.EACCES: "is not writable (permission denied)",
+               errno.EPERM: "is not writable (operation not permitted)"}
+
+
+def disk_error(exc: OSError, path: str | Path, fix: str) -> UserInputError:
+    """'cannot write to PATH: it is on a read-only file system; FIX' for an OSError in DISK_ERRNOS."""
+    return UserInputError(f"cannot write to {path}: it {DISK_ERRNOS.get(exc.errno, exc.strerror or str(exc))}; {fix}")
+
+
+def check_writable(path: str | Path, fix: str) -> None:
+    """Prove that files can be written in the directory `path` (or, if it does not exist yet, in its nearest
+    existing parent) by writing and removing a temporary file; nothing is left behind either way."""
+    probe = Path(path).absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UserInputError(f"cannot write to {path}: {probe} is a file, not a directory; {fix}")
+    try:
+        with tempfile.TemporaryFile(dir=probe) as handle:
+            handle.write(bytes(4096))
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as exc:
+        raise disk_error(exc, path, fix) from None
 
 
 def missing_sqlite_store(uri: str) -> Path | None:

@@ -26,7 +26,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from model.errors import ConfigError
 
-from .env import DEFAULT_TRACKING_URI, quiet_defaults
+from .env import DEFAULT_TRACKING_URI, DISK_ERRNOS, check_writable, quiet_defaults
 
 quiet_defaults()
 
@@ -39,9 +39,16 @@ MAX_PARAM_LENGTH = 6000
 TAG_STUDY, TAG_ROLE, TAG_TRIAL = "deepfm.study", "deepfm.role", "deepfm.trial_number"
 
 
+PERMANENT_MARKERS = ("readonly database", "read-only file system", "disk is full", "no space left", "disk quota",
+                     "permission denied", "unable to open database file")
+
+
 def is_transient(exc: BaseException) -> bool:
+    """Worth retrying: a busy or briefly unavailable store; never a read-only, full or forbidden disk."""
+    if isinstance(exc, OSError) and exc.errno in DISK_ERRNOS:
+        return False
     text = str(exc).lower()
-    return any(marker in text for marker in TRANSIENT_MARKERS)
+    return not any(marker in text for marker in PERMANENT_MARKERS) and any(marker in text for marker in TRANSIENT_MARKERS)
 
 
 def retry(func: Callable[..., T], *args: Any, attempts: int = 6, base_delay: float = 0.2, **kwargs: Any) -> T:
@@ -71,6 +78,8 @@ def absolute_sqlite(uri: str) -> str:
     """sqlite:///mlruns/x.db -> sqlite:////abs/mlruns/x.db, folder created and in WAL mode: stores are cached by
     URI, so a relative one would follow a process into another directory."""
     path = Path(uri.removeprefix("sqlite:///")).resolve()
+    check_writable(path.parent, "run from a writable directory, free some space, or pass --storage/--tracking-uri "
+                                "with a sqlite:///PATH on a writable disk")
     path.parent.mkdir(parents=True, exist_ok=True)
     _use_wal(path)
     return f"sqlite:///{path}"
