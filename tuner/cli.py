@@ -10,7 +10,7 @@ import click
 
 from model.errors import UserInputError
 
-from .env import quiet_defaults
+from .env import DISK_ERRNOS, check_writable, disk_error, quiet_defaults
 
 quiet_defaults()
 
@@ -27,6 +27,10 @@ class DeepfmGroup(click.Group):
             return super().invoke(ctx)
         except UserInputError as exc:
             raise InputError(str(exc)) from None
+        except OSError as exc:  # a disk that filled up (or turned read-only) after the checks at the edge
+            if exc.errno not in DISK_ERRNOS:
+                raise
+            raise InputError(str(disk_error(exc, exc.filename or "the disk", "free some space or write elsewhere"))) from None
 
 
 @click.group(cls=DeepfmGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -86,6 +90,7 @@ def data_synth(rows, seed, max_cardinality, test_fraction, out) -> None:
 
     from .console import out as console
 
+    check_writable(out, "pass --out with a directory on a writable disk")
     truth = write_dataset(SynthSpec(rows=rows, seed=seed, max_cardinality=max_cardinality), out, test_fraction)
     console.print(f"wrote {truth['train_rows']:,} train + {truth['test_rows']:,} test rows to {out}/ "
                   f"(click rate {truth['click_rate']:.3f}; best achievable test AUC {truth['test_bayes_auc']:.4f}, "
@@ -116,6 +121,7 @@ def train(policy_path, data_path, test_path, fmt, label, synthetic, out, epochs,
     from .console import err, out as console
     from .progress import EpochProgress, human_epoch
 
+    check_writable(out, "pass --out with a directory on a writable disk")
     policy, control = read_policy_yaml(policy_path)
     overrides = {k: v for k, v in {"max_epochs": epochs, "device": device, "threads": threads}.items() if v}
     control = control.replace(**overrides)
@@ -339,8 +345,10 @@ def report(study_path, storage, tracking_uri, out) -> None:
     from .report import write_report
 
     spec = _load_spec(study_path)
+    out = out or f"outputs/{spec.name}-report.html"
+    check_writable(Path(out).parent, "pass --out with a file on a writable disk")
     study = _existing_study(spec, storage, study_path)
-    path = write_report(study, out or f"outputs/{spec.name}-report.html")
+    path = write_report(study, out)
     console.print(f"wrote {path}")
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import click
 
 from model.errors import UserInputError
 
-from .env import DEFAULT_TRACKING_URI, missing_sqlite_store
+from .env import DEFAULT_TRACKING_URI, check_writable, missing_sqlite_store
 
 
 def tracking_uri_option(func):
@@ -44,6 +45,7 @@ def pull(reference, out_dir, tracking_uri) -> None:
     from .console import out as console
     from .registry import pull_model
 
+    check_writable(out_dir, "pass --out with a directory on a writable disk")
     client = registry_client(tracking_uri)
     out = pull_model(reference, out_dir, client=client)
     console.print(f"pulled {reference} to {out}/ (policy.yaml, policy/, model/)")
@@ -71,6 +73,7 @@ def score(reference, input_path, fmt, output_path, batch_size, tracking_uri) -> 
     from .registry import output_format, score_file
 
     output_format(output_path)  # fail before loading anything
+    check_writable(Path(output_path).parent, "pass --output with a file on a writable disk")
     client = registry_client(tracking_uri)
     with Progress(TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err, transient=True) as bar:
