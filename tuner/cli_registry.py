@@ -27,6 +27,9 @@ def registry_client(tracking_uri: str | None):
                              f"'deepfm promote' first, or pass --tracking-uri")
     from mlflow import MlflowClient
 
+    from .tracking import check_reachable
+
+    check_reachable(uri)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 

@@ -44,6 +44,17 @@ def check_writable(path: str | Path, fix: str) -> None:
         raise disk_error(exc, path, fix) from None
 
 
+def redact(url: str) -> str:
+    """postgresql://user:secret@host/db -> postgresql://user:***@host/db (never log passwords)."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        if ":" in creds:
+            creds = creds.split(":", 1)[0] + ":***"
+        return f"{scheme}://{creds}@{host}"
+    return url
+
+
 def missing_sqlite_store(uri: str) -> Path | None:
     """The file of a sqlite:/// URI that does not exist yet (opening it would create an empty store), else None."""
     if uri.startswith("sqlite:///"):
