@@ -93,6 +93,7 @@ def test_a_study_trial_too_large_fails_with_the_reason_and_the_study_ends(in_tmp
     assert result.best_trial is None and result.counts == {"FAIL": 5}  # five in a row: the worker stops
     failures = [r for r in caplog.records if "failed with parameters" in r.getMessage()]
     assert failures and "GB to train" in failures[0].getMessage() and failures[0].exc_info is None
+    assert not any(r.getMessage().endswith("failed with value None.") for r in caplog.records)
 
 
 # -- 9: registered_model checked with MLflow's rules when the study is read ---------------------------

@@ -78,13 +78,25 @@ def quiet_defaults() -> None:
 
 
 class _OneLineTrialFailures(logging.Filter):
-    """Optuna logs a failed trial with its traceback. Ctrl-C: nothing (the CLI prints its one line); a user error
-    (e.g. a model too large for memory): the one-line warning, which names the reason, without the traceback."""
+    """Optuna logs a failed trial as a warning with its traceback, then 'Trial N failed with value None.'.
+    Ctrl-C: neither (the CLI prints its one line); a user error (e.g. a model too large for memory): only the
+    first warning, which names the reason, without the traceback."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.handled: set[str] = set()
 
     def filter(self, record: logging.LogRecord) -> bool:
+        import re
+
         from model.errors import UserInputError
 
         error = record.exc_info[1] if record.exc_info else None
+        found = re.match(r"Trial (\d+) failed", record.getMessage())
+        if found and found.group(1) in self.handled and record.getMessage().endswith("failed with value None."):
+            return False
+        if isinstance(error, (KeyboardInterrupt, UserInputError)) and found:
+            self.handled.add(found.group(1))
         if isinstance(error, KeyboardInterrupt):
             return False
         if isinstance(error, UserInputError):
