@@ -280,8 +280,8 @@ def _print_tune_result(console, spec, result, tracking_uri) -> None:
     if uri.startswith(("http://", "https://")):
         console.print(f"browse the trials: open {uri} (experiment '{spec.experiment_name}')")
     else:
-        console.print(f"browse the trials: deepfm ui{' --tracking-uri ' + uri if tracking_uri else ''}  "
-                      f"(MLflow UI on http://127.0.0.1:5000)")
+        console.print(f"browse the trials: deepfm ui {spec.source}{' --tracking-uri ' + uri if tracking_uri else ''}  "
+                      f"(MLflow UI on http://127.0.0.1:5000, 'Model training' view)")
 
 
 @main.command()
