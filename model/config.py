@@ -20,6 +20,8 @@ ACTIVATIONS = ("relu", "leaky_relu", "elu", "selu", "gelu", "silu", "tanh", "sig
 POLICY_TYPES = ("deepfm",)
 DEVICES = ("auto", "cpu", "cuda")
 SHUFFLES = ("auto", "full", "block")
+MAX_EMBEDDING_DIM = 4096  # far beyond any useful CTR embedding; larger is a typo (and gigabytes per field)
+MAX_HIDDEN_WIDTH = 65536  # one such layer after 39 fields x d=16 is already 41M weights
 
 
 def _check_keys(given: Mapping[str, Any], allowed: tuple[str, ...], where: str) -> None:
@@ -65,6 +67,9 @@ class PolicyConfig:
                 f"{did_you_mean(str(self.policy_type), POLICY_TYPES)}; supported: {', '.join(POLICY_TYPES)}"
             )
         _int(self.embedding_dim, f"{where}.embedding_dim", 1)
+        if self.embedding_dim > MAX_EMBEDDING_DIM:
+            raise ConfigError(f"{where}.embedding_dim must be at most {MAX_EMBEDDING_DIM}, got {self.embedding_dim}; "
+                              f"typical values are 4 to 64")
         units = self.deep_hidden_units
         if isinstance(units, (str, bytes)) or not isinstance(units, (list, tuple)) or len(units) == 0:
             raise ConfigError(
@@ -76,6 +81,9 @@ class PolicyConfig:
                 raise ConfigError(
                     f"{where}.deep_hidden_units must contain positive integers only, got {list(units)!r}"
                 )
+            if u > MAX_HIDDEN_WIDTH:
+                raise ConfigError(f"{where}.deep_hidden_units: width {u} is larger than {MAX_HIDDEN_WIDTH}; "
+                                  f"use widths such as [256, 128, 64]")
         object.__setattr__(self, "deep_hidden_units", tuple(units))
         if self.activation_fn not in ACTIVATIONS:
             raise ConfigError(
@@ -116,7 +124,7 @@ class TrainConfig:
 
     batch_size: int = 4096
     max_epochs: int = 10
-    patience: int = 2  # stop after this many epochs without a better validation AUC (best epoch restored)
+    patience: int = 2  # stop after this many epochs without a better validation AUC (best epoch restored); 0 = never
     weight_decay: float = 0.0  # L2 on the dense (MLP) weights, through Adam
     embedding_l2: float = 0.0  # L2 on the embedding rows used in each batch
     seed: int = 42
@@ -179,12 +187,30 @@ def policy_from_v1(document: Any, source: str = "policy") -> PolicyConfig:
         raise ConfigError(f"{source}: {exc}") from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (plain YAML lets the last one win silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise ConfigError(f"duplicate key '{key}' at line {line} (first at line {seen[key]}); "
+                                  f"keep one of them")
+            seen.setdefault(key, line)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_yaml(path: str | Path) -> Any:
+    """A YAML file as Python data; a missing file, bad syntax or a duplicated key is a one-line ConfigError."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist; check the path")
     try:
-        return yaml.safe_load(path.read_text()) or {}
+        return yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""

@@ -16,11 +16,18 @@ means, so no (B, F, d) intermediate is built twice).
 
 from __future__ import annotations
 
+from typing import Sequence
+
+import psutil
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .config import PolicyConfig
+from .errors import ConfigError
+
+# float32 copies of every parameter while training: weights, gradients, Adam's two moments, the best-epoch copy
+TRAINING_COPIES = 5
 
 ACTIVATION_LAYERS = {
     "relu": nn.ReLU,
@@ -65,6 +72,30 @@ def multilayer_perceptron(in_features: int, hidden: tuple[int, ...], activation:
     return nn.Sequential(*layers)
 
 
+def estimate_parameters(categorical_dims: Sequence[int], multivalued_dims: Sequence[int], n_numeric: int,
+                        config: PolicyConfig) -> int:
+    """The parameter count of `DeepFM(...)` with these vocabularies, computed without allocating anything."""
+    rows = sum(categorical_dims) + sum(multivalued_dims) + 2 * n_numeric
+    count = rows * (config.embedding_dim + 1) + 1  # embedding table, first-order weights, bias
+    width = (len(categorical_dims) + len(multivalued_dims) + n_numeric) * config.embedding_dim
+    for units in (*config.deep_hidden_units, 1):
+        count += width * units + units
+        width = units
+    return count
+
+
+def check_model_size(parameters: int, config: PolicyConfig, copies: int = TRAINING_COPIES) -> None:
+    """Refuse, before allocating, a model whose training state would not fit in the memory available now."""
+    needed = parameters * 4 * copies
+    available = psutil.virtual_memory().available
+    if needed > available:
+        raise ConfigError(
+            f"scoring_policy: a DeepFM with embedding_dim={config.embedding_dim} and deep_hidden_units="
+            f"{list(config.deep_hidden_units)} has {parameters:,} parameters and needs about {needed / 1e9:,.1f} GB "
+            f"to train, but {available / 1e9:,.1f} GB of memory is available; use smaller deep_hidden_units or "
+            f"embedding_dim")
+
+
 class DeepFM(nn.Module):
     def __init__(
         self,
@@ -73,7 +104,12 @@ class DeepFM(nn.Module):
         multivalued_lengths: list[int],
         n_numeric: int,
         config: PolicyConfig,
+        memory_copies: int = TRAINING_COPIES,
     ):
+        """`memory_copies`: float32 copies of the parameters the caller will hold (see TRAINING_COPIES); the
+        model is refused with a one-line ConfigError before allocation if they would not fit in memory."""
+        check_model_size(estimate_parameters(categorical_dims, multivalued_dims, n_numeric, config), config,
+                         memory_copies)
         super().__init__()
         self.config = config
         d = config.embedding_dim

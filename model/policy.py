@@ -44,7 +44,8 @@ class ScoringPolicy:
     def build(cls, config: PolicyConfig, training: TrainConfig, encoder: FeatureEncoder,
               state_dict: dict[str, torch.Tensor] | None = None, metrics: dict[str, Any] | None = None) -> "ScoringPolicy":
         enc = encoder
-        model = DeepFM(enc.categorical_dims, enc.multivalued_dims, enc.multivalued_lengths, len(enc.schema.numeric), config)
+        model = DeepFM(enc.categorical_dims, enc.multivalued_dims, enc.multivalued_lengths, len(enc.schema.numeric), config,
+                       memory_copies=1)  # scoring holds the weights only
         if state_dict is not None:
             model.load_state_dict(state_dict)
         model.eval()

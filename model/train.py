@@ -20,7 +20,7 @@ from torch import nn
 from .config import PolicyConfig, TrainConfig
 from .dataset import PreparedData, TensorData, epoch_batches, release_free_memory, shuffle_block_rows
 from .deepfm import DeepFM
-from .errors import TrainingDiverged
+from .errors import ConfigError, TrainingDiverged
 
 NAN_CHECK_EVERY = 50  # steps between finite-loss checks (each one syncs a GPU)
 EVAL_BATCH = 8192  # rows per evaluation forward: cache-sized, and no 100 MB activations
@@ -56,7 +56,7 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
-        raise TrainingDiverged("training.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+        raise ConfigError("training.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
     return device
 
 
@@ -253,7 +253,7 @@ def train(
         train_loss = float(loss_sum) / n
         if not math.isfinite(train_loss):
             raise TrainingDiverged(
-                f"training loss became {train_loss} in epoch {epoch}; lower learning_rate "
+                f"training loss became {train_loss} in epoch {epoch + 1}; lower learning_rate "
                 f"(now {policy.learning_rate}) or raise weight_decay"
             )
 
@@ -269,9 +269,9 @@ def train(
 
         # -- hooks and stopping ------------------------------------------------------------------------
         if on_epoch is not None and on_epoch(metrics):
-            result.stop_reason = f"stopped by callback after epoch {epoch}"
+            result.stop_reason = f"stopped by callback after epoch {epoch + 1}"
             break
-        if stale >= max(control.patience, 1):
+        if control.patience and stale >= control.patience:  # patience 0: no early stopping
             result.stop_reason = f"early stop: no better val AUC for {stale} epochs"
             break
     else:

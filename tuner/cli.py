@@ -10,7 +10,7 @@ import click
 
 from model.errors import UserInputError
 
-from .env import quiet_defaults
+from .env import DISK_ERRNOS, check_writable, disk_error, quiet_defaults
 
 quiet_defaults()
 
@@ -27,6 +27,10 @@ class DeepfmGroup(click.Group):
             return super().invoke(ctx)
         except UserInputError as exc:
             raise InputError(str(exc)) from None
+        except OSError as exc:  # a disk that filled up (or turned read-only) after the checks at the edge
+            if exc.errno not in DISK_ERRNOS:
+                raise
+            raise InputError(str(disk_error(exc, exc.filename or "the disk", "free some space or write elsewhere"))) from None
 
 
 @click.group(cls=DeepfmGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -94,6 +98,7 @@ def data_synth(rows, seed, max_cardinality, test_fraction, out, force) -> None:
 
     from .console import out as console
 
+    check_writable(out, "pass --out with a directory on a writable disk")
     spec = SynthSpec(rows=rows, seed=seed, max_cardinality=max_cardinality)
     truth = None if force else read_truth(out)
     if truth is not None and (diffs := differences(truth, spec, test_fraction)):
@@ -139,16 +144,22 @@ def train(policy_path, data_path, valid_path, test_path, fmt, label, synthetic, 
     """
     from model.config import read_policy_yaml
     from model.policy import ScoringPolicy
-    from model.train import evaluate, train as train_model
+    from model.deepfm import check_model_size, estimate_parameters
+    from model.train import evaluate, resolve_device, train as train_model
 
     from .console import err, out as console
-    from .progress import EpochProgress
+    from .progress import EpochProgress, human_epoch
 
+    check_writable(out, "pass --out with a directory on a writable disk")
     policy, control = read_policy_yaml(policy_path)
     overrides = {k: v for k, v in {"max_epochs": epochs, "device": device, "threads": threads}.items() if v}
     control = control.replace(**overrides)
+    resolve_device(control.device)  # no CUDA: fail before reading any data
     spec = data_spec_from_options(data_path, valid_path, test_path, fmt, label, synthetic)
     prepared = spec.prepare(_log_to_stderr)
+    enc = prepared.encoder  # a model too large for memory: fail before printing or allocating anything
+    check_model_size(estimate_parameters(enc.categorical_dims, enc.multivalued_dims, len(enc.schema.numeric), policy),
+                     policy)
     err.print(f"data: {prepared.summary()}", markup=False)
     with EpochProgress(control.max_epochs, err) as progress:
         result = train_model(prepared, policy, control, on_epoch=progress.update)
@@ -160,7 +171,7 @@ def train(policy_path, data_path, valid_path, test_path, fmt, label, synthetic, 
         "history": [m.to_dict() for m in result.history],
     }
     ScoringPolicy(policy, control, prepared.encoder, result.model, metrics).save(out)
-    console.print(f"{result.stop_reason}; best epoch {result.best_epoch}: val AUC {result.best.val_auc:.4f}, "
+    console.print(f"{result.stop_reason}; best epoch {human_epoch(result.best_epoch)}: val AUC {result.best.val_auc:.4f}, "
                   f"test AUC {test_auc:.4f}, test logloss {test_logloss:.4f}")
     console.print(f"saved policy to {out}/")
 
@@ -292,8 +303,8 @@ def _print_tune_result(console, spec, result, tracking_uri) -> None:
     if uri.startswith(("http://", "https://")):
         console.print(f"browse the trials: open {uri} (experiment '{spec.experiment_name}')")
     else:
-        console.print(f"browse the trials: deepfm ui{' --tracking-uri ' + uri if tracking_uri else ''}  "
-                      f"(MLflow UI on http://127.0.0.1:5000)")
+        console.print(f"browse the trials: deepfm ui {spec.source}{' --tracking-uri ' + uri if tracking_uri else ''}  "
+                      f"(MLflow UI on http://127.0.0.1:5000, 'Model training' view)")
 
 
 @main.command()
@@ -326,6 +337,7 @@ def status(study_path, storage, tracking_uri) -> None:
     from rich.table import Table
 
     from .console import out as console
+    from .objective import ATTR_SKIPPED
     from .tune import best_trial, trial_counts
 
     spec = _load_spec(study_path)
@@ -338,7 +350,8 @@ def status(study_path, storage, tracking_uri) -> None:
             f"{list(t.intermediate_values.values())[-1]:.4f}*" if t.intermediate_values else "")
         seconds = f"{t.duration.total_seconds():.1f}" if t.duration else ""
         params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items())
-        table.add_row(str(t.number), t.state.name.lower(), value, seconds, params)
+        state = "skipped" if t.user_attrs.get(ATTR_SKIPPED) else t.state.name.lower()
+        table.add_row(str(t.number), state, value, seconds, params)
     console.print(table)
     counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(trial_counts(study).items()))
     best = best_trial(study)
@@ -358,8 +371,10 @@ def report(study_path, storage, tracking_uri, out) -> None:
     from .report import write_report
 
     spec = _load_spec(study_path)
+    out = out or f"outputs/{spec.name}-report.html"
+    check_writable(Path(out).parent, "pass --out with a file on a writable disk")
     study = _existing_study(spec, storage, study_path)
-    path = write_report(study, out or f"outputs/{spec.name}-report.html")
+    path = write_report(study, out)
     console.print(f"wrote {path}")
 
 
@@ -385,30 +400,109 @@ def promote(study_path, storage, tracking_uri, name, force) -> None:
                      promote_study(handle, test_frame=data.test_frame(), force=force, name=name))
 
 
-@main.command()
-@click.option("--tracking-uri", default=None, help="Backend store (default: MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db).")
-@click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True)
-def ui(tracking_uri, port) -> None:
-    """Start the MLflow UI on 127.0.0.1 over the configured store.
+def _require_store(uri: str, what: str) -> None:
+    """A local SQLite store must exist: opening a missing one would create an empty store and serve nothing."""
+    from .env import missing_sqlite_store
 
-    Example: deepfm ui --port 5000
-    """
+    path = missing_sqlite_store(uri)
+    if path is not None:
+        raise UserInputError(f"no {what} at {path}; run 'deepfm tune STUDY.yaml' here first, or point at the "
+                             f"right store with --tracking-uri/--storage")
+
+
+def _require_free_port(port: int) -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do: TIME_WAIT is no conflict
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            raise UserInputError(f"port {port} on 127.0.0.1 is already in use; pass --port with a free port or stop "
+                                 f"what listens there") from None
+
+
+def _exec(program: str, args: list[str]) -> None:
+    """Replace this process with `program` of this environment (even if its bin/ is not on PATH)."""
     import os
     import shutil
 
+    beside = Path(sys.executable).with_name(program)
+    exe = str(beside) if beside.exists() else (shutil.which(program) or program)
+    os.execvp(exe, [exe, *args])
+
+
+@main.command()
+@click.argument("study_path", metavar="[STUDY.yaml]", required=False, type=click.Path(dir_okay=False))
+@click.option("--tracking-uri", default=None,
+              help="Backend store (default: study file, MLFLOW_TRACKING_URI, sqlite:///mlruns/mlflow.db).")
+@click.option("--experiment", default=None, help="Print the direct link to this experiment's runs (default: the study's).")
+@click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True)
+def ui(study_path, tracking_uri, experiment, port) -> None:
+    """Start the MLflow UI on 127.0.0.1 over the configured store; with STUDY.yaml, print the link to its runs.
+
+    Example: deepfm ui studies/quick.yaml --port 5000
+    """
+    import os
+
+    from .env import DEFAULT_TRACKING_URI
     from .tracking import artifact_location_for, resolve_tracking_uri
 
-    uri = resolve_tracking_uri(tracking_uri)
+    spec = _load_spec(study_path) if study_path else None
+    uri = tracking_uri or (spec.tracking_uri if spec else None) or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
     if uri.startswith(("http://", "https://")):
         raise UserInputError(f"{uri} is already an MLflow server: open it in a browser")
-    beside = Path(sys.executable).with_name("mlflow")  # the mlflow of this environment, even if not on PATH
-    exe = str(beside) if beside.exists() else (shutil.which("mlflow") or "mlflow")
-    args = [exe, "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    _require_store(uri, "MLflow store")
+    _require_free_port(port)
+    uri = resolve_tracking_uri(uri)
+    link = f"http://127.0.0.1:{port}"
+    experiment = experiment or (spec.experiment_name if spec else None)
+    if experiment:
+        from mlflow import MlflowClient
+
+        found = MlflowClient(tracking_uri=uri).get_experiment_by_name(experiment)
+        if found is None:
+            raise UserInputError(f"no MLflow experiment '{experiment}' in {uri}; run 'deepfm tune' first or check "
+                                 f"--experiment")
+        link += f"/#/experiments/{found.experiment_id}"
+    args = ["ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     if artifact_location_for(uri):
         args += ["--default-artifact-root", artifact_location_for(uri)]
     os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
-    click.echo(f"MLflow UI on http://127.0.0.1:{port} (store {uri}); Ctrl-C to stop", err=True)
-    os.execvp(args[0], args)
+    click.echo(f"MLflow UI on {link} (store {uri}); trials are under 'Model training' (MLflow 3 opens on "
+               f"'GenAI'); Ctrl-C to stop", err=True)
+    _exec("mlflow", args)
+
+
+@main.command()
+@click.argument("study_path", metavar="[STUDY.yaml]", required=False, type=click.Path(dir_okay=False))
+@click.option("--storage", default=None, envvar="DEEPFM_STORAGE",
+              help="Optuna storage URL (default: study file, else sqlite:///mlruns/optuna.db).")
+@click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
+def dashboard(study_path, storage, port) -> None:
+    """Start optuna-dashboard on 127.0.0.1 over the study storage (needs the 'dashboard' extra).
+
+    Example: deepfm dashboard studies/quick.yaml --port 8080
+    """
+    from .env import DEFAULT_OPTUNA_STORAGE
+
+    try:
+        import optuna_dashboard  # noqa: F401
+    except ImportError:
+        raise UserInputError("optuna-dashboard is not installed; install it with "
+                             "pip install 'deepfm-tuner[dashboard]'") from None
+    spec = _load_spec(study_path) if study_path else None
+    url = storage or (spec.storage if spec else None) or DEFAULT_OPTUNA_STORAGE
+    _require_store(url, "Optuna storage")
+    _require_free_port(port)
+    from .runner import redact, resolve_storage
+
+    url = resolve_storage(url)
+    link = f"http://127.0.0.1:{port}"
+    if spec is not None:
+        link += f"/dashboard/studies/{_existing_study(spec, url, study_path)._study_id}"
+    click.echo(f"Optuna dashboard on {link} (storage {redact(url)}); Ctrl-C to stop", err=True)
+    _exec("optuna-dashboard", [url, "--host", "127.0.0.1", "--port", str(port), "--quiet"])
 
 
 from .cli_registry import pull, score  # noqa: E402

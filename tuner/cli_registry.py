@@ -9,7 +9,7 @@ import click
 
 from model.errors import UserInputError
 
-from .env import DEFAULT_TRACKING_URI
+from .env import DEFAULT_TRACKING_URI, check_writable, missing_sqlite_store
 
 
 def tracking_uri_option(func):
@@ -21,13 +21,15 @@ def tracking_uri_option(func):
 def registry_client(tracking_uri: str | None):
     """An MlflowClient on the given store; a missing embedded SQLite store is a one-line error, not a new DB."""
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
-    if uri.startswith("sqlite:///"):
-        path = Path(uri.removeprefix("sqlite:///"))
-        if not path.is_file():
-            raise UserInputError(f"no MLflow store at {path} (tracking URI {uri}); run 'deepfm tune' and "
-                                 f"'deepfm promote' first, or pass --tracking-uri")
+    path = missing_sqlite_store(uri)
+    if path is not None:
+        raise UserInputError(f"no MLflow store at {path} (tracking URI {uri}); run 'deepfm tune' and "
+                             f"'deepfm promote' first, or pass --tracking-uri")
     from mlflow import MlflowClient
 
+    from .tracking import check_reachable
+
+    check_reachable(uri)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
@@ -46,6 +48,7 @@ def pull(reference, out_dir, tracking_uri) -> None:
     from .console import out as console
     from .registry import pull_model
 
+    check_writable(out_dir, "pass --out with a directory on a writable disk")
     client = registry_client(tracking_uri)
     out = pull_model(reference, out_dir, client=client)
     console.print(f"pulled {reference} to {out}/ (policy.yaml, policy/, model/)")
@@ -73,6 +76,7 @@ def score(reference, input_path, fmt, output_path, batch_size, tracking_uri) -> 
     from .registry import output_format, score_file
 
     output_format(output_path)  # fail before loading anything
+    check_writable(Path(output_path).parent, "pass --output with a file on a writable disk")
     client = registry_client(tracking_uri)
     with Progress(TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err, transient=True) as bar:

@@ -1,4 +1,9 @@
-"""A rich progress bar over epochs that prints each epoch's metrics as it lands."""
+"""A rich progress bar over epochs that prints each epoch's metrics as it lands.
+
+Epoch numbers: every number a person reads (these lines, `deepfm train`'s result, stop reasons, pruned trials) is
+1-based, "epoch 1" being the first; MLflow steps, Optuna report steps and the `best_epoch` values stored in
+metrics stay 0-based (`EpochMetrics.epoch`), so `human_epoch(e) == e + 1`.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +13,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from model.train import EpochMetrics
 
 
+def human_epoch(epoch: int) -> int:
+    """A 0-based epoch index (MLflow step, Optuna step, best_epoch) as people count it: the first epoch is 1."""
+    return epoch + 1
+
+
 def format_epoch(m: EpochMetrics) -> str:
-    return (f"epoch {m.epoch}: train_loss {m.train_loss:.4f}  val_auc {m.val_auc:.4f}  "
+    return (f"epoch {human_epoch(m.epoch)}: train_loss {m.train_loss:.4f}  val_auc {m.val_auc:.4f}  "
             f"val_logloss {m.val_logloss:.4f}  {m.samples_per_second:,.0f} samples/s")
 
 
@@ -57,7 +67,7 @@ class TrialProgress:
 
     def on_epoch(self, trial, metrics: EpochMetrics) -> None:
         value = getattr(metrics, self.metric)
-        self.progress.update(self.task, description=f"trial {trial.number} epoch {metrics.epoch + 1}/{self.max_epochs} "
+        self.progress.update(self.task, description=f"trial {trial.number} epoch {human_epoch(metrics.epoch)}/{self.max_epochs} "
                                                     f"{self.metric} {value:.4f} | {self._best_text()}")
 
     def on_trial(self, study, trial) -> None:
@@ -67,7 +77,7 @@ class TrialProgress:
             self.best = (trial.number, trial.value)
         value = f"{self.metric} {trial.value:.4f}" if trial.value is not None else ""
         if state == "PRUNED" and trial.intermediate_values:
-            value = f"{self.metric} {list(trial.intermediate_values.values())[-1]:.4f} at epoch {max(trial.intermediate_values)}"
+            value = f"{self.metric} {list(trial.intermediate_values.values())[-1]:.4f} at epoch {human_epoch(max(trial.intermediate_values))}"
         seconds = trial.duration.total_seconds() if trial.duration else 0.0
         params = ", ".join(f"{k}={_short(v)}" for k, v in trial.params.items())
         self.console.print(f"trial {trial.number:>3} {state.lower():<8} {value:<28} {seconds:6.1f}s  {params}  "

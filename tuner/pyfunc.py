@@ -5,10 +5,12 @@ The logged model holds the policy directory (V1 YAML, encoder JSON, state dict, 
 `tuner.pyfunc`), so `mlflow.pyfunc.load_model` and `mlflow models serve` need nothing from this repository
 beyond its pip requirements.
 
-Signature: one column per feature of the policy's schema, all required; categorical and multi-valued columns
-are `string`, numeric columns are `double`. Nulls are allowed in every column (missing value -> the field's
-"missing" embedding), extra columns are ignored, unseen tokens go to the field's out-of-vocabulary index, and a
-missing column is refused by MLflow with a message naming it. The served JSON is parsed to these types by the
+Signature: one column per feature of the policy's schema; categorical and multi-valued columns are `string`,
+numeric columns are `double`. Nulls are allowed in every column (missing value -> the field's "missing"
+embedding), extra columns are ignored, unseen tokens go to the field's out-of-vocabulary index. Every feature is
+needed, but the signature marks them optional so that MLflow does not refuse a missing one with a 1.6 KB message
+that echoes the request and the whole schema: `predict` refuses it with a short `MissingColumns` error that names
+the missing columns first (HTTP 400 from `mlflow models serve`). The served JSON is parsed to these types by the
 server; Python callers with other dtypes (nullable Int64 counts, Arrow strings, integer categories) pass the frame
 through `conform` first, as `tuner.registry.score_file` does. Output: one `probability` (double) per row.
 """
@@ -28,7 +30,9 @@ from .env import quiet_defaults
 quiet_defaults()
 
 import mlflow  # noqa: E402
+from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.models import ModelSignature  # noqa: E402
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE  # noqa: E402
 from mlflow.types.schema import ColSpec, DataType, Schema  # noqa: E402
 
 import model as model_package  # noqa: E402
@@ -54,8 +58,33 @@ class ScoringPolicyModel(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.Series:
         frame = _as_frame(model_input)
+        features = self.policy.encoder.schema.features
+        missing = [c for c in features if c not in frame.columns]
+        if missing:
+            raise MissingColumns(missing, len(features))
         probabilities = self.policy.predict(frame).astype(np.float64)
         return pd.Series(probabilities, index=frame.index, name=OUTPUT_COLUMN)
+
+
+class MissingColumns(MlflowException):
+    """A request without some feature columns: 'missing input column(s) C7, I2; ...' (HTTP 400).
+
+    The scoring server rewrites an MlflowException's message to 'Failed to predict data <the whole request>...
+    Error: <message>'; this message ignores that rewrite, so a client reads the missing columns first."""
+
+    def __init__(self, missing: list[str], n_features: int):
+        shown = ", ".join(map(str, missing[:10])) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        super().__init__(f"missing input column(s) {shown}; send all {n_features} feature columns of the model's "
+                         f"signature (null where a value is unknown)", error_code=INVALID_PARAMETER_VALUE)
+
+    @property
+    def message(self) -> str:
+        return self._message
+
+    @message.setter
+    def message(self, value: str) -> None:
+        if not hasattr(self, "_message"):  # set once, by __init__
+            self._message = value
 
 
 def _as_frame(model_input: Any) -> pd.DataFrame:
@@ -69,9 +98,10 @@ def _as_frame(model_input: Any) -> pd.DataFrame:
 
 # -- signature -------------------------------------------------------------------------------------
 def policy_signature(schema: FeatureSchema) -> ModelSignature:
-    """Required `string` categorical/multi-valued and `double` numeric columns (nulls allowed); `probability`."""
-    inputs = [ColSpec(DataType.string, c) for c in schema.categorical + schema.multivalued]
-    inputs += [ColSpec(DataType.double, c) for c in schema.numeric]
+    """`string` categorical/multi-valued and `double` numeric columns (nulls allowed); `probability`. Marked
+    optional for MLflow: `predict` itself refuses a missing one, with a short message (see `MissingColumns`)."""
+    inputs = [ColSpec(DataType.string, c, required=False) for c in schema.categorical + schema.multivalued]
+    inputs += [ColSpec(DataType.double, c, required=False) for c in schema.numeric]
     return ModelSignature(inputs=Schema(inputs), outputs=Schema([ColSpec(DataType.double, OUTPUT_COLUMN)]))
 
 

@@ -26,11 +26,11 @@ from model.dataset import PreparedData
 from model.errors import ConfigError
 from model.train import EpochMetrics
 
-from .env import DEFAULT_OPTUNA_STORAGE
+from .env import DEFAULT_OPTUNA_STORAGE, redact  # noqa: F401 - redact is used from here by cli and workers
 from .objective import ATTR_RUN_ID, ATTR_SKIPPED, TAG_FAILURE, make_objective
 from .space import space_to_dict
 from .study import StudySpec
-from .tracking import StudyTracker, absolute_sqlite, resolve_tracking_uri, retry
+from .tracking import CONNECT_TIMEOUT_SECONDS, StudyTracker, absolute_sqlite, check_database, resolve_tracking_uri, retry
 
 ATTR_PARENT_RUN, ATTR_EXPERIMENT, ATTR_TRACKING_URI = "mlflow_parent_run_id", "mlflow_experiment_id", "mlflow_tracking_uri"
 HEARTBEAT_SECONDS, GRACE_SECONDS = 10, 30  # defaults; env DEEPFM_HEARTBEAT_SECONDS / DEEPFM_GRACE_SECONDS override
@@ -88,6 +88,8 @@ def open_storage(url: str, tracker: StudyTracker | None = None) -> optuna.storag
     heartbeat, grace = heartbeat_settings()
     sqlite = url.startswith("sqlite")
     engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_SECONDS}} if sqlite else {"pool_pre_ping": True}
+    if url.startswith("postgresql"):  # a host that drops packets: fail in seconds, not at the TCP timeout
+        engine_kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_SECONDS}
 
     def connect() -> optuna.storages.RDBStorage:
         with _schema_lock(url):  # first start: workers must not create Optuna's tables at the same time
@@ -95,7 +97,7 @@ def open_storage(url: str, tracker: StudyTracker | None = None) -> optuna.storag
                                               heartbeat_stale_trial_callback=on_stale, engine_kwargs=engine_kwargs)
 
     try:
-        return retry(connect, attempts=8)
+        return retry(connect, attempts=5)  # a refused connection is retried for a few seconds, not minutes
     except (SQLAlchemyError, ImportError, ValueError) as exc:
         raise ConfigError(f"cannot open Optuna storage {redact(url)}: {str(exc).splitlines()[0]}; check the URL and "
                           f"that the database is up") from None
@@ -141,7 +143,8 @@ def _schema_lock(url: str):
         return
     import sqlalchemy
 
-    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool,
+                                      connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS})
     try:
         with engine.connect() as conn:
             conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(hashtext('deepfm-optuna-schema'))"))
@@ -167,6 +170,7 @@ def init_study(spec: StudySpec, storage_url: str | None = None, tracking_uri: st
                wait_seconds: float = 60.0) -> StudyHandle:
     """Create (once) or load the study, its MLflow experiment and its parent run."""
     storage_url = resolve_storage(storage_url, spec)
+    check_database(storage_url, "Optuna storage", "--storage")  # unreachable: fail before any MLflow store exists
     tracking_uri = resolve_tracking_uri(tracking_uri or spec.tracking_uri)
     tracker = StudyTracker(tracking_uri, spec.experiment_name, spec.name)
     storage = open_storage(storage_url, tracker)
@@ -209,17 +213,6 @@ def _wait_for_parent(study: optuna.Study, wait_seconds: float) -> str:
             raise ConfigError(f"study '{study.study_name}' has no MLflow parent run after {wait_seconds:.0f}s; "
                               f"was it created by another tool? Use a new study name")
         time.sleep(0.5)
-
-
-def redact(url: str) -> str:
-    """postgresql://user:secret@host/db -> postgresql://user:***@host/db (never log passwords)."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
-        if ":" in creds:
-            creds = creds.split(":", 1)[0] + ":***"
-        return f"{scheme}://{creds}@{host}"
-    return url
 
 
 def finished_count(study: optuna.Study) -> int:

@@ -166,6 +166,8 @@ def parse_study(document: Any, source: str, default_name: str) -> StudySpec:
         for key in ("storage", "tracking_uri", "experiment", "registered_model"):
             if study.get(key) is not None and not isinstance(study[key], str):
                 raise ConfigError(f"study.{key} must be a string, got {study[key]!r}")
+        if study.get("registered_model") is not None:
+            _check_model_name(study["registered_model"])
         promote = study.get("promote", True)
         if not isinstance(promote, bool):
             raise ConfigError(f"study.promote must be true or false, got {promote!r}")
@@ -190,6 +192,18 @@ def parse_study(document: Any, source: str, default_name: str) -> StudySpec:
         raise ConfigError(f"{source}: {exc}") from None
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
+
+
+def _check_model_name(name: str) -> None:
+    """MLflow's own rules for a registered model name, checked when the study is read, not after it trained."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.validation import _validate_model_name
+
+    try:
+        _validate_model_name(name)
+    except MlflowException as exc:
+        raise ConfigError(f"study.registered_model {name!r} is refused by MLflow ({exc.message.splitlines()[0]}); "
+                          f"pick a name such as 'deepfm-ctr'") from None
 
 
 def load_study(path: str | Path) -> StudySpec:

@@ -26,7 +26,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from model.errors import ConfigError
 
-from .env import DEFAULT_TRACKING_URI, quiet_defaults
+from .env import DEFAULT_TRACKING_URI, DISK_ERRNOS, check_writable, quiet_defaults, redact
 
 quiet_defaults()
 
@@ -35,13 +35,21 @@ TRANSIENT_MARKERS = ("database is locked", "deadlock", "503", "502", "504", "tim
                      "connection refused", "temporarily unavailable", "server closed the connection",
                      "could not serialize", "too many requests", "429")
 MAX_PARAM_LENGTH = 6000
+CONNECT_TIMEOUT_SECONDS = 10  # one attempt to reach a server or database before saying it is unreachable
 
 TAG_STUDY, TAG_ROLE, TAG_TRIAL = "deepfm.study", "deepfm.role", "deepfm.trial_number"
 
 
+PERMANENT_MARKERS = ("readonly database", "read-only file system", "disk is full", "no space left", "disk quota",
+                     "permission denied", "unable to open database file")
+
+
 def is_transient(exc: BaseException) -> bool:
+    """Worth retrying: a busy or briefly unavailable store; never a read-only, full or forbidden disk."""
+    if isinstance(exc, OSError) and exc.errno in DISK_ERRNOS:
+        return False
     text = str(exc).lower()
-    return any(marker in text for marker in TRANSIENT_MARKERS)
+    return not any(marker in text for marker in PERMANENT_MARKERS) and any(marker in text for marker in TRANSIENT_MARKERS)
 
 
 def retry(func: Callable[..., T], *args: Any, attempts: int = 6, base_delay: float = 0.2, **kwargs: Any) -> T:
@@ -67,10 +75,52 @@ def resolve_tracking_uri(uri: str | None) -> str:
     return uri
 
 
+def check_reachable(uri: str) -> None:
+    """An MLflow server or database that does not answer is a one-line ConfigError within seconds (MLflow's own
+    HTTP client and SQL store would retry for many minutes, silently)."""
+    if uri.startswith(("http://", "https://")):
+        import urllib.error
+        import urllib.request
+
+        try:
+            urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=CONNECT_TIMEOUT_SECONDS).close()
+        except urllib.error.HTTPError:
+            pass  # it answered (a proxy without /health, an auth wall): the client reports what is wrong
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise ConfigError(f"cannot reach the MLflow server at {redact(uri)} ({reason}); start it, or fix "
+                              f"--tracking-uri / MLFLOW_TRACKING_URI") from None
+    else:
+        check_database(uri, "MLflow tracking store", "--tracking-uri")
+
+
+def check_database(url: str, what: str, option: str) -> None:
+    """Connect once to a PostgreSQL/MySQL URL with a timeout; refused or silent is a one-line ConfigError."""
+    if not url.startswith(("postgresql", "mysql")):
+        return
+    import sqlalchemy
+    from sqlalchemy.exc import SQLAlchemyError
+
+    connect_args = {"connect_timeout": CONNECT_TIMEOUT_SECONDS}
+    try:
+        engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool, connect_args=connect_args)
+        try:
+            with engine.connect():
+                pass
+        finally:
+            engine.dispose()
+    except (SQLAlchemyError, ImportError) as exc:
+        detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        raise ConfigError(f"cannot connect to the {what} at {redact(url)} ({detail}); check {option} and that the "
+                          f"database is up") from None
+
+
 def absolute_sqlite(uri: str) -> str:
     """sqlite:///mlruns/x.db -> sqlite:////abs/mlruns/x.db, folder created and in WAL mode: stores are cached by
     URI, so a relative one would follow a process into another directory."""
     path = Path(uri.removeprefix("sqlite:///")).resolve()
+    check_writable(path.parent, "run from a writable directory, free some space, or pass --storage/--tracking-uri "
+                                "with a sqlite:///PATH on a writable disk")
     path.parent.mkdir(parents=True, exist_ok=True)
     _use_wal(path)
     return f"sqlite:///{path}"
@@ -120,6 +170,7 @@ class StudyTracker:
 
     def __init__(self, tracking_uri: str, experiment_name: str, study_name: str):
         self.uri = tracking_uri
+        check_reachable(tracking_uri)
         self.client = MlflowClient(tracking_uri=tracking_uri)
         self.study_name = study_name
         self.experiment_id = self._experiment(experiment_name)

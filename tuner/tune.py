@@ -14,7 +14,7 @@ from model.config import TrainConfig, policy_to_v1_yaml
 from model.dataset import PreparedData
 from model.train import EpochMetrics
 
-from .objective import ATTR_CHECKPOINT, ATTR_RUN_ID, ATTR_TRAINING, prune_checkpoints
+from .objective import ATTR_CHECKPOINT, ATTR_RUN_ID, ATTR_SKIPPED, ATTR_TRAINING, prune_checkpoints
 from .report import write_report
 from .runner import StudyHandle, init_study, run_trials
 from .space import policy_from_params
@@ -35,9 +35,11 @@ class TuneResult:
 
 
 def trial_counts(study: optuna.Study) -> dict[str, int]:
+    """Trials per state name; a trial claimed after the total was reached (failed without running) is SKIPPED."""
     counts: dict[str, int] = {}
     for trial in study.get_trials(deepcopy=False):
-        counts[trial.state.name] = counts.get(trial.state.name, 0) + 1
+        state = "SKIPPED" if trial.user_attrs.get(ATTR_SKIPPED) else trial.state.name
+        counts[state] = counts.get(state, 0) + 1
     return counts
 
 

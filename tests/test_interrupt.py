@@ -1,0 +1,55 @@
+"""Ctrl-C during `deepfm tune`: the project's one line only (no Optuna traceback), exit 130, no RUNNING run."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+
+def _running_trials(db: Path) -> int:
+    if not db.exists():
+        return 0
+    try:
+        with contextlib.closing(sqlite3.connect(db, timeout=1)) as conn:
+            return conn.execute("SELECT COUNT(*) FROM trials WHERE state = 'RUNNING'").fetchone()[0]
+    except sqlite3.Error:  # tables not created yet
+        return 0
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_a_trial_is_one_line_and_closes_every_run(tmp_path):
+    document = {"study": {"name": "t", "n_trials": 2, "pruner": "none"}, "data": {"synthetic": {"rows": 20000}},
+                "training": {"batch_size": 256, "max_epochs": 50, "patience": 0, "device": "cpu", "threads": 1}}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(document))
+    deepfm = str(Path(sys.executable).with_name("deepfm"))
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "COLUMNS": "200"}
+    proc = subprocess.Popen([deepfm, "tune", "s.yaml", "--no-promote"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        while _running_trials(tmp_path / "mlruns" / "optuna.db") == 0:
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "no trial started in 90 s"
+            time.sleep(0.2)
+        time.sleep(1.0)  # inside the training loop
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and "Trial 0 failed" not in stderr, stderr
+    assert stderr.strip().splitlines()[-1].startswith("interrupted: the running trial was marked failed"), stderr
+    with contextlib.closing(sqlite3.connect(tmp_path / "mlruns" / "mlflow.db")) as conn:
+        statuses = [row[0] for row in conn.execute("SELECT status FROM runs")]
+    assert statuses and "RUNNING" not in statuses, statuses

@@ -1,0 +1,178 @@
+"""Issue #11 "Trustworthy results": bad input fails fast with one line (exit 2), and numbers mean what they say."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import time
+
+import optuna
+import pytest
+import torch
+import yaml
+
+from conftest import TINY_POLICY, TINY_TRAINING
+from model.config import PolicyConfig, load_yaml
+from model.deepfm import DeepFM, estimate_parameters
+from model.errors import ConfigError, UserInputError
+from model.train import train
+from test_cli import POLICY, assert_one_line_error, run
+from tuner.study import load_study
+
+STUDY = {
+    "study": {"name": "t", "n_trials": 1, "pruner": "none"},
+    "data": {"synthetic": {"rows": 600}},
+    "training": {"batch_size": 256, "max_epochs": 1, "device": "cpu", "threads": 1},
+    "policy_configs": {"scoring_policy": {"embedding_dim": 4, "deep_hidden_units": [8], "activation_fn": "relu",
+                                          "dropout": 0.0, "learning_rate": 0.01}},
+}
+
+
+def write_study(path, **study):
+    document = {**STUDY, "study": {**STUDY["study"], **study}}
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    return path
+
+
+# -- 7: duplicate YAML keys --------------------------------------------------------------------------
+def test_duplicate_yaml_key_is_one_line_naming_the_key_and_line(in_tmp):
+    (in_tmp / "policy.yaml").write_text(POLICY.replace("    dropout: 0.0\n", "    dropout: 0.0\n    dropout: 0.3\n"))
+    assert_one_line_error(run("train", "--policy", "policy.yaml", "--synthetic", 500),
+                          "policy.yaml", "duplicate key 'dropout' at line 8", "first at line 7")
+
+
+def test_duplicate_key_in_a_study_file_is_refused(tmp_path):
+    path = write_study(tmp_path / "s.yaml")
+    path.write_text(path.read_text().replace("  n_trials: 1\n", "  n_trials: 1\n  n_trials: 50\n"))
+    with pytest.raises(ConfigError, match="duplicate key 'n_trials' at line 4"):
+        load_study(path)
+
+
+def test_same_key_in_different_mappings_is_fine(tmp_path):
+    path = tmp_path / "x.yaml"
+    path.write_text("a: {name: 1}\nb: {name: 2}\n")
+    assert load_yaml(path) == {"a": {"name": 1}, "b": {"name": 2}}
+
+
+# -- 8: absurd model sizes ---------------------------------------------------------------------------
+def test_estimate_parameters_matches_the_allocated_model():
+    policy = PolicyConfig(embedding_dim=4, deep_hidden_units=(8, 4), dropout=0.0)
+    model = DeepFM([5, 7], [4], [3], 2, policy)
+    assert estimate_parameters([5, 7], [4], 2, policy) == sum(p.numel() for p in model.parameters())
+
+
+def test_absurd_hidden_width_is_a_config_error():
+    with pytest.raises(ConfigError, match="width 10000000 is larger than 65536"):
+        PolicyConfig(deep_hidden_units=(10**7,))
+    with pytest.raises(ConfigError, match="embedding_dim must be at most 4096"):
+        PolicyConfig(embedding_dim=10**6)
+
+
+HUGE = POLICY.replace("embedding_dim: 4", "embedding_dim: 1024").replace("[16]", "[65536, 65536, 65536, 65536]")
+
+
+def test_train_refuses_a_model_too_large_for_memory_before_allocating(in_tmp):
+    (in_tmp / "policy.yaml").write_text(HUGE)
+    started = time.monotonic()
+    result = run("train", "--policy", "policy.yaml", "--synthetic", 500)
+    assert_one_line_error(result, "parameters and needs about", "GB to train", "use smaller deep_hidden_units")
+    assert time.monotonic() - started < 30
+
+
+def test_a_study_trial_too_large_fails_with_the_reason_and_the_study_ends(in_tmp, caplog):
+    from tuner.tune import tune
+
+    document = {**STUDY, "policy_configs": {"scoring_policy": {**STUDY["policy_configs"]["scoring_policy"],
+                                                               "embedding_dim": 1024,
+                                                               "deep_hidden_units": [65536] * 4}}}
+    (in_tmp / "s.yaml").write_text(yaml.safe_dump(document))
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="optuna"):
+        result = tune(load_study(in_tmp / "s.yaml"), promote=False)
+    assert time.monotonic() - started < 60
+    assert result.best_trial is None and result.counts == {"FAIL": 5}  # five in a row: the worker stops
+    failures = [r for r in caplog.records if "failed with parameters" in r.getMessage()]
+    assert failures and "GB to train" in failures[0].getMessage() and failures[0].exc_info is None
+    assert not any(r.getMessage().endswith("failed with value None.") for r in caplog.records)
+
+
+# -- 9: registered_model checked with MLflow's rules when the study is read ---------------------------
+@pytest.mark.parametrize("name", ["team/ctr", "ctr:v1", ""])
+def test_invalid_registered_model_name_fails_before_anything_runs(in_tmp, name):
+    write_study(in_tmp / "s.yaml", registered_model=name)
+    assert_one_line_error(run("tune", "s.yaml"), "study.registered_model", "refused by MLflow", "'deepfm-ctr'")
+    assert not (in_tmp / "mlruns").exists()
+
+
+# -- 18: device, patience, skipped trials --------------------------------------------------------------
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_a_cuda_device_is_one_line(in_tmp):
+    (in_tmp / "policy.yaml").write_text(POLICY)
+    assert_one_line_error(run("train", "--policy", "policy.yaml", "--synthetic", 500, "--device", "cuda"),
+                          "no CUDA device is available", "use 'auto' or 'cpu'")
+
+
+def test_patience_zero_means_no_early_stopping(tiny_prepared):
+    policy = PolicyConfig(embedding_dim=4, deep_hidden_units=(8,), dropout=0.0, learning_rate=1e-12)  # AUC flat
+    result = train(tiny_prepared, policy, TINY_TRAINING.replace(max_epochs=4, patience=0))
+    assert len(result.history) == 4 and result.stop_reason == "reached max_epochs=4"
+    stopped = train(tiny_prepared, policy, TINY_TRAINING.replace(max_epochs=4, patience=1))
+    assert len(stopped.history) < 4 and stopped.stop_reason.startswith("early stop")
+
+
+def _study_with_a_skipped_trial(storage=None) -> optuna.Study:
+    from tuner.objective import ATTR_SKIPPED
+
+    study = optuna.create_study(storage=storage, study_name="t", direction="maximize")
+    study.add_trial(optuna.trial.create_trial(value=0.7))
+    skipped = optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL, user_attrs={ATTR_SKIPPED: "total reached"})
+    study.add_trial(skipped)
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL))
+    return study
+
+
+def test_skipped_trials_are_counted_as_skipped_not_failed():
+    from tuner.tune import trial_counts
+
+    assert trial_counts(_study_with_a_skipped_trial()) == {"COMPLETE": 1, "SKIPPED": 1, "FAIL": 1}
+
+
+def test_status_shows_skipped_trials(in_tmp):
+    from tuner.runner import resolve_storage
+
+    write_study(in_tmp / "t.yaml")
+    _study_with_a_skipped_trial(resolve_storage(None))
+    result = run("status", "t.yaml")
+    assert result.exit_code == 0, result.output
+    assert "1 complete, 1 fail, 1 skipped" in result.output
+    assert " skipped " in result.output.split("\n1 complete")[0]  # the table row
+
+
+# -- 19: epochs are 1-based wherever people read them ---------------------------------------------------
+def test_train_prints_one_based_epochs(in_tmp):
+    (in_tmp / "policy.yaml").write_text(POLICY)
+    result = run("train", "--policy", "policy.yaml", "--synthetic", 600, "--epochs", 2, "--out", "p")
+    assert result.exit_code == 0, result.output
+    assert "epoch 1:" in result.output and "epoch 2:" in result.output and "epoch 0" not in result.output
+    assert "reached max_epochs=2; best epoch 1:" in result.output or "best epoch 2:" in result.output
+
+
+def test_callback_stop_reason_and_pruned_trial_lines_are_one_based(tiny_prepared):
+    from rich.console import Console
+
+    from tuner.progress import TrialProgress
+
+    result = train(tiny_prepared, TINY_POLICY, TINY_TRAINING, on_epoch=lambda m: True)
+    assert result.stop_reason == "stopped by callback after epoch 1"
+    console = Console(record=True, width=200)
+    progress = TrialProgress(console, 3, 3, "val_auc", "maximize")
+    now = datetime.datetime.now()
+    pruned = optuna.trial.FrozenTrial(number=4, state=optuna.trial.TrialState.PRUNED, value=None, values=None,
+                                      datetime_start=now, datetime_complete=now, params={}, distributions={},
+                                      user_attrs={}, system_attrs={}, intermediate_values={0: 0.61}, trial_id=4)
+    progress.on_trial(None, pruned)
+    assert "val_auc 0.6100 at epoch 1" in console.export_text()
+
+
+def test_user_errors_are_user_input_errors():
+    assert issubclass(ConfigError, UserInputError)
