@@ -31,17 +31,18 @@ def old_study(storage_url: str, name: str = "old") -> None:
         study.add_trial(optuna.trial.create_trial(value=value, params=params, distributions=OLD_SPACE))
 
 
-def new_study(folder, warm_start, name="new"):
+def new_study(folder, warm_start, name="new", n_trials=8, as_path=False):
     document = {
-        "study": {"name": name, "n_trials": 8, "promote": False, "warm_start": warm_start},
-        "data": {"synthetic": {"rows": 1000}},
+        "study": {"name": name, "n_trials": n_trials, "promote": False, "warm_start": warm_start},
+        "data": {"synthetic": {"rows": 1500, "seed": 1, "max_cardinality": 100}},
+        "training": {"batch_size": 256, "max_epochs": 1, "seed": 0, "device": "cpu", "threads": 1},
         "policy_configs": {"scoring_policy": {  # learning rate narrowed: 0.0003 and 0.0001 fall outside
             "embedding_dim": {"choices": [8, 16, 32]}, "deep_hidden_units": {"choices": [[64, 32], [128, 64, 32]]},
             "activation_fn": "relu", "dropout": 0.1, "learning_rate": {"low": 1e-3, "high": 1e-2, "log": True}}},
     }
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(document))
-    return load_study(path)
+    return path if as_path else load_study(path)
 
 
 def queued(study):
@@ -85,3 +86,32 @@ def test_a_missing_source_study_fails_before_anything_is_created(in_tmp):
 def test_a_missing_source_storage_is_a_one_line_error(in_tmp):
     with pytest.raises(ConfigError, match="no Optuna storage at sqlite:///.*nowhere.db"):
         init_study(new_study(in_tmp, {"from": "old", "storage": "sqlite:///nowhere.db"}))
+
+
+def test_cli_tune_runs_the_warm_started_configurations_and_status_shows_them(in_tmp):
+    from click.testing import CliRunner
+
+    from tuner.cli import main
+
+    old_study("sqlite:///mlruns/optuna.db")
+    path = new_study(in_tmp, {"from": "old", "top_k": 1}, n_trials=2, as_path=True)
+    result = CliRunner().invoke(main, ["tune", str(path)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "warm start: queued 1 configuration of study 'old'" in result.output
+    status = CliRunner().invoke(main, ["status", str(path)], catch_exceptions=False)
+    assert "(V1 baseline)" in status.output and "(from old#2)" in status.output
+    client = MlflowClient(f"sqlite:///{(in_tmp / 'mlruns' / 'mlflow.db').resolve()}")
+    runs = client.search_runs([client.get_experiment_by_name("deepfm-new").experiment_id],
+                              filter_string="tags.`deepfm.trial_number` = '1'")
+    assert runs[0].data.tags["deepfm.warm_start_from"] == "old#2" and runs[0].data.params["embedding_dim"] == "32"
+
+
+def test_cli_missing_source_exits_2_with_one_line(in_tmp):
+    from click.testing import CliRunner
+
+    from tuner.cli import main
+
+    path = new_study(in_tmp, {"from": "gone"}, as_path=True)
+    result = CliRunner().invoke(main, ["init", str(path)])
+    assert result.exit_code == 2
+    assert len(result.output.strip().splitlines()) == 1 and "no study named 'gone'" in result.output
