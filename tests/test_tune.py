@@ -253,3 +253,23 @@ def test_a_worker_without_summary_leaves_the_parent_run_to_its_coordinator(in_tm
     summarise(result.handle)
     client, parents, _ = runs_of()
     assert parents[0].info.status == "FINISHED" and "best_val_auc" in parents[0].data.metrics
+
+
+def test_the_baseline_is_never_pruned(in_tmp):
+    """Two earlier trials far better at every epoch would make the median pruner stop any trial; the baseline
+    still runs to the end, since it is the reference for the lift and the promotion comparison."""
+    from tuner.runner import init_study
+
+    path = write_study(in_tmp, study__n_trials=3,
+                       study__pruner={"type": "median", "n_startup_trials": 0, "n_warmup_steps": 0})
+    study = init_study(load_study(path)).study
+    params = {"embedding_dim": 4, "deep_hidden_units": "16-8", "learning_rate": 0.01}
+    distributions = {"embedding_dim": optuna.distributions.CategoricalDistribution([4, 8]),
+                     "deep_hidden_units": optuna.distributions.CategoricalDistribution(["16", "16-8"]),
+                     "learning_rate": optuna.distributions.FloatDistribution(1e-4, 3e-2, log=True)}
+    for _ in range(2):
+        study.add_trial(optuna.trial.create_trial(value=0.99, params=params, distributions=distributions,
+                                                  intermediate_values={0: 0.99, 1: 0.99, 2: 0.99}))
+    result = tune(load_study(path))
+    baseline = next(t for t in result.handle.study.trials if t.user_attrs.get("baseline"))
+    assert baseline.state.name == "COMPLETE" and len(baseline.intermediate_values) >= 2

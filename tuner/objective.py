@@ -116,7 +116,7 @@ def make_objective(
                 if on_epoch is not None:
                     on_epoch(trial, metrics)
                 reporting["seconds"] += time.perf_counter() - began
-                if trial.should_prune():
+                if not baseline and trial.should_prune():  # the baseline runs to the end: it is the reference
                     raise optuna.TrialPruned(f"pruned after epoch {metrics.epoch}")
 
             train_started = time.perf_counter()

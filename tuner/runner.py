@@ -222,6 +222,9 @@ def init_study(spec: StudySpec, storage_url: str | None = None, tracking_uri: st
             notes += warm.notes + [f"warm start: queued {queued} configuration{'s' if queued != 1 else ''} of "
                                    f"study '{warm.source}'"]
             parent_tags.update({"deepfm.warm_start.from": warm.source, "deepfm.warm_start.queued": str(queued)})
+            if spec.n_trials is not None and queued + 1 > spec.n_trials:
+                notes.append(f"warm start: n_trials {spec.n_trials} is less than the baseline plus {queued} queued "
+                             f"configurations; only the first {spec.n_trials} run (raise n_trials to run them all)")
         parent = tracker.create_parent_run(
             params={"study_name": spec.name, "metric": spec.metric, "direction": spec.direction,
                     "sampler": spec.sampler.type, "sampler_seed": spec.sampler.seed, "pruner": spec.pruner.type,
