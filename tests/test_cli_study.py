@@ -36,6 +36,7 @@ def tuned(in_tmp) -> Path:
     result = run("tune", path)
     assert result.exit_code == 0, result.output
     assert "best trial" in result.output and "policy_configs:" in result.output
+    assert "V1 baseline trial 0: val_auc" in result.output and "lift of the best over it: +" in result.output
     return path
 
 
@@ -43,6 +44,7 @@ def test_tune_then_status_and_report(tuned, in_tmp):
     result = run("status", tuned)
     assert result.exit_code == 0
     assert "3 complete" in result.output and "best trial" in result.output
+    assert "(V1 baseline)" in result.output and "lift of the best over it: +" in result.output
     result = run("report", tuned, "--out", "r.html")
     assert result.exit_code == 0
     page = (in_tmp / "r.html").read_text()
@@ -95,6 +97,8 @@ def test_promote_registers_the_best_trial_as_champion(tuned, in_tmp):
     client = MlflowClient(f"sqlite:///{(in_tmp / 'mlruns' / 'mlflow.db').resolve()}")
     version = client.get_model_version_by_alias("ctr", "champion")
     assert version.tags["study"] == "clitiny" and "policy_configs:" in version.tags["policy_yaml"]
+    assert "V1 baseline" in result.output  # "tuning helped: ..." or "no significant gain over the V1 baseline ..."
+    assert version.tags["baseline.trial_number"] == "0" and "baseline.p_value" in version.tags
     result = run("pull", "ctr@champion", "--out", "pulled")
     assert result.exit_code == 0, result.output
     assert (in_tmp / "pulled" / "policy.yaml").read_text().startswith("policy_configs:")

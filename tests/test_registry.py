@@ -52,6 +52,15 @@ def store(tmp_path_factory) -> Store:
 
 
 @pytest.fixture(scope="module")
+def gate_store(tmp_path_factory) -> Store:
+    """A second store for the gate tests: the registry listing of `store` stays what the CLI tests expect."""
+    root = tmp_path_factory.mktemp("mlflow_gate")
+    uri = f"sqlite:///{root}/mlflow.db"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    return Store(uri, client, client.create_experiment("gate", artifact_location=str(root / "artifacts")))
+
+
+@pytest.fixture(scope="module")
 def test_frame(tiny_frame) -> pd.DataFrame:
     return tiny_frame.iloc[split_rows(len(tiny_frame), seed=0).test].reset_index(drop=True)
 
@@ -112,6 +121,52 @@ def test_worse_model_becomes_challenger_and_force_takes_champion(store, champion
                             registered_name="ctr", tags=TAGS, force=True, client=store.client)
     assert forced.alias == "champion" and forced.reason.startswith("forced")
     assert int(store.client.get_model_version_by_alias("ctr", "champion").version) == forced.version
+
+
+def test_the_gate_records_delong_tags_and_a_worse_model_stays_challenger(gate_store, good_dir, bad_dir, test_frame):
+    """Challenger vs champion on the same rows: AUC difference, its 95% CI and p-value as version tags and in
+    the message; a significantly worse model does not take `champion`."""
+    first = promote_policy(run_id=gate_store.finished_run(), policy_dir=good_dir, test_frame=test_frame,
+                           registered_name="ctr_worse", tags=TAGS, client=gate_store.client)
+    worse = promote_policy(run_id=gate_store.finished_run(), policy_dir=bad_dir, test_frame=test_frame,
+                           registered_name="ctr_worse", tags=TAGS, client=gate_store.client)
+    assert worse.alias == "challenger"
+    tags = gate_store.client.get_model_version("ctr_worse", str(worse.version)).tags
+    diff, low, high, p = (float(tags[f"gate.{k}"]) for k in ("auc_diff", "ci_low", "ci_high", "p_value"))
+    assert diff == pytest.approx(worse.test_auc - first.test_auc, abs=1e-5)
+    assert low < diff < high < 0 and p < 0.05
+    assert (tags["gate.require"], tags["gate.decision"]) == ("not_worse", "kept_challenger")
+    assert worse.gate["decision"] == "kept_challenger" and worse.gate["p_value"] == pytest.approx(p, rel=1e-5)
+    assert "95% CI [" in worse.reason and "significantly worse" in worse.reason and "p=" in worse.reason
+
+
+def test_an_equal_model_passes_not_worse_but_not_better(gate_store, good_dir, test_frame):
+    """The same policy again: difference 0, p = 1 -> champion under not_worse, challenger under better."""
+    kwargs = dict(policy_dir=good_dir, test_frame=test_frame, registered_name="ctr_gate", tags=TAGS,
+                  client=gate_store.client)
+    promote_policy(run_id=gate_store.finished_run(), **kwargs)
+    same = promote_policy(run_id=gate_store.finished_run(), **kwargs)
+    assert same.alias == "champion" and same.gate["auc_diff"] == 0.0 and same.gate["p_value"] == 1.0
+    assert "not significantly different" in same.reason
+    strict = promote_policy(run_id=gate_store.finished_run(), require="better", alpha=0.01, **kwargs)
+    assert strict.alias == "challenger" and "require better" in strict.reason
+    tags = gate_store.client.get_model_version("ctr_gate", str(strict.version)).tags
+    assert (tags["gate.require"], tags["gate.alpha"], tags["gate.decision"]) == ("better", "0.01", "kept_challenger")
+    assert int(gate_store.client.get_model_version_by_alias("ctr_gate", "champion").version) == same.version
+
+
+def test_the_baseline_comparison_says_whether_tuning_helped(gate_store, good_dir, bad_dir, test_frame):
+    helped = promote_policy(run_id=gate_store.finished_run(), policy_dir=good_dir, test_frame=test_frame,
+                            registered_name="ctr_base", tags=TAGS, client=gate_store.client, baseline_dir=bad_dir)
+    assert helped.baseline_message.startswith("tuning helped: +") and "95% CI" in helped.baseline_message
+    assert helped.baseline["helped"] and helped.baseline["auc_diff"] > 0
+    tags = gate_store.client.get_model_version("ctr_base", str(helped.version)).tags
+    assert float(tags["baseline.auc_diff"]) == pytest.approx(helped.baseline["auc_diff"], abs=1e-5)
+    assert float(tags["baseline.ci_low"]) > 0 and float(tags["baseline.p_value"]) < 0.05
+    flat = promote_policy(run_id=gate_store.finished_run(), policy_dir=good_dir, test_frame=test_frame,
+                          registered_name="ctr_base", tags=TAGS, client=gate_store.client, baseline_dir=good_dir)
+    assert flat.baseline_message.startswith("no significant gain over the V1 baseline")
+    assert not flat.baseline["helped"]
 
 
 def test_failed_load_back_check_moves_no_alias(store, good_dir, test_frame, monkeypatch):

@@ -104,3 +104,29 @@ def test_missing_data_block_says_what_to_write(tmp_path):
     path.write_text(yaml.safe_dump({"study": {"n_trials": 2}}))
     with pytest.raises(ConfigError, match="missing 'data:' block"):
         load_study(path)
+
+
+def test_promotion_and_warm_start_blocks_parse_with_defaults(tmp_path):
+    from tuner.study import PromotionSpec, WarmStartSpec
+
+    spec = load_study(study_file(tmp_path))
+    assert spec.promotion == PromotionSpec("not_worse", 0.05) and spec.warm_start is None
+    spec = load_study(study_file(tmp_path, promotion={"require": "better", "alpha": 0.01},
+                                 study={"n_trials": 3, "warm_start": {"from": "old", "top_k": 2}}))
+    assert spec.promotion == PromotionSpec("better", 0.01)
+    assert spec.warm_start == WarmStartSpec("old", 2, None)
+
+
+@pytest.mark.parametrize("sections, message", [
+    ({"promotion": {"require": "beter"}}, "unknown requirement 'beter' (did you mean 'better'?)"),
+    ({"promotion": {"alpha": 1.5}}, "0 < alpha < 1"),
+    ({"promotion": {"alpha": 0}}, "0 < alpha < 1"),
+    ({"promotion": {"level": 0.1}}, "promotion: unknown key 'level'"),
+    ({"study": {"n_trials": 3, "warm_start": {"top_k": 2}}}, "warm_start.from must name an earlier study"),
+    ({"study": {"n_trials": 3, "warm_start": {"from": "old", "top_k": 0}}}, "top_k must be an integer >= 1"),
+    ({"study": {"n_trials": 3, "warm_start": {"from": "old", "topk": 3}}}, "did you mean 'top_k'"),
+])
+def test_bad_promotion_and_warm_start_blocks_are_one_line_errors(tmp_path, sections, message):
+    with pytest.raises(ConfigError) as info:
+        load_study(study_file(tmp_path, **sections))
+    assert message in str(info.value) and "\n" not in str(info.value)

@@ -148,13 +148,42 @@ def test_best_trial_v1_config_round_trips(in_study, tmp_path):
     assert policy.activation_fn == "relu" and policy.dropout == 0.0  # fixed values stay fixed
 
 
-def test_only_the_best_trial_keeps_a_checkpoint(in_study):
+def test_only_the_best_and_the_baseline_trial_keep_a_checkpoint(in_study):
     _, _, result = in_study
     client, _, trials = runs_of()
-    best_run = result.best_trial.user_attrs["mlflow_run_id"]
-    with_checkpoint = [r.info.run_id for r in trials
-                       if any(a.path == "checkpoint" for a in client.list_artifacts(r.info.run_id))]
-    assert with_checkpoint == [best_run]
+    study = result.handle.study
+    keep = {result.best_trial.user_attrs["mlflow_run_id"], study.trials[0].user_attrs["mlflow_run_id"]}
+    with_checkpoint = {r.info.run_id for r in trials
+                       if any(a.path == "checkpoint" for a in client.list_artifacts(r.info.run_id))}
+    assert with_checkpoint == keep
+
+
+def test_the_first_trial_is_the_v1_baseline_mapped_into_the_space(in_study):
+    """Fixed values stay fixed; V1 defaults outside the user's choices take the closest valid value (16 -> 8,
+    [128, 64, 32] -> [16] of [[16], [16, 8]]), said in a tag; 0.001 lies in the range and is kept."""
+    _, spec, result = in_study
+    client, _, trials = runs_of()
+    first = result.handle.study.trials[0]
+    assert first.user_attrs["baseline"] is True and first.state.name == "COMPLETE"
+    assert [t.number for t in result.handle.study.trials if t.user_attrs.get("baseline")] == [0]
+    policy = policy_from_params(first.params, spec.space)
+    assert (policy.embedding_dim, policy.deep_hidden_units, policy.learning_rate) == (8, (16,), 0.001)
+    assert (policy.activation_fn, policy.dropout) == ("relu", 0.0)
+    run = next(r for r in trials if r.data.tags["deepfm.trial_number"] == "0")
+    assert run.data.tags["deepfm.baseline"] == "true"
+    assert "embedding_dim: V1 default 16 is outside the search space, baseline uses 8" in \
+        run.data.tags["deepfm.baseline_adjusted"]
+    assert not any(r.data.tags.get("deepfm.baseline") for r in trials if r.info.run_id != run.info.run_id)
+
+
+def test_parent_run_reports_the_lift_over_the_baseline(in_study):
+    _, _, result = in_study
+    client, parents, _ = runs_of()
+    metrics = client.get_run(parents[0].info.run_id).data.metrics
+    baseline = result.handle.study.trials[0].value
+    assert metrics["baseline_val_auc"] == pytest.approx(baseline)
+    assert metrics["lift_over_baseline"] == pytest.approx(result.best_trial.value - baseline)
+    assert metrics["lift_over_baseline"] >= 0  # the baseline is one of the trials the best is chosen from
 
 
 def test_resume_adds_trials_without_duplicating_runs(in_tmp):
@@ -166,6 +195,28 @@ def test_resume_adds_trials_without_duplicating_runs(in_tmp):
     numbers = sorted(int(r.data.tags["deepfm.trial_number"]) for r in trials)
     assert len(parents) == 1 and numbers == [0, 1, 2, 3]
     assert len(result.handle.study.trials) == 4
+    assert [t.number for t in result.handle.study.trials if t.user_attrs.get("baseline")] == [0]  # queued once
+
+
+def test_promotion_compares_the_best_trial_with_the_baseline(in_tmp):
+    """End to end: the champion's version carries gate.* and baseline.* tags; the message says whether tuning
+    helped over the V1 baseline."""
+    path = write_study(in_tmp, study__n_trials=3, study__promote=True)
+    result = tune(load_study(path))
+    promotion = result.promotion
+    assert promotion.alias == "champion" and promotion.gate is None  # the first champion: nothing to compare
+    assert promotion.baseline_message.startswith(("tuning helped: +", "no significant gain over the V1 baseline"))
+    client = MlflowClient(f"sqlite:///{Path('mlruns/mlflow.db').resolve()}")
+    tags = client.get_model_version(promotion.name, str(promotion.version)).tags
+    assert tags["gate.decision"] == "first_champion" and tags["baseline.trial_number"] == "0"
+    if result.best_trial.number == 0:
+        assert float(tags["baseline.auc_diff"]) == 0.0 and float(tags["baseline.p_value"]) == 1.0
+    else:
+        assert {"baseline.auc_diff", "baseline.ci_low", "baseline.ci_high", "baseline.p_value"} <= set(tags)
+    again = tune(load_study(path).with_overrides(n_trials=4))  # one more trial, promoted through the gate
+    tags = client.get_model_version(again.promotion.name, str(again.promotion.version)).tags
+    assert tags["gate.require"] == "not_worse" and float(tags["gate.ci_low"]) <= float(tags["gate.ci_high"])
+    assert tags["gate.decision"] in ("promoted", "kept_challenger") and "95% CI" in again.promotion.reason
 
 
 def test_ctrl_c_leaves_no_running_trial_or_run(in_tmp):
@@ -202,3 +253,23 @@ def test_a_worker_without_summary_leaves_the_parent_run_to_its_coordinator(in_tm
     summarise(result.handle)
     client, parents, _ = runs_of()
     assert parents[0].info.status == "FINISHED" and "best_val_auc" in parents[0].data.metrics
+
+
+def test_the_baseline_is_never_pruned(in_tmp):
+    """Two earlier trials far better at every epoch would make the median pruner stop any trial; the baseline
+    still runs to the end, since it is the reference for the lift and the promotion comparison."""
+    from tuner.runner import init_study
+
+    path = write_study(in_tmp, study__n_trials=3,
+                       study__pruner={"type": "median", "n_startup_trials": 0, "n_warmup_steps": 0})
+    study = init_study(load_study(path)).study
+    params = {"embedding_dim": 4, "deep_hidden_units": "16-8", "learning_rate": 0.01}
+    distributions = {"embedding_dim": optuna.distributions.CategoricalDistribution([4, 8]),
+                     "deep_hidden_units": optuna.distributions.CategoricalDistribution(["16", "16-8"]),
+                     "learning_rate": optuna.distributions.FloatDistribution(1e-4, 3e-2, log=True)}
+    for _ in range(2):
+        study.add_trial(optuna.trial.create_trial(value=0.99, params=params, distributions=distributions,
+                                                  intermediate_values={0: 0.99, 1: 0.99, 2: 0.99}))
+    result = tune(load_study(path))
+    baseline = next(t for t in result.handle.study.trials if t.user_attrs.get("baseline"))
+    assert baseline.state.name == "COMPLETE" and len(baseline.intermediate_values) >= 2

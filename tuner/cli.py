@@ -225,6 +225,8 @@ def _print_promotion(console, name: str, p) -> None:
     console.print(f"registered {name} version {p.version} (test AUC {p.test_auc:.4f}) -> alias '{p.alias}'"
                   f"{': ' + p.reason if p.reason else ''}")
     console.print(f"model URI: {p.model_uri}")
+    if p.baseline_message:
+        console.print(p.baseline_message)
 
 
 def _load_spec(study_path: str, **overrides):
@@ -268,6 +270,8 @@ def tune(study_path, storage, tracking_uri, n_trials, timeout, threads, workers,
     def ready(handle, data) -> None:
         err.print(f"study '{spec.name}' ({redact(handle.storage_url)}), MLflow experiment '{spec.experiment_name}' "
                   f"({handle.tracking_uri}); data: {data.summary()}", markup=False)
+        for note in handle.notes:
+            err.print(note, markup=False)
         best = best_trial(handle.study)
         progress.start(sum(1 for t in handle.study.trials if t.state.name in ("COMPLETE", "PRUNED")),
                        (best.number, best.value) if best else None)
@@ -287,6 +291,7 @@ def tune(study_path, storage, tracking_uri, n_trials, timeout, threads, workers,
 def _print_tune_result(console, spec, result, tracking_uri) -> None:
     from model.config import policy_to_v1_yaml
 
+    from .baseline import describe_lift
     from .space import policy_from_params
 
     counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(result.counts.items()))
@@ -297,6 +302,7 @@ def _print_tune_result(console, spec, result, tracking_uri) -> None:
     best = result.best_trial
     console.print(f"best trial {best.number}: {spec.metric} {best.value:.4f}; its V1 config:")
     console.print(policy_to_v1_yaml(policy_from_params(best.params, spec.space)).rstrip())
+    console.print(describe_lift(result.handle.study, spec.metric))
     if result.promotion is not None:
         _print_promotion(console, spec.model_name, result.promotion)
     uri = result.handle.tracking_uri
@@ -322,6 +328,8 @@ def init(study_path, storage, tracking_uri) -> None:
     spec = _load_spec(study_path)
     load_data(spec, _log_to_stderr)  # encoded once here; the workers map it (bad data fails before the study)
     handle = init_study(spec, storage, tracking_uri)
+    for note in handle.notes:
+        console.print(note, markup=False)
     console.print(f"study '{handle.spec.name}' ready in {redact(handle.storage_url)}; MLflow experiment "
                   f"{handle.tracker.experiment_id}, parent run {handle.parent_run_id}")
 
@@ -336,8 +344,9 @@ def status(study_path, storage, tracking_uri) -> None:
     """
     from rich.table import Table
 
+    from .baseline import describe_lift, is_baseline
     from .console import out as console
-    from .objective import ATTR_SKIPPED
+    from .objective import ATTR_SKIPPED, ATTR_WARM_START
     from .tune import best_trial, trial_counts
 
     spec = _load_spec(study_path)
@@ -351,11 +360,15 @@ def status(study_path, storage, tracking_uri) -> None:
         seconds = f"{t.duration.total_seconds():.1f}" if t.duration else ""
         params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items())
         state = "skipped" if t.user_attrs.get(ATTR_SKIPPED) else t.state.name.lower()
-        table.add_row(str(t.number), state, value, seconds, params)
+        origin = " (V1 baseline)" if is_baseline(t) else (
+            f" (from {t.user_attrs[ATTR_WARM_START]})" if t.user_attrs.get(ATTR_WARM_START) else "")
+        table.add_row(str(t.number), state + origin, value, seconds, params)
     console.print(table)
     counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(trial_counts(study).items()))
     best = best_trial(study)
     console.print(f"{counts or 'no trials'}" + (f"; best trial {best.number}: {spec.metric} {best.value:.4f}" if best else ""))
+    if study.trials:
+        console.print(describe_lift(study, spec.metric))
 
 
 @main.command()
@@ -382,9 +395,12 @@ def report(study_path, storage, tracking_uri, out) -> None:
 @click.argument("study_path", metavar="STUDY.yaml", type=click.Path(dir_okay=False))
 @store_options
 @click.option("--name", default=None, help="Registered model name (default: study.registered_model or deepfm-<study>).")
-@click.option("--force", is_flag=True, help="Move 'champion' even if the current champion scores better.")
+@click.option("--force", is_flag=True, help="Move 'champion' even if the gate would keep the current champion.")
 def promote(study_path, storage, tracking_uri, name, force) -> None:
-    """Register the study's best trial and move alias 'champion' to it if its test AUC is at least the champion's.
+    """Register the study's best trial and move alias 'champion' to it if it passes the gate.
+
+    The gate is DeLong's paired AUC test against the current champion on the same test rows (study file
+    'promotion: {require: not_worse|better, alpha: 0.05}'); the V1 baseline trial is compared the same way.
 
     Example: deepfm promote studies/quick.yaml
     """

@@ -30,6 +30,8 @@ ATTR_RUN_ID, ATTR_CHECKPOINT, ATTR_RETRY_OF = "mlflow_run_id", "checkpoint", "re
 ATTR_SKIPPED = "skipped"  # a trial claimed after the total was reached: failed without running
 ATTR_WORKER = "worker"  # host:pid of the process that ran the trial (team mode: which machine to look at)
 ATTR_TRAINING = "training"  # {seconds: epochs only, wall_seconds: build + epochs + evaluation, best_epoch}
+ATTR_BASELINE, ATTR_BASELINE_NOTE = "baseline", "baseline_adjusted"  # the V1 baseline trial (tuner.baseline)
+ATTR_WARM_START = "warm_start_from"  # "STUDY#TRIAL" of an earlier study's configuration (tuner.warmstart)
 CHECKPOINT_PATH = "checkpoint"
 TAG_FAILURE, TAG_STATE = "deepfm.failure_reason", "deepfm.trial_state"
 
@@ -83,6 +85,13 @@ def make_objective(
         worker = f"{socket.gethostname()}:{os.getpid()}"
         trial.set_user_attr(ATTR_WORKER, worker)
         tags = {**common_tags, "deepfm.worker": worker}
+        baseline = bool(trial.user_attrs.get(ATTR_BASELINE))
+        if baseline:
+            tags["deepfm.baseline"] = "true"
+            if trial.user_attrs.get(ATTR_BASELINE_NOTE):
+                tags["deepfm.baseline_adjusted"] = trial.user_attrs[ATTR_BASELINE_NOTE]
+        if trial.user_attrs.get(ATTR_WARM_START):
+            tags["deepfm.warm_start_from"] = trial.user_attrs[ATTR_WARM_START]
         frozen = next(t for t in trials if t.number == trial.number)
         retry_of = frozen.system_attrs.get("failed_trial")  # set by Optuna's retry callbacks
         if retry_of is not None:
@@ -107,7 +116,7 @@ def make_objective(
                 if on_epoch is not None:
                     on_epoch(trial, metrics)
                 reporting["seconds"] += time.perf_counter() - began
-                if trial.should_prune():
+                if not baseline and trial.should_prune():  # the baseline runs to the end: it is the reference
                     raise optuna.TrialPruned(f"pruned after epoch {metrics.epoch}")
 
             train_started = time.perf_counter()
@@ -120,7 +129,8 @@ def make_objective(
                 "best_epoch": result.best_epoch, "train_seconds": result.train_seconds,
                 "epochs_trained": len(result.history), "platform_overhead_seconds": overhead}, tags={
                 "deepfm.stop_reason": result.stop_reason, TAG_STATE: "COMPLETE"})
-            if _better(value, _study_best(trial.study), spec.direction):
+            # the baseline keeps its checkpoint too: promotion compares the champion-to-be with it
+            if baseline or _better(value, _study_best(trial.study), spec.direction):
                 _save_checkpoint(tracker, run_id, ScoringPolicy(policy, control, prepared.encoder, result.model, {
                     "best_epoch": result.best_epoch, "val_auc": result.best.val_auc,
                     "val_logloss": result.best.val_logloss, "data_fingerprint": prepared.fingerprint,

@@ -1,7 +1,12 @@
-"""Promote a study's best trial: its checkpoint -> registered model version -> `champion` (if it earns it)."""
+"""Promote a study's best trial: its checkpoint -> registered model version -> `champion` (if it passes the gate).
+
+The gate (`promotion: {require, alpha}` in the study file) is DeLong's paired AUC test against the current
+champion on the same test rows; the study's V1 baseline trial, when its checkpoint exists, is compared the same
+way to say whether tuning helped at all."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tempfile
 from pathlib import Path
@@ -10,6 +15,7 @@ import pandas as pd
 
 from model.errors import UserInputError
 
+from .baseline import baseline_trial
 from .objective import ATTR_CHECKPOINT, ATTR_RUN_ID, download_checkpoint
 from .runner import StudyHandle
 from .tune import best_trial
@@ -36,6 +42,27 @@ def promote_study(handle: StudyHandle, *, test_frame: pd.DataFrame, force: bool 
             "val_logloss": f"{metrics['val_logloss']:.6f}",
             "data_fingerprint": str(metrics.get("data_fingerprint", "")),
         }
-        return promote_policy(run_id=best.user_attrs[ATTR_RUN_ID], policy_dir=policy_dir, test_frame=test_frame,
-                              registered_name=name or spec.model_name, tags=tags, force=force,
-                              client=handle.tracker.client)
+        baseline_dir, note = None, ""
+        base = baseline_trial(study)
+        if base is None:
+            note = "no V1 baseline trial in this study to compare with"
+        elif base.state.name != "COMPLETE" or not base.user_attrs.get(ATTR_CHECKPOINT):
+            note = f"V1 baseline trial {base.number} is {base.state.name.lower()} with no checkpoint; not compared"
+        elif base.number == best.number:
+            baseline_dir = policy_dir
+            tags["baseline.trial_number"] = str(base.number)
+        else:
+            try:
+                baseline_dir = download_checkpoint(handle.tracking_uri, base.user_attrs[ATTR_CHECKPOINT],
+                                                   Path(tmp) / "baseline")
+                tags["baseline.trial_number"] = str(base.number)
+            except Exception as exc:  # noqa: BLE001 - the comparison informs; it never blocks a promotion
+                note = f"could not download the V1 baseline's checkpoint ({str(exc).splitlines()[0][:200]})"
+        result = promote_policy(run_id=best.user_attrs[ATTR_RUN_ID], policy_dir=policy_dir, test_frame=test_frame,
+                                registered_name=name or spec.model_name, tags=tags, force=force,
+                                client=handle.tracker.client, require=spec.promotion.require,
+                                alpha=spec.promotion.alpha, baseline_dir=baseline_dir)
+        if base is not None and base.number == best.number and result.baseline is not None:
+            result = dataclasses.replace(result, baseline_message=(
+                f"no significant gain over the V1 baseline: the best trial ({best.number}) is the baseline itself"))
+        return dataclasses.replace(result, baseline_message=note) if note else result

@@ -1,8 +1,10 @@
 """Promotion with the champion gate, pulling a registered policy, and batch scoring of a file.
 
     promote_policy  log the policy as a pyfunc model to its trial's run, register a version, prove it loads and
-                    scores, then move `champion` only if its test AUC is at least the current champion's on the
-                    same test rows (else `challenger`); `force=True` skips the gate.
+                    scores, then compare it with the current champion on the same test rows (DeLong's paired AUC
+                    test, tuner.stats) and move `champion` unless it is significantly worse (require=not_worse)
+                    or only if it is significantly better (require=better); else `challenger`. `force=True`
+                    skips the gate. With `baseline_dir`, the same comparison against the V1 baseline policy.
     pull_model      download a registered version: the MLflow model, the policy directory and its V1 policy.yaml.
     score_file      score a CSV/TSV/Parquet/Criteo file with a registered model, batch by batch.
 
@@ -35,6 +37,7 @@ from model.policy import POLICY_FILE, ScoringPolicy
 from model.train import classification_metrics
 
 from .pyfunc import ARTIFACT_KEY, OUTPUT_COLUMN, ScoringPolicyModel, conform, log_policy_model
+from .stats import AucComparison, delong_test, gate
 
 import mlflow  # noqa: E402  (after .pyfunc, which sets the quiet defaults)
 from mlflow import MlflowClient  # noqa: E402
@@ -185,6 +188,9 @@ class PromotionResult:
     previous_champion_auc: float | None  # None when there was no champion
     previous_champion_version: int | None
     reason: str
+    gate: dict | None = None  # challenger - champion: auc_diff, ci_low, ci_high, p_value, require, alpha, decision
+    baseline: dict | None = None  # challenger - V1 baseline: auc_diff, ci_low, ci_high, p_value, helped
+    baseline_message: str = ""  # "tuning helped: ..." or "no significant gain over the V1 baseline ..."
 
     @property
     def promoted(self) -> bool:
@@ -203,8 +209,18 @@ def promote_policy(
     tags: dict[str, str],
     force: bool = False,
     client: MlflowClient | None = None,
+    require: str = "not_worse",
+    alpha: float = 0.05,
+    baseline_dir: str | Path | None = None,
 ) -> PromotionResult:
-    """Log, register, verify and (if it beats or ties the champion on `test_frame`) promote a policy."""
+    """Log, register, verify and (if it passes the champion gate on `test_frame`) promote a policy.
+
+    The gate: DeLong's paired test of test AUC(policy) - AUC(champion) on the same rows; `require` is
+    "not_worse" (promote unless significantly worse at `alpha`) or "better" (only if significantly better).
+    `baseline_dir` (the study's V1 baseline policy) gets the same comparison, recorded as `baseline.*` tags."""
+    if require not in ("not_worse", "better") or not 0 < alpha < 1:
+        raise UserInputError(f"promotion gate: require must be not_worse or better and 0 < alpha < 1, "
+                             f"got require={require!r}, alpha={alpha!r}")
     client = client or MlflowClient()
     policy_dir = Path(policy_dir)
     schema = ScoringPolicy.load(policy_dir).encoder.schema
@@ -243,27 +259,70 @@ def promote_policy(
         client.set_model_version_tag(registered_name, str(version), TAG_TEST_AUC, f"{test_auc:.6f}")
         client.set_model_version_tag(registered_name, str(version), TAG_TEST_LOGLOSS, f"{test_logloss:.6f}")
 
-        # -- the champion gate: both models scored on the same rows ---------------------------------
-        champion_auc, champion_version = _champion_auc(client, registered_name, test_frame, labels, force)
+        # -- the champion gate: both models scored on the same rows, DeLong's paired test ----------------
+        champion_scores, champion_version = _champion_scores(client, registered_name, test_frame, force)
+        champion_auc = None if champion_scores is None else classification_metrics(labels, champion_scores)[0]
         rows = f"{len(test_frame):,} test rows"
+        gate_tags: dict[str, str] = {"gate.require": require, "gate.alpha": f"{alpha:g}"}
+        gate_info: dict | None = None
         if champion_version is None:
-            alias, reason = CHAMPION, f"first champion of '{registered_name}' (test AUC {test_auc:.4f} on {rows})"
-        elif force:
-            alias = CHAMPION
-            shown = "n/a" if champion_auc is None else f"{champion_auc:.4f}"
-            reason = f"forced: test AUC {test_auc:.4f} vs champion v{champion_version}'s {shown} on {rows}"
-        elif test_auc >= champion_auc:
-            alias = CHAMPION
-            reason = f"test AUC {test_auc:.4f} >= champion v{champion_version}'s {champion_auc:.4f} on the same {rows}"
+            alias, decision = CHAMPION, "first_champion"
+            reason = f"first champion of '{registered_name}' (test AUC {test_auc:.4f} on {rows})"
         else:
-            alias = CHALLENGER
-            reason = (f"test AUC {test_auc:.4f} < champion v{champion_version}'s {champion_auc:.4f} on the same "
-                      f"{rows}; kept as challenger (force to promote anyway)")
+            comparison = None if champion_scores is None else delong_test(labels, probabilities, champion_scores)
+            versus = f"test AUC {test_auc:.4f} vs champion v{champion_version}'s " + (
+                "n/a" if champion_auc is None else f"{champion_auc:.4f}") + f" on the same {rows}"
+            passes = False  # no comparison only when the champion cannot score and force is set
+            if comparison is not None:
+                passes, word = gate(comparison, require, alpha)
+                versus += f": {comparison.describe()}, {word} (require {require}, alpha {alpha:g})"
+                gate_tags.update(_comparison_tags("gate", comparison))
+                gate_info = {**_comparison_dict(comparison), "require": require, "alpha": alpha}
+            if force:
+                alias, decision, reason = CHAMPION, "forced", f"forced: {versus}"
+            elif passes:
+                alias, decision, reason = CHAMPION, "promoted", versus
+            else:
+                alias, decision = CHALLENGER, "kept_challenger"
+                reason = f"{versus}; kept as challenger (force to promote anyway)"
+        gate_tags["gate.decision"] = decision
+        if gate_info is not None:
+            gate_info["decision"] = decision
+        for key, value in gate_tags.items():
+            client.set_model_version_tag(registered_name, str(version), key, value)
+
+        # -- did tuning pay? the same comparison against the study's V1 baseline ---------------------
+        baseline_info, baseline_message = None, ""
+        if baseline_dir is not None:
+            try:
+                same = Path(baseline_dir).resolve() == policy_dir.resolve()
+                base_scores = probabilities if same else np.asarray(
+                    ScoringPolicy.load(baseline_dir).predict(test_frame), dtype=np.float64).reshape(-1)
+                versus_base = delong_test(labels, probabilities, base_scores)
+            except Exception as exc:  # noqa: BLE001 - informative only: never blocks a promotion
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+                baseline_message = f"could not compare with the V1 baseline ({first})"
+            else:
+                helped = versus_base.diff > 0 and versus_base.p_value < alpha
+                baseline_info = {**_comparison_dict(versus_base), "helped": helped}
+                baseline_message = (f"tuning helped: {versus_base.describe()} over the V1 baseline" if helped else
+                                    f"no significant gain over the V1 baseline ({versus_base.describe()})")
+                for key, value in _comparison_tags("baseline", versus_base).items():
+                    client.set_model_version_tag(registered_name, str(version), key, value)
         client.set_registered_model_alias(registered_name, alias, str(version))
         client.set_model_version_tag(registered_name, str(version), TAG_REASON, reason)
     uri = f"models:/{registered_name}@{CHAMPION}" if alias == CHAMPION else f"models:/{registered_name}/{version}"
     return PromotionResult(registered_name, version, alias, uri, test_auc, test_logloss, champion_auc,
-                           champion_version, reason)
+                           champion_version, reason, gate_info, baseline_info, baseline_message)
+
+
+def _comparison_dict(c: AucComparison) -> dict:
+    return {"auc_diff": c.diff, "ci_low": c.ci_low, "ci_high": c.ci_high, "p_value": c.p_value}
+
+
+def _comparison_tags(prefix: str, c: AucComparison) -> dict[str, str]:
+    return {f"{prefix}.auc_diff": f"{c.diff:.6f}", f"{prefix}.ci_low": f"{c.ci_low:.6f}",
+            f"{prefix}.ci_high": f"{c.ci_high:.6f}", f"{prefix}.p_value": f"{c.p_value:.6g}"}
 
 
 def _log_to_run(client: MlflowClient, run, policy_dir: Path, test_frame: pd.DataFrame):
@@ -283,17 +342,17 @@ def _log_to_run(client: MlflowClient, run, policy_dir: Path, test_frame: pd.Data
     return info
 
 
-def _champion_auc(client: MlflowClient, name: str, test_frame: pd.DataFrame, labels: np.ndarray,
-                  force: bool) -> tuple[float | None, int | None]:
-    """(AUC of the current champion on `test_frame`, its version), or (None, None) when there is none."""
+def _champion_scores(client: MlflowClient, name: str, test_frame: pd.DataFrame,
+                     force: bool) -> tuple[np.ndarray | None, int | None]:
+    """(the current champion's probabilities on `test_frame`, its version), or (None, None) when there is none;
+    (None, version) when it cannot score and `force` is set."""
     try:
         champion = client.get_model_version_by_alias(name, CHAMPION)
     except MlflowException:
         return None, None
     try:
         loaded = mlflow.pyfunc.load_model(f"models:/{name}@{CHAMPION}")
-        auc, _ = classification_metrics(labels, predict_frame(loaded, test_frame, "promotion test frame"))
-        return auc, int(champion.version)
+        return predict_frame(loaded, test_frame, "promotion test frame"), int(champion.version)
     except Exception as exc:
         if force:
             return None, int(champion.version)

@@ -14,7 +14,7 @@ import os
 import re
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -164,14 +164,34 @@ class StudyHandle:
     parent_run_id: str
     storage_url: str
     tracking_uri: str
+    notes: list[str] = field(default_factory=list)  # set at creation: baseline adjustments, warm-start skips
+
+
+def _study_exists(storage: optuna.storages.BaseStorage, name: str) -> bool:
+    try:
+        storage.get_study_id_from_name(name)
+        return True
+    except KeyError:
+        return False
 
 
 def init_study(spec: StudySpec, storage_url: str | None = None, tracking_uri: str | None = None,
                wait_seconds: float = 60.0) -> StudyHandle:
-    """Create (once) or load the study, its MLflow experiment and its parent run."""
+    """Create (once) or load the study, its MLflow experiment and its parent run.
+
+    A new study's first trials are queued at creation: the V1 baseline, then any warm-start configurations
+    (read before anything is created, so a missing source study fails first)."""
+    from .baseline import enqueue_baseline
+    from .warmstart import enqueue_warm_start, plan_warm_start
+
     storage_url = resolve_storage(storage_url, spec)
     check_database(storage_url, "Optuna storage", "--storage")  # unreachable: fail before any MLflow store exists
     tracking_uri = resolve_tracking_uri(tracking_uri or spec.tracking_uri)
+    warm = None
+    if spec.warm_start is not None:
+        probe = open_storage(storage_url)
+        if not _study_exists(probe, spec.name):
+            warm = plan_warm_start(spec, storage_url, probe)
     tracker = StudyTracker(tracking_uri, spec.experiment_name, spec.name)
     storage = open_storage(storage_url, tracker)
     sampler, pruner = spec.sampler.build(), spec.pruner.build(spec.training.max_epochs)
@@ -188,19 +208,35 @@ def init_study(spec: StudySpec, storage_url: str | None = None, tracking_uri: st
     if study.direction.name.lower() != spec.direction:
         raise ConfigError(f"study '{spec.name}' exists with direction {study.direction.name.lower()}, but metric "
                           f"{spec.metric} needs {spec.direction}; use a new study name")
-    if created:
+    notes: list[str] = []
+    parent_tags = {"deepfm.storage": redact(storage_url)}
+    if created:  # queued before the parent run id is published, so joining workers find them queued
+        adjusted = enqueue_baseline(study, spec.space)
+        notes += [f"V1 baseline trial: {note}" for note in adjusted]
+        if adjusted:
+            parent_tags["deepfm.baseline_adjusted"] = "; ".join(adjusted)
+        if spec.warm_start is not None:
+            if warm is None:  # created between our check and create_study: read the source now
+                warm = plan_warm_start(spec, storage_url, storage)
+            queued = enqueue_warm_start(study, warm)
+            notes += warm.notes + [f"warm start: queued {queued} configuration{'s' if queued != 1 else ''} of "
+                                   f"study '{warm.source}'"]
+            parent_tags.update({"deepfm.warm_start.from": warm.source, "deepfm.warm_start.queued": str(queued)})
+            if spec.n_trials is not None and queued + 1 > spec.n_trials:
+                notes.append(f"warm start: n_trials {spec.n_trials} is less than the baseline plus {queued} queued "
+                             f"configurations; only the first {spec.n_trials} run (raise n_trials to run them all)")
         parent = tracker.create_parent_run(
             params={"study_name": spec.name, "metric": spec.metric, "direction": spec.direction,
                     "sampler": spec.sampler.type, "sampler_seed": spec.sampler.seed, "pruner": spec.pruner.type,
                     "n_trials": spec.n_trials, "timeout": spec.timeout, "search_space": space_to_dict(spec.space),
                     "data": spec.data.to_dict(), **{f"training.{k}": v for k, v in spec.training.to_dict().items()}},
-            tags={"deepfm.storage": redact(storage_url)})
+            tags=parent_tags)
         study.set_user_attr(ATTR_PARENT_RUN, parent)
         study.set_user_attr(ATTR_EXPERIMENT, tracker.experiment_id)
         study.set_user_attr(ATTR_TRACKING_URI, redact(tracking_uri))
     else:
         parent = _wait_for_parent(study, wait_seconds)
-    return StudyHandle(spec, study, tracker, parent, storage_url, tracking_uri)
+    return StudyHandle(spec, study, tracker, parent, storage_url, tracking_uri, notes)
 
 
 def _wait_for_parent(study: optuna.Study, wait_seconds: float) -> str:

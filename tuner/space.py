@@ -205,3 +205,45 @@ def space_to_dict(space: Mapping[str, Spec]) -> dict[str, Any]:
             described["step"] = spec.step
         return described
     return {name: describe(spec) for name, spec in space.items()}
+
+
+class _ParamCheck:
+    """Stands in for an optuna.Trial: answers each suggest_* with the candidate's value when the new space holds
+    it (recorded in `accepted`), else with a valid stand-in (the candidate's value goes to `rejected`)."""
+
+    def __init__(self, params: Mapping[str, Any]):
+        self.params = dict(params)
+        self.accepted: dict[str, Any] = {}
+        self.rejected: dict[str, Any] = {}
+
+    def _take(self, name: str, distribution, fallback: Any) -> Any:
+        if name not in self.params:
+            return fallback
+        value = self.params[name]
+        try:
+            ok = bool(distribution._contains(distribution.to_internal_repr(value)))
+        except (ValueError, TypeError):
+            ok = False
+        if ok:
+            self.accepted[name] = value
+            return value
+        self.rejected[name] = value
+        return fallback
+
+    def suggest_categorical(self, name, choices):
+        return self._take(name, optuna.distributions.CategoricalDistribution(choices), choices[0])
+
+    def suggest_int(self, name, low, high, step=1, log=False):
+        return self._take(name, optuna.distributions.IntDistribution(low, high, log=log, step=step), low)
+
+    def suggest_float(self, name, low, high, step=None, log=False):
+        return self._take(name, optuna.distributions.FloatDistribution(low, high, log=log, step=step), low)
+
+
+def check_params(params: Mapping[str, Any], space: Mapping[str, Spec]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split stored Optuna params into (valid in `space`, not valid: out of range, or not a tunable parameter
+    of `space`). Conditional parameters (a depth's layer widths) are judged as the space would ask for them."""
+    check = _ParamCheck(params)
+    suggest_policy(check, space)  # type: ignore[arg-type]
+    unused = {k: v for k, v in params.items() if k not in check.accepted and k not in check.rejected}
+    return check.accepted, {**check.rejected, **unused}

@@ -1,10 +1,11 @@
 """The study file: search space, data, training control, sampler, pruner, budget, stores. Validated once.
 
     study:     {name, n_trials, timeout, metric, sampler, pruner, storage, tracking_uri, experiment,
-                registered_model, promote}
+                registered_model, promote, warm_start: {from, top_k, storage}}
     data:      see model.datasource.DataSpec (files or `synthetic: {rows: N}`)
     training:  see model.config.TrainConfig (batch_size, max_epochs, patience, ...)
     policy_configs: {scoring_policy: {...}}   each hyperparameter fixed or tunable (tuner.space)
+    promotion: {require: not_worse | better, alpha: 0.05}   the champion gate (DeLong's paired AUC test)
 """
 
 from __future__ import annotations
@@ -85,6 +86,56 @@ class PrunerSpec:
         return optuna.pruners.NopPruner()
 
 
+REQUIREMENTS = ("not_worse", "better")
+
+
+@dataclass(frozen=True)
+class PromotionSpec:
+    """The champion gate: a challenger takes `champion` unless it is significantly worse (not_worse), or only
+    when it is significantly better (better), by DeLong's two-sided paired AUC test at level `alpha`."""
+
+    require: str = "not_worse"
+    alpha: float = 0.05
+
+    def __post_init__(self) -> None:
+        if self.require not in REQUIREMENTS:
+            raise ConfigError(f"promotion.require: unknown requirement {self.require!r}"
+                              f"{did_you_mean(str(self.require), REQUIREMENTS)}; use one of {', '.join(REQUIREMENTS)}")
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0 < self.alpha < 1:
+            raise ConfigError(f"promotion.alpha must be a number with 0 < alpha < 1 (e.g. 0.05), got {self.alpha!r}")
+        object.__setattr__(self, "alpha", float(self.alpha))
+
+
+@dataclass(frozen=True)
+class WarmStartSpec:
+    """Enqueue the `top_k` best configurations of an earlier study (`from`) when this study is created."""
+
+    source: str
+    top_k: int = 5
+    storage: str | None = None  # default: this study's storage
+
+    KEYS = ("from", "top_k", "storage")
+
+    @classmethod
+    def from_dict(cls, block: Any) -> "WarmStartSpec":
+        if isinstance(block, str):
+            block = {"from": block}
+        if not isinstance(block, Mapping):
+            raise ConfigError(f"study.warm_start must be a mapping such as {{from: OLD_STUDY, top_k: 5}}, got {block!r}")
+        _check_keys(block, cls.KEYS, "study.warm_start")
+        source = block.get("from")
+        if not isinstance(source, str) or not NAME_PATTERN.match(source):
+            raise ConfigError(f"study.warm_start.from must name an earlier study (letters, digits, '_', '.', '-'), "
+                              f"got {source!r}")
+        top_k = block.get("top_k", 5)
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise ConfigError(f"study.warm_start.top_k must be an integer >= 1, got {top_k!r}")
+        storage = block.get("storage")
+        if storage is not None and not isinstance(storage, str):
+            raise ConfigError(f"study.warm_start.storage must be a storage URL string, got {storage!r}")
+        return cls(source, top_k, storage)
+
+
 @dataclass(frozen=True)
 class StudySpec:
     name: str
@@ -101,6 +152,8 @@ class StudySpec:
     experiment: str | None = None
     registered_model: str | None = None
     promote: bool = True
+    promotion: PromotionSpec = field(default_factory=PromotionSpec)
+    warm_start: WarmStartSpec | None = None
     source: str = ""
 
     @property
@@ -120,14 +173,14 @@ class StudySpec:
 
 
 STUDY_KEYS = ("name", "n_trials", "timeout", "metric", "sampler", "pruner", "storage", "tracking_uri", "experiment",
-              "registered_model", "promote")
+              "registered_model", "promote", "warm_start")
 
 
-def _sub(block: Any, cls, where: str):
+def _sub(block: Any, cls, where: str, scalar_key: str = "type"):
     if block is None:
         return cls()
     if isinstance(block, str):
-        block = {"type": block}
+        block = {scalar_key: block}
     if not isinstance(block, Mapping):
         raise ConfigError(f"{where} must be a name or a mapping, got {block!r}")
     _check_keys(block, tuple(f.name for f in dataclasses.fields(cls)), where)
@@ -137,7 +190,7 @@ def _sub(block: Any, cls, where: str):
 def parse_study(document: Any, source: str, default_name: str) -> StudySpec:
     if not isinstance(document, Mapping):
         raise ConfigError(f"{source}: a study file is a mapping with 'study', 'data', 'training' and 'policy_configs'")
-    _check_keys(document, ("study", "data", "training", "policy_configs"), source)
+    _check_keys(document, ("study", "data", "training", "policy_configs", "promotion"), source)
     try:
         study = document.get("study") or {}
         if not isinstance(study, Mapping):
@@ -186,6 +239,8 @@ def parse_study(document: Any, source: str, default_name: str) -> StudySpec:
             experiment=study.get("experiment"),
             registered_model=study.get("registered_model"),
             promote=promote,
+            promotion=_sub(document.get("promotion"), PromotionSpec, "promotion", scalar_key="require"),
+            warm_start=None if study.get("warm_start") is None else WarmStartSpec.from_dict(study["warm_start"]),
             source=source,
         )
     except TypeError as exc:  # e.g. a wrong type passed through to a dataclass

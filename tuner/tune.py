@@ -14,6 +14,7 @@ from model.config import TrainConfig, policy_to_v1_yaml
 from model.dataset import PreparedData
 from model.train import EpochMetrics
 
+from .baseline import is_baseline, lift_over_baseline
 from .objective import ATTR_CHECKPOINT, ATTR_RUN_ID, ATTR_SKIPPED, ATTR_TRAINING, prune_checkpoints
 from .report import write_report
 from .runner import StudyHandle, init_study, run_trials
@@ -66,12 +67,17 @@ def summarise(handle: StudyHandle, status: str = "FINISHED") -> optuna.trial.Fro
                 if key in training:
                     metrics[f"best_trial_{'train_' if key == 'seconds' else ''}{key}"] = training[key]
             tags = {"deepfm.best_trial": str(best.number), "deepfm.best_run_id": best.user_attrs.get(ATTR_RUN_ID, "")}
+            lift = lift_over_baseline(study)
+            if lift is not None:  # > 0: the best trial beat the V1 baseline (sign follows the direction)
+                metrics["lift_over_baseline"], metrics[f"baseline_{spec.metric}"] = lift[0], lift[1].value
+                tags["deepfm.baseline_trial"] = str(lift[1].number)
             tracker.log_summary(handle.parent_run_id, metrics, params=policy.to_dict(), tags=tags)
             (Path(tmp) / "best_policy.yaml").write_text(policy_to_v1_yaml(policy))
             tracker.log_artifact(handle.parent_run_id, Path(tmp) / "best_policy.yaml")
             keep = best.user_attrs.get(ATTR_RUN_ID)
+            # the best trial's checkpoint is promoted; the baseline's is what promotion compares it with
             with_ckpt = [t.user_attrs[ATTR_RUN_ID] for t in study.get_trials(deepcopy=False)
-                         if ATTR_CHECKPOINT in t.user_attrs and ATTR_RUN_ID in t.user_attrs]
+                         if ATTR_CHECKPOINT in t.user_attrs and ATTR_RUN_ID in t.user_attrs and not is_baseline(t)]
             prune_checkpoints(tracker, keep, with_ckpt)
         else:
             tracker.log_summary(handle.parent_run_id, metrics)
