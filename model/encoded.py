@@ -194,15 +194,20 @@ class _TokenIds:
         self.ids: dict[str | None, int] = {None: EMPTY, "": EMPTY}
         self.size = 0
 
-    def encode(self, tokens: pa.Array) -> np.ndarray:
-        encoded = tokens if pa.types.is_dictionary(tokens.type) else pc.dictionary_encode(tokens)
-        distinct = encoded.dictionary.to_pylist()
+    def encode(self, tokens: pa.Array | pa.ChunkedArray) -> np.ndarray:
+        """Raw ids of `tokens`: a string array, or dictionary arrays (chunks sharing one dictionary)."""
+        chunks = tokens.chunks if isinstance(tokens, pa.ChunkedArray) else [tokens]
+        if not chunks:
+            return np.empty(0, dtype=np.int32)
+        if not pa.types.is_dictionary(chunks[0].type):
+            chunks = [pc.dictionary_encode(pa.chunked_array(chunks).combine_chunks())]
+        distinct = chunks[0].dictionary.to_pylist()
         ids = self.ids
         new = [t for t in distinct if t not in ids]  # set-like checks and one bulk insert: ~10x a setdefault loop
         ids.update(zip(new, range(self.size, self.size + len(new))))
         self.size += len(new)
         lookup = np.fromiter(map(ids.__getitem__, distinct), dtype=np.int32, count=len(distinct))
-        indices = encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False)
+        indices = np.concatenate([c.indices.fill_null(-1).to_numpy(zero_copy_only=False) for c in chunks])
         return np.append(lookup, np.int32(EMPTY))[indices]
 
     def tokens(self) -> np.ndarray:
@@ -255,6 +260,8 @@ def _numbers(array: pa.Array) -> np.ndarray:
 
 def _multivalued_ids(tokens: pa.Array, ids: _TokenIds, separator: str, width: int) -> np.ndarray:
     """(N, width) raw ids of each row's tokens, PAD after the last; a row with no tokens holds EMPTY first."""
+    if isinstance(tokens, pa.ChunkedArray):
+        tokens = tokens.combine_chunks()
     plain = tokens.dictionary_decode() if pa.types.is_dictionary(tokens.type) else tokens
     lists = pc.split_pattern(plain, separator)
     lengths = pc.list_value_length(lists).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
@@ -294,7 +301,7 @@ def build(folder: Path, sources: list[Source], schema_for: Callable, rule: Split
     # -- pass 1: parse every row once into raw ids and numbers -----------------------------------------------
     for source in sources:
         read_from = 0
-        for batch in stream_batches(source.path, source.fmt, types):
+        for batch in _grouped(stream_batches(source.path, source.fmt, types)):
             n = batch.num_rows
             arrays = {"labels": batch_labels(batch, schema.label, source.path, read_from)}
             arrays["categorical"] = np.empty((n, len(schema.categorical)), dtype=np.int32)
@@ -381,6 +388,28 @@ def build(folder: Path, sources: list[Source], schema_for: Callable, rule: Split
         f"({counts['train']:,} train / {counts['val']:,} val / {counts['test']:,} test)")
 
 
+GROUP_ROWS = 1 << 18  # parsed blocks are processed ~256k rows at a time: fewer distinct tokens to look up per row
+
+
+def _grouped(batches: Iterator[pa.RecordBatch], rows: int = GROUP_ROWS) -> Iterator[pa.Table]:
+    """Small parsed blocks (small, so the parser stays lean) grouped into tables of ~`rows` rows whose token
+    dictionaries Arrow unifies, so each distinct token is looked up in Python once per group, not per block."""
+    group: list[pa.RecordBatch] = []
+    count = 0
+    for batch in batches:
+        group.append(batch)
+        count += batch.num_rows
+        if count >= rows:
+            yield _join(group)
+            group, count = [], 0
+    if group:
+        yield _join(group)
+
+
+def _join(group: list[pa.RecordBatch]) -> pa.Table:
+    return pa.Table.from_batches(group).unify_dictionaries()  # the chunks of a column now share one dictionary
+
+
 def _order_values(array: pa.Array, source: str, column: str) -> np.ndarray:
     if pa.types.is_timestamp(array.type) or pa.types.is_date(array.type):
         array = array.cast(pa.int64())
@@ -404,10 +433,11 @@ def _time_ordered_split(split: np.ndarray, order: np.ndarray, sources: list[Sour
     return np.concatenate([main, split[n:]])
 
 
-def _write_test_rows(writer: pq.ParquetWriter | None, rows: pa.RecordBatch, folder: Path) -> pq.ParquetWriter:
+def _write_test_rows(writer: pq.ParquetWriter | None, rows: pa.Table | pa.RecordBatch,
+                     folder: Path) -> pq.ParquetWriter:
     if writer is None:
         writer = pq.ParquetWriter(folder / "test_rows.parquet", rows.schema)
-    writer.write_batch(rows)
+    writer.write_table(rows if isinstance(rows, pa.Table) else pa.Table.from_batches([rows]))
     return writer
 
 
@@ -510,7 +540,13 @@ def _write_parts(folder: Path, encoder: FeatureEncoder, raw: dict[str, _Staged],
                                            (counts[part],) if width is None else (counts[part], width))
                          for name, width in widths.items()}
     width = schema.max_tokens
-    stats = [encoder.numeric_stats[c] for c in schema.numeric]
+    # every categorical lookup in one array, so a block maps in one gather: column j's raw ids index from
+    # offsets[j]; a raw EMPTY (-1) lands on the entry before, the previous lookup's last one: MISSING
+    lookups = [mappings[c] for c in schema.categorical]
+    offsets = np.cumsum([0] + [len(m) for m in lookups[:-1]]).astype(np.int64)
+    lookup = np.concatenate(lookups) if lookups else np.empty(0, dtype=np.int32)
+    means = np.array([encoder.numeric_stats[c][0] for c in schema.numeric])
+    stds = np.array([encoder.numeric_stats[c][1] for c in schema.numeric])
     try:
         for rows in _chunks(len(split)):
             codes = split[rows]
@@ -520,11 +556,8 @@ def _write_parts(folder: Path, encoder: FeatureEncoder, raw: dict[str, _Staged],
                 k = int(mask.sum())
                 if k == 0:
                     continue
-                block = chunk["categorical"][mask]
-                encoded = np.empty((k, widths["categorical"]), dtype=np.int32)
-                for j, col in enumerate(schema.categorical):
-                    encoded[:, j] = mappings[col][block[:, j]]
-                outputs[part]["categorical"].write(encoded.tobytes())
+                out = outputs[part]
+                out["categorical"].write(lookup[chunk["categorical"][mask] + offsets].tobytes())
                 block = chunk["multivalued"][mask]
                 encoded = np.empty((k, widths["multivalued"]), dtype=np.int32)
                 start = 0
@@ -532,13 +565,9 @@ def _write_parts(folder: Path, encoder: FeatureEncoder, raw: dict[str, _Staged],
                     ids = block[:, m * width:m * width + lengths[m]]
                     encoded[:, start:start + lengths[m]] = np.where(ids == PAD, -1, mappings[col][ids])
                     start += lengths[m]
-                outputs[part]["multivalued"].write(encoded.tobytes())
-                block = chunk["numeric"][mask]
-                encoded = np.empty((k, widths["numeric"]), dtype=np.float32)
-                for j in range(len(schema.numeric)):
-                    encoded[:, j] = encoder.standardize(block[:, j], *stats[j])
-                outputs[part]["numeric"].write(encoded.tobytes())
-                outputs[part]["labels"].write(chunk["labels"][mask].tobytes())
+                out["multivalued"].write(encoded.tobytes())
+                out["numeric"].write(encoder.standardize(chunk["numeric"][mask], means, stds).astype(np.float32).tobytes())
+                out["labels"].write(chunk["labels"][mask].tobytes())
     finally:
         for part in PARTS:
             for handle in outputs[part].values():

@@ -66,6 +66,8 @@ def arrow_tokens(array: pa.Array) -> pa.Array:
     """Tokens of an Arrow column as read from a file, the same strings `_as_tokens` makes of its pandas form:
     dictionary columns stay dictionary-encoded, integral floats print without '.0', the rest cast to strings."""
     if isinstance(array, pa.ChunkedArray):
+        if pa.types.is_dictionary(array.type) and pa.types.is_string(array.type.value_type):
+            return array  # chunks that share a unified dictionary stay as they are
         array = array.combine_chunks()
     if pa.types.is_dictionary(array.type):
         if not pa.types.is_string(array.dictionary.type):
@@ -234,7 +236,8 @@ class FeatureEncoder:
         return numeric_transform(values, self.schema.numeric_transform)
 
     def standardize(self, raw: np.ndarray, mean: float, std: float) -> np.ndarray:
-        """Parsed numbers of a numeric field -> model inputs, exactly as `transform` computes them (float64, then clipped)."""
+        """Parsed numbers of numeric fields (a column, or a block with per-column mean and std) -> model inputs,
+        exactly as `transform` computes them (float64, then clipped)."""
         values = raw.astype(np.float64)
         values[~np.isfinite(values)] = np.nan
         values = (numeric_transform(values, self.schema.numeric_transform) - mean) / std
