@@ -79,7 +79,8 @@ class PreparedData:
     cache_hit: bool | None = None  # mapped an existing one (True) or built it (False)
 
     def summary(self) -> str:
-        where = "" if self.folder is None else f", {'mapped' if self.cache_hit else 'encoded into'} {self.folder}"
+        where = "" if self.folder is None else (
+            f", encoded dataset {self.folder} ({'hit: mapped' if self.cache_hit else 'miss: encoded now'})")
         return (f"{len(self.train):,} train / {len(self.val):,} val / {len(self.test):,} test rows, "
                 f"{len(self.encoder.schema.features)} fields, fingerprint {self.fingerprint}{where}")
 

@@ -87,8 +87,7 @@ def open_or_build(sources: list[Source], schema_for: Callable, rule: SplitRule, 
     folder = root / fingerprint
     problem = _check(folder)
     if problem is None:
-        log(f"encoded dataset: hit {folder}")
-        return load(folder)
+        return load(folder)  # a hit: the caller's summary says "hit"
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -97,8 +96,7 @@ def open_or_build(sources: list[Source], schema_for: Callable, rule: SplitRule, 
     with _locked(root / f"{fingerprint}.lock"):
         problem = _check(folder)  # another worker may have built it while this one waited
         if problem is None:
-            log(f"encoded dataset: hit {folder} (built by another process)")
-            return load(folder)
+            return load(folder)  # built by another process while this one waited
         if folder.exists():
             log(f"encoded dataset at {folder} is unusable ({problem}); rebuilding it")
             shutil.rmtree(folder)
@@ -106,12 +104,29 @@ def open_or_build(sources: list[Source], schema_for: Callable, rule: SplitRule, 
         shutil.rmtree(tmp, ignore_errors=True)
         try:
             build(tmp, sources, schema_for, rule, fingerprint,
-                  lambda message: log(message.replace(str(tmp), str(folder))))
+                  _Progress(lambda message: log(message.replace(str(tmp), str(folder)))))
             os.rename(tmp, folder)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     return load(folder, hit=False)
+
+
+class _Progress:
+    """Build progress for people: silent for builds that end within QUIET_SECONDS (a small file's build, or one
+    that fails on its first rows, leaves only the one-line result or error), then every message."""
+
+    QUIET_SECONDS = 3.0
+
+    def __init__(self, log: Log):
+        self.log, self.started, self.pending = log, time.monotonic(), []
+
+    def __call__(self, message: str) -> None:
+        self.pending.append(message)
+        if time.monotonic() - self.started >= self.QUIET_SECONDS:
+            for pending in self.pending:
+                self.log(pending)
+            self.pending.clear()
 
 
 def _fingerprint(sources: list[Source], rule: SplitRule, settings: dict) -> str:

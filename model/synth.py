@@ -291,8 +291,10 @@ def _write_files(spec: SynthSpec, folder: Path, test_fraction: float, chunk_size
     n_test = _n_test(spec.rows, test_fraction)
     cut = spec.rows - n_test
     clicks, test_labels, test_probability, start = 0, [], [], 0
-    with pacsv.CSVWriter(folder / "train.tsv", SCHEMA, write_options=TSV) as train, \
-            pacsv.CSVWriter(folder / "test.tsv", SCHEMA, write_options=TSV) as test:
+    # Python file objects own the descriptors: they close even when a full disk makes Arrow's close fail
+    with open(folder / "train.tsv", "wb") as train_file, open(folder / "test.tsv", "wb") as test_file, \
+            pacsv.CSVWriter(train_file, SCHEMA, write_options=TSV) as train, \
+            pacsv.CSVWriter(test_file, SCHEMA, write_options=TSV) as test:
         for table, probability in chunks(spec, chunk_size):
             split = min(max(cut - start, 0), len(table))
             if split:

@@ -40,7 +40,8 @@ def test_criteo_dataset_equals_in_memory_encoding_and_maps_on_the_second_open(ti
     messages: list[str] = []
     spec = criteo_spec(tiny_criteo_dir, tmp_path)
     built = spec.prepare(messages.append)
-    assert built.cache_hit is False and any("miss" in m for m in messages)
+    assert built.cache_hit is False and "miss: encoded now" in built.summary()
+    assert messages == []  # a build of a few seconds needs no progress lines
     frames = [read_table(tiny_criteo_dir / name, "criteo") for name in ("train.tsv", "test.tsv")]
     frame, twin = in_memory_twin(spec, built, frames)
     assert built.encoder.to_dict() == twin.encoder.to_dict()  # same vocabularies, order and statistics
@@ -54,7 +55,7 @@ def test_criteo_dataset_equals_in_memory_encoding_and_maps_on_the_second_open(ti
 
     messages.clear()
     mapped = spec.prepare(messages.append)
-    assert mapped.cache_hit is True and messages == [f"encoded dataset: hit {built.folder}"]
+    assert mapped.cache_hit is True and messages == [] and f"{built.folder} (hit: mapped)" in mapped.summary()
     assert isinstance(mapped.train.categorical.numpy().base, np.memmap) or mapped.train.categorical.numpy().base is not None
     assert torch.equal(mapped.train.categorical, built.train.categorical)
 
@@ -133,8 +134,17 @@ def test_a_truncated_or_partial_dataset_is_rebuilt_with_a_message(tiny_criteo_di
     assert rebuilt.cache_hit is False and any("categorical.npy" in m and "rebuilding" in m for m in messages)
     (rebuilt.folder / "manifest.json").unlink()  # as a build killed before its last step leaves it
     messages.clear()
-    assert spec.prepare(messages.append).cache_hit is False and any("did not finish" in m for m in messages)
-    assert json.loads((rebuilt.folder / "manifest.json").read_text())["rows"]["test"] == len(rebuilt.test)
+    again = spec.prepare(messages.append)
+    assert again.cache_hit is False and any("did not finish" in m for m in messages)
+    assert json.loads((again.folder / "manifest.json").read_text())["rows"]["test"] == len(again.test)
+
+
+def test_a_long_build_reports_progress_and_a_quick_one_stays_silent(tiny_criteo_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(encoded._Progress, "QUIET_SECONDS", 0.0)
+    messages: list[str] = []
+    criteo_spec(tiny_criteo_dir, tmp_path).prepare(messages.append)
+    assert messages[0].startswith("encoded dataset: miss; encoding ") and ".tmp-" not in messages[0]
+    assert messages[-1].startswith("encoded 3,000 rows in ")
 
 
 def _prepare_in_child(args):

@@ -10,6 +10,7 @@ import click
 
 from model.errors import UserInputError
 
+from . import interrupts
 from .env import DISK_ERRNOS, check_writable, disk_error, quiet_defaults
 
 quiet_defaults()
@@ -257,6 +258,7 @@ def tune(study_path, storage, tracking_uri, n_trials, timeout, threads, workers,
     from .runner import redact
     from .tune import best_trial, tune as run_tune
 
+    interrupts.install()
     spec = _load_spec(study_path, n_trials=n_trials, timeout=timeout)
     if workers > 1:
         from .workers import run_local_workers
@@ -282,6 +284,7 @@ def tune(study_path, storage, tracking_uri, n_trials, timeout, threads, workers,
                               on_epoch=progress.on_epoch, on_trial=progress.on_trial, on_ready=ready, summary=summary,
                               log=_log_to_stderr)
     except KeyboardInterrupt:
+        interrupts.handled()
         err.print("interrupted: the running trial was marked failed and its MLflow run closed; "
                   "run the same command to resume")
         sys.exit(130)
@@ -322,10 +325,11 @@ def init(study_path, storage, tracking_uri) -> None:
     Example: deepfm init studies/criteo.yaml --storage postgresql+psycopg2://optuna:pw@db/optuna
     """
     from .console import out as console
-    from .runner import init_study, redact
+    from .runner import check_stores, init_study, redact
     from .tune import load_data
 
     spec = _load_spec(study_path)
+    check_stores(spec, storage, tracking_uri)
     load_data(spec, _log_to_stderr)  # encoded once here; the workers map it (bad data fails before the study)
     handle = init_study(spec, storage, tracking_uri)
     for note in handle.notes:
@@ -406,10 +410,11 @@ def promote(study_path, storage, tracking_uri, name, force) -> None:
     """
     from .console import out as console
     from .promotion import promote_study
-    from .runner import init_study
+    from .runner import check_stores, init_study
     from .tune import load_data
 
     spec = _load_spec(study_path)
+    check_stores(spec, storage, tracking_uri)
     data = load_data(spec, _log_to_stderr)  # only the test rows are read: from the encoded dataset
     handle = init_study(spec, storage, tracking_uri)
     _print_promotion(console, name or spec.model_name,

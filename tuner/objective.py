@@ -22,6 +22,7 @@ from model.errors import TrainingDiverged
 from model.policy import ScoringPolicy
 from model.train import EpochMetrics, train
 
+from . import interrupts
 from .space import suggest_policy
 from .study import StudySpec
 from .tracking import StudyTracker, git_commit
@@ -152,6 +153,7 @@ def make_objective(
             tracker.set_tags(run_id, {TAG_FAILURE: f"{type(exc).__name__}: {exc}"})
             raise
         except BaseException:  # Ctrl-C / SystemExit: Optuna marks the trial FAIL; the run must not stay RUNNING
+            interrupts.handled()  # the trial is closed below; no second interrupt may cut that short
             tracker.set_tags(run_id, {TAG_FAILURE: "interrupted (KeyboardInterrupt)"})
             raise
         finally:

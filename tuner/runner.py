@@ -30,7 +30,9 @@ from .env import DEFAULT_OPTUNA_STORAGE, redact  # noqa: F401 - redact is used f
 from .objective import ATTR_RUN_ID, ATTR_SKIPPED, TAG_FAILURE, make_objective
 from .space import space_to_dict
 from .study import StudySpec
-from .tracking import CONNECT_TIMEOUT_SECONDS, StudyTracker, absolute_sqlite, check_database, resolve_tracking_uri, retry
+from .env import DEFAULT_TRACKING_URI, check_writable
+from .tracking import (CONNECT_TIMEOUT_SECONDS, StudyTracker, absolute_sqlite, check_database, check_reachable,
+                       resolve_tracking_uri, retry)
 
 ATTR_PARENT_RUN, ATTR_EXPERIMENT, ATTR_TRACKING_URI = "mlflow_parent_run_id", "mlflow_experiment_id", "mlflow_tracking_uri"
 HEARTBEAT_SECONDS, GRACE_SECONDS = 10, 30  # defaults; env DEEPFM_HEARTBEAT_SECONDS / DEEPFM_GRACE_SECONDS override
@@ -173,6 +175,22 @@ def _study_exists(storage: optuna.storages.BaseStorage, name: str) -> bool:
         return True
     except KeyError:
         return False
+
+
+def check_stores(spec: StudySpec, storage_url: str | None = None, tracking_uri: str | None = None) -> None:
+    """Both stores answer (servers, databases) or can be created (a writable folder for SQLite), checked in
+    seconds and creating nothing: run before the data step, so a wrong URI never waits behind an encoding."""
+    storage_url = storage_url or spec.storage or DEFAULT_OPTUNA_STORAGE
+    tracking_uri = tracking_uri or spec.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    for url, option in ((storage_url, "--storage"), (tracking_uri, "--tracking-uri")):
+        if url.startswith("sqlite:///"):
+            check_writable(Path(url.removeprefix("sqlite:///")).parent,
+                           f"run from a writable directory, free some space, or pass {option} with a "
+                           f"sqlite:///PATH on a writable disk")
+    if not storage_url.startswith("sqlite:///"):
+        check_database(resolve_storage(storage_url, spec), "Optuna storage", "--storage")
+    if not tracking_uri.startswith("sqlite:///"):
+        check_reachable(tracking_uri)
 
 
 def init_study(spec: StudySpec, storage_url: str | None = None, tracking_uri: str | None = None,

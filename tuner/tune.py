@@ -16,8 +16,9 @@ from model.train import EpochMetrics
 
 from .baseline import is_baseline, lift_over_baseline
 from .objective import ATTR_CHECKPOINT, ATTR_RUN_ID, ATTR_SKIPPED, ATTR_TRAINING, prune_checkpoints
+from . import interrupts
 from .report import write_report
-from .runner import StudyHandle, init_study, run_trials
+from .runner import StudyHandle, check_stores, init_study, run_trials
 from .space import policy_from_params
 from .study import StudySpec
 
@@ -104,6 +105,7 @@ def tune(
 ) -> TuneResult:
     """Create or resume the study and run this worker's share of its trials; then summarise on the parent run
     (unless `summary` is False: a local worker whose coordinator summarises once, after every worker)."""
+    check_stores(spec, storage, tracking_uri)  # a wrong URI fails in seconds, not after the data step
     data = data or load_data(spec, log)  # bad data fails here, before any study or run exists
     handle = init_study(spec, storage, tracking_uri)
     control: TrainConfig = spec.training.replace(threads=threads) if threads else spec.training
@@ -113,6 +115,7 @@ def tune(
         run_trials(handle, data, control, on_epoch=on_epoch, on_trial=on_trial,
                    failure_injector=failure_injector)
     except KeyboardInterrupt:
+        interrupts.handled()
         if summary:
             summarise(handle, status="KILLED")
         raise

@@ -24,7 +24,8 @@ from typing import IO, Callable
 
 from model.errors import UserInputError
 
-from .runner import StudyHandle, redact, init_study
+from . import interrupts
+from .runner import StudyHandle, check_stores, init_study, redact
 from .study import StudySpec
 from .tune import TuneResult, load_data, summarise, trial_counts
 
@@ -153,12 +154,14 @@ def run_local_workers(
         raise UserInputError(f"--workers must be at least 1, got {workers}")
     # the data step runs once, here, before any worker or run exists: bad data fails as in a single `tune`,
     # and the workers map the encoded dataset instead of each reading and encoding the files
+    check_stores(spec, storage, tracking_uri)
     data = load_data(spec, echo or (lambda message: None))
     handle = init_study(spec, storage, tracking_uri)
     threads = threads or threads_per_worker(workers)
     if echo is not None:
         echo(f"study '{spec.name}' ({redact(handle.storage_url)}): {workers} local workers x {threads} "
-             f"torch thread{'s' if threads > 1 else ''}, {spec.n_trials or 'unlimited'} trials in total")
+             f"torch thread{'s' if threads > 1 else ''}, {spec.n_trials or 'unlimited'} trials in total; "
+             f"data: {data.summary()}")
     running: list[Worker] = []
     try:
         with _sigterm_as_interrupt():
@@ -167,6 +170,7 @@ def run_local_workers(
             for w in running:
                 w.process.wait()
     except KeyboardInterrupt:
+        interrupts.handled()
         stop_workers(running)
         summarise(handle, status="KILLED")
         raise
