@@ -22,6 +22,7 @@ from .dataset import PreparedData, TensorData, epoch_batches, release_free_memor
 from .deepfm import DeepFM
 from .errors import ConfigError, TrainingDiverged
 
+SELECT_METRICS = {"val_auc": 1, "val_logloss": -1}  # metric -> sign that makes higher better
 NAN_CHECK_EVERY = 50  # steps between finite-loss checks (each one syncs a GPU)
 EVAL_BATCH = 8192  # rows per evaluation forward: cache-sized, and no 100 MB activations
 
@@ -199,8 +200,13 @@ def train(
     policy: PolicyConfig,
     control: TrainConfig,
     on_epoch: Callable[[EpochMetrics], bool | None] | None = None,
+    select: str = "val_auc",
 ) -> TrainResult:
-    """Train a DeepFM on `prepared.train`, select the epoch with the best validation AUC, return it restored."""
+    """Train a DeepFM on `prepared.train`; keep the epoch with the best `select` metric (val_auc, higher is
+    better; val_logloss, lower is better), which also drives early stopping; return it restored."""
+    if select not in SELECT_METRICS:
+        raise ValueError(f"select must be one of {', '.join(SELECT_METRICS)}, got {select!r}")
+    sign = SELECT_METRICS[select]  # +1: higher is better
     # -- setup: seeds in one place, device, threads -----------------------------------------------
     release_free_memory()  # a frame the caller dropped must not stay resident under the training allocations
     torch.manual_seed(control.seed)
@@ -220,7 +226,7 @@ def train(
     block_rows = shuffle_block_rows(prepared.train, control.shuffle)
     generator = torch.Generator(device="cpu").manual_seed(control.seed)
     result = TrainResult(model=model)
-    best_auc, best_state, stale = -math.inf, None, 0
+    best_score, best_state, stale = -math.inf, None, 0
     n = len(prepared.train)
 
     for epoch in range(control.max_epochs):
@@ -261,8 +267,9 @@ def train(
         val_auc, val_logloss = evaluate(model, val_data, control.eval_batch_size)
         metrics = EpochMetrics(epoch, train_loss, val_auc, val_logloss, seconds, n / seconds)
         result.history.append(metrics)
-        if val_auc > best_auc or best_state is None:
-            best_auc, stale, result.best_epoch = val_auc, 0, epoch
+        score = sign * getattr(metrics, select)
+        if score > best_score or best_state is None:
+            best_score, stale, result.best_epoch = score, 0, epoch
             best_state = copy.deepcopy(model.state_dict())
         else:
             stale += 1
@@ -272,7 +279,7 @@ def train(
             result.stop_reason = f"stopped by callback after epoch {epoch + 1}"
             break
         if control.patience and stale >= control.patience:  # patience 0: no early stopping
-            result.stop_reason = f"early stop: no better val AUC for {stale} epochs"
+            result.stop_reason = f"early stop: no better {select} for {stale} epochs"
             break
     else:
         result.stop_reason = f"reached max_epochs={control.max_epochs}"

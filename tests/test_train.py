@@ -96,3 +96,16 @@ def test_row_sparse_adam_matches_torch_sparse_adam():
             module(index).pow(2).sum().backward()
             optimizer.step()
     assert torch.allclose(ours.weight, reference.weight, atol=1e-6)
+
+
+def test_the_kept_epoch_follows_the_selected_metric(tiny_prepared):
+    """A study that minimises val_logloss keeps (and reports) the lowest-logloss epoch, not the best-AUC one."""
+    policy = PolicyConfig(embedding_dim=8, deep_hidden_units=(64,), dropout=0.0, learning_rate=0.05)
+    control = TINY_TRAINING.replace(max_epochs=6, patience=0)
+    by_loss = train(tiny_prepared, policy, control, select="val_logloss")
+    assert by_loss.best.val_logloss == min(m.val_logloss for m in by_loss.history)
+    assert evaluate(by_loss.model, tiny_prepared.val)[1] == pytest.approx(by_loss.best.val_logloss, abs=1e-6)
+    by_auc = train(tiny_prepared, policy, control)
+    assert by_auc.best.val_auc == max(m.val_auc for m in by_auc.history)
+    with pytest.raises(ValueError, match="select must be one of"):
+        train(tiny_prepared, policy, control, select="auc")

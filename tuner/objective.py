@@ -121,7 +121,7 @@ def make_objective(
                     raise optuna.TrialPruned(f"pruned after epoch {metrics.epoch}")
 
             train_started = time.perf_counter()
-            result = train(prepared, policy, control, on_epoch=report)
+            result = train(prepared, policy, control, on_epoch=report, select=spec.metric)
             train_wall = time.perf_counter() - train_started - reporting["seconds"]
             value = getattr(result.best, spec.metric)
             overhead = time.perf_counter() - started - train_wall
