@@ -39,7 +39,7 @@ import torch
 from .dataset import PreparedData, TensorData
 from .encoder import FIRST_TOKEN, MISSING, OOV, FeatureEncoder, arrow_tokens, numeric_transform, vocabulary_order
 from .errors import DataError
-from .ingest import batch_labels, read_types, sample_frame, stream_batches
+from .ingest import ValueParseError, batch_labels, numbers_from_text, read_types, sample_frame, stream_batches
 from .schema import FeatureSchema
 
 FORMAT_VERSION = 1
@@ -47,6 +47,7 @@ PARTS = ("train", "val", "test")
 ARRAYS = ("categorical", "multivalued", "numeric", "labels")
 CHUNK_ROWS = 1 << 18  # rows per step over the staged arrays (~40 MiB of Criteo inputs)
 CHECKSUM_BLOCKS, CHECKSUM_BLOCK_BYTES = 16, 1 << 16  # sampled per file: a map is checked in milliseconds
+BAD_NUMBERS_ALLOWED, BAD_NUMBERS_SHARE = 10, 0.001  # text in a numeric column: read as missing up to these
 PAD, EMPTY = -2, -1  # multi-valued staging: padding, and a missing token (categorical staging uses EMPTY too)
 
 Log = Callable[[str], None]
@@ -120,6 +121,10 @@ class _Progress:
 
     def __init__(self, log: Log):
         self.log, self.started, self.pending = log, time.monotonic(), []
+
+    def warn(self, message: str) -> None:
+        """Something the user must see whatever the build's length."""
+        self.log(message)
 
     def __call__(self, message: str) -> None:
         self.pending.append(message)
@@ -303,54 +308,84 @@ def build(folder: Path, sources: list[Source], schema_for: Callable, rule: Split
     types = read_types(schema, sample, main.fmt, extra)
     for source in sources[1:]:
         schema.check_columns(sample_frame(source.path, source.fmt, rows=10, block_bytes=1 << 20), source.path)
-    numeric_dtype = np.float32 if all(types[c] == pa.float32() for c in schema.numeric) else np.float64
-    staging = _Staging(folder, schema, numeric_dtype)
-    fields = {c: _TokenIds() for c in (*schema.categorical, *schema.multivalued)}
-    rng = np.random.default_rng(rule.seed)
-    codes: list[np.ndarray] = []
-    order_values: list[np.ndarray] = []
-    test_writer: pq.ParquetWriter | None = None
-    split_rows = rule.order_by is None  # random splits are known per batch; time-ordered ones after pass 1
-    stats = _TrainStats(schema)
+    bad_numbers: dict[str, tuple[int, tuple[str, int] | None]] = {}  # column -> (count, first bad value, row)
 
-    # -- pass 1: parse every row once into raw ids and numbers -----------------------------------------------
-    for source in sources:
-        read_from = 0
-        for batch in _grouped(stream_batches(source.path, source.fmt, types)):
-            n = batch.num_rows
-            arrays = {"labels": batch_labels(batch, schema.label, source.path, read_from)}
-            arrays["categorical"] = np.empty((n, len(schema.categorical)), dtype=np.int32)
-            for j, col in enumerate(schema.categorical):
-                arrays["categorical"][:, j] = fields[col].encode(arrow_tokens(batch.column(col)))
-            arrays["multivalued"] = (np.concatenate(
-                [_multivalued_ids(batch.column(c), fields[c], schema.separator, schema.max_tokens)
-                 for c in schema.multivalued], axis=1) if schema.multivalued else np.empty((n, 0), np.int32))
-            arrays["numeric"] = np.empty((n, len(schema.numeric)), dtype=numeric_dtype)
-            for j, col in enumerate(schema.numeric):
-                arrays["numeric"][:, j] = _numbers(batch.column(col))
-            staging.append(arrays)
-            if staging.rows == n:  # the first batch parsed: the schema and the first rows are good
-                log(f"encoded dataset: miss; encoding {', '.join(s.path for s in sources)} into {folder}")
-            if source.role == "split":
-                if split_rows:
-                    u = rng.random(n)
-                    code = np.where(u < rule.val_fraction, 1, np.where(u < rule.val_fraction + rule.test_fraction,
-                                                                        2, 0)).astype(np.int8)
-                else:
-                    order_values.append(_order_values(batch.column(rule.order_by), source.path, rule.order_by))
-                    code = np.zeros(n, dtype=np.int8)
-            else:
-                code = np.full(n, 1 if source.role == "val" else 2, dtype=np.int8)
-            codes.append(code)
-            if split_rows:
-                train = code == 0
-                stats.add(arrays["categorical"][train], arrays["multivalued"][train], arrays["numeric"][train])
-            if split_rows and (code == 2).any():
-                test_writer = _write_test_rows(test_writer, batch.filter(pa.array(code == 2)), folder)
-            read_from += n
-        if read_from == 0:
-            raise DataError(f"{source.path}: the file has no data rows")
-    raw = staging.close()
+    def parse_all(types: dict[str, pa.DataType]):
+        """Pass 1: parse every row once into raw ids and numbers (staged on disk), the split codes and the
+        training statistics of the random split; the test rows of that split go to test_rows.parquet."""
+        bad_numbers.clear()
+        numeric_dtype = np.float32 if all(types[c] == pa.float32() for c in schema.numeric) else np.float64
+        staging = _Staging(folder, schema, numeric_dtype)
+        fields = {c: _TokenIds() for c in (*schema.categorical, *schema.multivalued)}
+        rng = np.random.default_rng(rule.seed)
+        codes: list[np.ndarray] = []
+        order_values: list[np.ndarray] = []
+        test_writer: pq.ParquetWriter | None = None
+        stats = _TrainStats(schema)
+        try:
+            for source in sources:
+                read_from = 0
+                for batch in _grouped(stream_batches(source.path, source.fmt, types)):
+                    n = batch.num_rows
+                    arrays = {"labels": batch_labels(batch, schema.label, source.path, read_from)}
+                    arrays["categorical"] = np.empty((n, len(schema.categorical)), dtype=np.int32)
+                    for j, col in enumerate(schema.categorical):
+                        arrays["categorical"][:, j] = fields[col].encode(arrow_tokens(batch.column(col)))
+                    arrays["multivalued"] = (np.concatenate(
+                        [_multivalued_ids(batch.column(c), fields[c], schema.separator, schema.max_tokens)
+                         for c in schema.multivalued], axis=1) if schema.multivalued else np.empty((n, 0), np.int32))
+                    arrays["numeric"] = np.empty((n, len(schema.numeric)), dtype=numeric_dtype)
+                    for j, col in enumerate(schema.numeric):
+                        column = batch.column(col)
+                        arrays["numeric"][:, j] = (numbers_from_text(column, col, source.path, read_from, bad_numbers)
+                                                   if pa.types.is_string(column.type) else _numbers(column))
+                    staging.append(arrays)
+                    if staging.rows == n:  # the first batch parsed: the schema and the first rows are good
+                        log(f"encoded dataset: miss; encoding {', '.join(s.path for s in sources)} into {folder}")
+                    if source.role == "split":
+                        if split_rows:
+                            u = rng.random(n)
+                            code = np.where(u < rule.val_fraction, 1, np.where(
+                                u < rule.val_fraction + rule.test_fraction, 2, 0)).astype(np.int8)
+                        else:
+                            order_values.append(_order_values(batch.column(rule.order_by), source.path,
+                                                              rule.order_by))
+                            code = np.zeros(n, dtype=np.int8)
+                    else:
+                        code = np.full(n, 1 if source.role == "val" else 2, dtype=np.int8)
+                    codes.append(code)
+                    if split_rows:
+                        train = code == 0
+                        stats.add(arrays["categorical"][train], arrays["multivalued"][train],
+                                  arrays["numeric"][train])
+                    if split_rows and (code == 2).any():
+                        test_writer = _write_test_rows(test_writer, batch.filter(pa.array(code == 2)), folder)
+                    read_from += n
+                if read_from == 0:
+                    raise DataError(f"{source.path}: the file has no data rows")
+        except BaseException:
+            staging.close()
+            if test_writer is not None:
+                test_writer.close()
+            raise
+        return staging.close(), codes, order_values, test_writer, stats, fields
+
+    split_rows = rule.order_by is None  # random splits are known per batch; time-ordered ones after pass 1
+    while True:
+        try:
+            raw, codes, order_values, test_writer, stats, fields = parse_all(types)
+            break
+        except ValueParseError as exc:  # text in a numeric column: read it as text, count what is not a number
+            if exc.column not in schema.numeric or types[exc.column] == pa.string():
+                raise
+            types = {**types, exc.column: pa.string()}
+    total_rows = sum(len(c) for c in codes)
+    for column, (count, (value, row)) in bad_numbers.items():
+        where = f"e.g. {value!r} at row {row}"
+        if count > max(BAD_NUMBERS_ALLOWED, BAD_NUMBERS_SHARE * total_rows):
+            raise DataError(f"numeric column '{column}' has {count:,} values that are not numbers ({where}); fix "
+                            f"the data, or declare the column categorical in the schema")
+        log.warn(f"numeric column '{column}': {count:,} value(s) that are not numbers read as missing ({where})")
     split = np.concatenate(codes)
     if not split_rows:
         split = _time_ordered_split(split, np.concatenate(order_values), sources, rule)
@@ -393,6 +428,7 @@ def build(folder: Path, sources: list[Source], schema_for: Callable, rule: Split
         "format_version": FORMAT_VERSION, "fingerprint": fingerprint,
         "sources": [s.identity() for s in sources], "split": rule.__dict__, "schema": schema.to_dict(),
         "rows": counts, "clicks": clicks, "fields": len(schema.features),
+        "not_numbers_read_as_missing": {c: count for c, (count, _) in bad_numbers.items()},
         "seconds": {"parse": round(parsed - started, 3), "total": round(time.perf_counter() - started, 3)},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "files": {name: {"size": (folder / name).stat().st_size, "checksum": _sampled_checksum(folder / name)}

@@ -6,6 +6,8 @@ parsed with the same types, so a column cannot change type halfway through a 40 
 
 from __future__ import annotations
 
+import csv
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -58,11 +60,45 @@ def _csv_options(fmt: str, types: dict[str, pa.DataType] | None, columns: list[s
     return {"read_options": read, "parse_options": parse, "convert_options": convert}
 
 
+class ValueParseError(DataError):
+    """A value of `column` does not parse as that column's type (e.g. text in a numeric column)."""
+
+    def __init__(self, message: str, column: str | None):
+        super().__init__(message)
+        self.column = column
+
+
+def _header(path: Path, fmt: str) -> list[str]:
+    if fmt == "criteo":
+        return list(CRITEO_COLUMNS)
+    with open(path, newline="") as handle:
+        return next(csv.reader(handle, delimiter="\t" if fmt == "tsv" else ","), [])
+
+
 def _parse_error(path: Path, fmt: str, exc: Exception) -> DataError:
     first = str(exc).strip().splitlines()[0]
-    hint = ("; fix the data, or declare the column categorical in the schema"
-            if "conversion error" in first else "")
-    return DataError(f"{path}: cannot parse as {fmt}: {first}{hint}")
+    if "conversion error" not in first:
+        return DataError(f"{path}: cannot parse as {fmt}: {first}")
+    found = re.search(r"CSV column #(\d+)", first)
+    names = _header(path, fmt) if found else []
+    column = names[int(found.group(1))] if found and int(found.group(1)) < len(names) else None
+    return ValueParseError(f"{path}: cannot parse as {fmt}: {first}; fix the data, or declare the column "
+                           f"categorical in the schema", column)
+
+
+def numbers_from_text(values: pa.Array, column: str, source: str, first_row: int, bad: dict) -> np.ndarray:
+    """A numeric column read as text: numbers as float64, anything else NaN. `bad[column]` counts the values
+    that were not numbers and keeps the first one and its row, for the report (and the refusal past a few)."""
+    text = pd.Series(values.to_numpy(zero_copy_only=False), dtype=object)
+    numbers = pd.to_numeric(text, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    wrong = np.isnan(numbers) & text.notna().to_numpy() & (text.astype(str).str.strip() != "").to_numpy()
+    if wrong.any():
+        count, example = bad.get(column, (0, None))
+        if example is None:
+            row = int(np.flatnonzero(wrong)[0])
+            example = (str(text.iloc[row]), first_row + row)
+        bad[column] = (count + int(wrong.sum()), example)
+    return numbers
 
 
 def sample_frame(path: str | Path, fmt: str | None = None, rows: int = SAMPLE_ROWS,

@@ -187,3 +187,33 @@ def test_training_from_the_mapped_dataset_equals_training_in_memory(tiny_criteo_
     monkeypatch.setattr(dataset, "SHUFFLE_BLOCK_BYTES", 300 * mapped.train.row_bytes)  # blocks of 300 rows
     block = train(mapped, TINY_POLICY, TINY_TRAINING.replace(shuffle="block"))
     assert abs(block.best.val_auc - a.best.val_auc) < 0.05  # another row order, the same model quality
+
+
+def test_text_in_a_numeric_column_is_counted_read_as_missing_and_refused_past_a_few(tmp_path):
+    rng = np.random.default_rng(2)
+    n = 3000
+    frame = pd.DataFrame({"y": rng.integers(0, 2, n), "ad": rng.choice(list("abc"), n), "price": rng.normal(5, 1, n)})
+    prices = frame["price"].round(3).astype(str)
+    prices.iloc[[1700, 2500]] = ["about 12", "twelve"]  # two typos deep in the file, past the first parsed block
+    frame.assign(price=prices).to_csv(tmp_path / "few.csv", index=False)
+    messages: list[str] = []
+    spec = DataSpec(train=str(tmp_path / "few.csv"), schema={"label": "y", "numeric": ["price"]},
+                    encoded_dir=str(tmp_path / "enc"))
+    monkeypatch_block = ingest.BLOCK_BYTES
+    ingest.BLOCK_BYTES = 1 << 14
+    try:
+        built = spec.prepare(messages.append)
+    finally:
+        ingest.BLOCK_BYTES = monkeypatch_block
+    assert messages == ["numeric column 'price': 2 value(s) that are not numbers read as missing (e.g. 'about 12' at row 1700)"]
+    assert built.encoder.schema.numeric == ("price",)
+    assert encoded.manifest(built.folder)["not_numbers_read_as_missing"] == {"price": 2}
+    assert int(torch.isnan(torch.cat([built.train.numeric, built.val.numeric, built.test.numeric])).sum()) == 2
+
+    prices.iloc[::3] = "unknown"  # a third of the column is text: not a numeric column
+    frame.assign(price=prices).to_csv(tmp_path / "many.csv", index=False)
+    spec = DataSpec(train=str(tmp_path / "many.csv"), schema={"label": "y", "numeric": ["price"]},
+                    encoded_dir=str(tmp_path / "enc"))
+    with pytest.raises(DataError, match=r"numeric column 'price' has 1,002 values that are not numbers \(e.g. "
+                                        r"'unknown' at row 0\); fix the data, or declare the column categorical"):
+        spec.prepare()
