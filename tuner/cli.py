@@ -11,6 +11,7 @@ import click
 from model.errors import UserInputError
 
 from .env import DISK_ERRNOS, check_writable, disk_error, quiet_defaults
+from .stores import pick_storage, pick_tracking_uri, storage_option, store_options, tracking_uri_option
 
 quiet_defaults()
 
@@ -198,15 +199,6 @@ def evaluate(model_dir, data_path, fmt, as_json) -> None:
 
 
 # -- tuning ----------------------------------------------------------------------------------------
-def store_options(func):
-    """--storage / --tracking-uri: where the Optuna study and the MLflow runs live."""
-    func = click.option("--tracking-uri", default=None, envvar="DEEPFM_TRACKING_URI",
-                        help="MLflow tracking URI (default: study file, MLFLOW_TRACKING_URI, sqlite:///mlruns/mlflow.db).")(func)
-    func = click.option("--storage", default=None, envvar="DEEPFM_STORAGE",
-                        help="Optuna storage URL (default: study file, else sqlite:///mlruns/optuna.db).")(func)
-    return func
-
-
 def _existing_study(spec, storage, study_path):
     """The study as stored; a study never started is a one-line error saying how to start it."""
     import optuna
@@ -434,8 +426,7 @@ def _exec(program: str, args: list[str]) -> None:
 
 @main.command()
 @click.argument("study_path", metavar="[STUDY.yaml]", required=False, type=click.Path(dir_okay=False))
-@click.option("--tracking-uri", default=None,
-              help="Backend store (default: study file, MLFLOW_TRACKING_URI, sqlite:///mlruns/mlflow.db).")
+@tracking_uri_option
 @click.option("--experiment", default=None, help="Print the direct link to this experiment's runs (default: the study's).")
 @click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True)
 def ui(study_path, tracking_uri, experiment, port) -> None:
@@ -445,11 +436,10 @@ def ui(study_path, tracking_uri, experiment, port) -> None:
     """
     import os
 
-    from .env import DEFAULT_TRACKING_URI
     from .tracking import artifact_location_for, resolve_tracking_uri
 
     spec = _load_spec(study_path) if study_path else None
-    uri = tracking_uri or (spec.tracking_uri if spec else None) or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    uri = pick_tracking_uri(tracking_uri, spec)
     if uri.startswith(("http://", "https://")):
         raise UserInputError(f"{uri} is already an MLflow server: open it in a browser")
     _require_store(uri, "MLflow store")
@@ -476,23 +466,20 @@ def ui(study_path, tracking_uri, experiment, port) -> None:
 
 @main.command()
 @click.argument("study_path", metavar="[STUDY.yaml]", required=False, type=click.Path(dir_okay=False))
-@click.option("--storage", default=None, envvar="DEEPFM_STORAGE",
-              help="Optuna storage URL (default: study file, else sqlite:///mlruns/optuna.db).")
+@storage_option
 @click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
 def dashboard(study_path, storage, port) -> None:
     """Start optuna-dashboard on 127.0.0.1 over the study storage (needs the 'dashboard' extra).
 
     Example: deepfm dashboard studies/quick.yaml --port 8080
     """
-    from .env import DEFAULT_OPTUNA_STORAGE
-
     try:
         import optuna_dashboard  # noqa: F401
     except ImportError:
         raise UserInputError("optuna-dashboard is not installed; install it with "
                              "pip install 'deepfm-tuner[dashboard]'") from None
     spec = _load_spec(study_path) if study_path else None
-    url = storage or (spec.storage if spec else None) or DEFAULT_OPTUNA_STORAGE
+    url = pick_storage(storage, spec)
     _require_store(url, "Optuna storage")
     _require_free_port(port)
     from .runner import redact, resolve_storage

@@ -26,9 +26,10 @@ from model.dataset import PreparedData
 from model.errors import ConfigError
 from model.train import EpochMetrics
 
-from .env import DEFAULT_OPTUNA_STORAGE, redact  # noqa: F401 - redact is used from here by cli and workers
+from .env import redact  # noqa: F401 - redact is used from here by cli and workers
 from .objective import ATTR_RUN_ID, ATTR_SKIPPED, TAG_FAILURE, make_objective
 from .space import space_to_dict
+from .stores import pick_storage, pick_tracking_uri
 from .study import StudySpec
 from .tracking import CONNECT_TIMEOUT_SECONDS, StudyTracker, absolute_sqlite, check_database, resolve_tracking_uri, retry
 
@@ -61,7 +62,7 @@ MAX_CONSECUTIVE_FAILURES = 5
 
 
 def resolve_storage(url: str | None, spec: StudySpec | None = None) -> str:
-    url = url or (spec.storage if spec else None) or DEFAULT_OPTUNA_STORAGE
+    url = pick_storage(url, spec)  # the one order: flag > DEEPFM_STORAGE > study file > default
     if url.startswith("sqlite:///"):
         url = absolute_sqlite(url)
     elif url.startswith("postgresql://"):
@@ -171,7 +172,7 @@ def init_study(spec: StudySpec, storage_url: str | None = None, tracking_uri: st
     """Create (once) or load the study, its MLflow experiment and its parent run."""
     storage_url = resolve_storage(storage_url, spec)
     check_database(storage_url, "Optuna storage", "--storage")  # unreachable: fail before any MLflow store exists
-    tracking_uri = resolve_tracking_uri(tracking_uri or spec.tracking_uri)
+    tracking_uri = resolve_tracking_uri(pick_tracking_uri(tracking_uri, spec))
     tracker = StudyTracker(tracking_uri, spec.experiment_name, spec.name)
     storage = open_storage(storage_url, tracker)
     sampler, pruner = spec.sampler.build(), spec.pruner.build(spec.training.max_epochs)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import random
 import sqlite3
 import subprocess
@@ -26,7 +25,9 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from model.errors import ConfigError
 
-from .env import DEFAULT_TRACKING_URI, DISK_ERRNOS, check_writable, quiet_defaults, redact
+from .env import DISK_ERRNOS, check_writable, quiet_defaults, redact
+
+from .stores import pick_tracking_uri  # noqa: E402
 
 quiet_defaults()
 
@@ -65,8 +66,9 @@ def retry(func: Callable[..., T], *args: Any, attempts: int = 6, base_delay: flo
 
 
 def resolve_tracking_uri(uri: str | None) -> str:
-    """--tracking-uri, else the study file's, else MLFLOW_TRACKING_URI, else the embedded SQLite store."""
-    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    """`uri` (already picked in tuner.stores' order), else DEEPFM_TRACKING_URI / MLFLOW_TRACKING_URI / the embedded
+    SQLite store; made absolute and checked."""
+    uri = pick_tracking_uri(uri)
     if uri.startswith("sqlite:///"):
         uri = absolute_sqlite(uri)
     elif not uri.startswith(("http://", "https://", "postgresql", "mysql", "databricks", "file:")):
