@@ -7,15 +7,12 @@ winner creates the parent run and records its id on the study, and every other w
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import logging
 import os
 import re
 import time
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import optuna
@@ -27,6 +24,7 @@ from model.errors import ConfigError
 from model.train import EpochMetrics
 
 from .env import redact  # noqa: F401 - redact is used from here by cli and workers
+from .locks import creation_lock
 from .objective import ATTR_RUN_ID, ATTR_SKIPPED, TAG_FAILURE, make_objective
 from .space import space_to_dict
 from .stores import pick_storage, pick_tracking_uri
@@ -122,7 +120,6 @@ def heartbeat_settings() -> tuple[int, int]:
     return values[0], values[1]
 
 
-@contextlib.contextmanager
 def _schema_lock(url: str):
     """Serialise Optuna's table creation across processes on a brand-new database.
 
@@ -130,31 +127,7 @@ def _schema_lock(url: str):
     on an empty PostgreSQL database fail ("duplicate key value violates unique constraint pg_type_...") or leave
     two version rows. PostgreSQL: a session advisory lock; SQLite: an flock on a file beside the database.
     """
-    if url.startswith("sqlite:///"):
-        lock_path = Path(url.removeprefix("sqlite:///") + ".init-lock")
-        with open(lock_path, "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-        return
-    if not url.startswith("postgresql"):
-        yield
-        return
-    import sqlalchemy
-
-    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool,
-                                      connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS})
-    try:
-        with engine.connect() as conn:
-            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(hashtext('deepfm-optuna-schema'))"))
-            try:
-                yield
-            finally:
-                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(hashtext('deepfm-optuna-schema'))"))
-    finally:
-        engine.dispose()
+    return creation_lock(url, "deepfm-optuna-schema", ".init-lock")
 
 
 @dataclass

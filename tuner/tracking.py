@@ -27,6 +27,7 @@ from model.errors import ConfigError
 
 from .env import DISK_ERRNOS, check_writable, quiet_defaults, redact
 
+from .locks import mlflow_schema_lock  # noqa: E402
 from .stores import pick_tracking_uri  # noqa: E402
 
 quiet_defaults()
@@ -173,7 +174,13 @@ class StudyTracker:
     def __init__(self, tracking_uri: str, experiment_name: str, study_name: str):
         self.uri = tracking_uri
         check_reachable(tracking_uri)
-        self.client = MlflowClient(tracking_uri=tracking_uri)
+        with mlflow_schema_lock(tracking_uri):  # two processes on a new database: one creates MLflow's tables
+            self.client = MlflowClient(tracking_uri=tracking_uri)
+            try:
+                retry(lambda: self.client._tracking_client.store)  # the store (and its migrations) is made here
+            except MlflowException as exc:
+                raise ConfigError(f"cannot open the MLflow tracking store at {redact(tracking_uri)}: "
+                                  f"{str(exc).splitlines()[0]}; check --tracking-uri") from None
         self.study_name = study_name
         self.experiment_id = self._experiment(experiment_name)
 
