@@ -26,6 +26,7 @@ from model.train import EpochMetrics
 from .env import redact  # noqa: F401 - redact is used from here by cli and workers
 from .locks import creation_lock
 from .objective import ATTR_RUN_ID, ATTR_SKIPPED, TAG_FAILURE, make_objective
+from .records import disk_failure
 from .space import space_to_dict
 from .stores import pick_storage, pick_tracking_uri
 from .study import StudySpec
@@ -216,7 +217,7 @@ def run_trials(
             return
         failed = trial.state == optuna.trial.TrialState.FAIL
         consecutive["failures"] = consecutive["failures"] + 1 if failed else 0
-        if consecutive["failures"] >= MAX_CONSECUTIVE_FAILURES:
+        if consecutive["failures"] >= MAX_CONSECUTIVE_FAILURES or (failed and disk_failure(trial)):  # a full disk stays full
             consecutive["stopped"] = True
             study.stop()
 
