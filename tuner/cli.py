@@ -200,17 +200,10 @@ def evaluate(model_dir, data_path, fmt, as_json) -> None:
 
 # -- tuning ----------------------------------------------------------------------------------------
 def _existing_study(spec, storage, study_path):
-    """The study as stored; a study never started is a one-line error saying how to start it."""
-    import optuna
+    """The study as stored; a study never started is a one-line error saying how to start it (nothing created)."""
+    from .existing import existing_study
 
-    from .runner import open_storage, redact, resolve_storage
-
-    storage_url = resolve_storage(storage, spec)
-    try:
-        return optuna.load_study(study_name=spec.name, storage=open_storage(storage_url))
-    except KeyError:
-        raise UserInputError(f"no study named '{spec.name}' in {redact(storage_url)}; start it with "
-                             f"'deepfm tune {study_path}'") from None
+    return existing_study(spec, storage, study_path)[0]
 
 
 def _print_promotion(console, name: str, p) -> None:
@@ -276,10 +269,25 @@ def tune(study_path, storage, tracking_uri, n_trials, timeout, threads, workers,
     _print_tune_result(console, spec, result, tracking_uri)
 
 
+def _print_trained(console, trial, spec) -> None:
+    import yaml
+
+    from model.config import policy_to_v1_yaml
+
+    from .records import trained_config
+
+    policy, training = trained_config(trial, spec)
+    text = policy_to_v1_yaml(policy)
+    if training is not None:
+        text += yaml.safe_dump({"training": training.to_dict()}, sort_keys=False, default_flow_style=None)
+    console.print(f"best trial {trial.number} trained:", markup=False)
+    console.print(text.rstrip(), markup=False, highlight=False)
+
+
 def _print_tune_result(console, spec, result, tracking_uri) -> None:
     from model.config import policy_to_v1_yaml
 
-    from .space import policy_from_params
+    from .records import trained_config
 
     counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(result.counts.items()))
     console.print(f"study '{spec.name}': {counts}")
@@ -288,7 +296,7 @@ def _print_tune_result(console, spec, result, tracking_uri) -> None:
         return
     best = result.best_trial
     console.print(f"best trial {best.number}: {spec.metric} {best.value:.4f}; its V1 config:")
-    console.print(policy_to_v1_yaml(policy_from_params(best.params, spec.space)).rstrip())
+    console.print(policy_to_v1_yaml(trained_config(best, spec)[0]).rstrip())
     if result.promotion is not None:
         _print_promotion(console, spec.model_name, result.promotion)
     uri = result.handle.tracking_uri
@@ -348,6 +356,8 @@ def status(study_path, storage, tracking_uri) -> None:
     counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(trial_counts(study).items()))
     best = best_trial(study)
     console.print(f"{counts or 'no trials'}" + (f"; best trial {best.number}: {spec.metric} {best.value:.4f}" if best else ""))
+    if best is not None:  # what it trained, as recorded at its start (not rebuilt from today's study file)
+        _print_trained(console, best, spec)
 
 
 @main.command()
@@ -381,13 +391,13 @@ def promote(study_path, storage, tracking_uri, name, force) -> None:
     Example: deepfm promote studies/quick.yaml
     """
     from .console import out as console
+    from .existing import existing_handle
     from .promotion import promote_study
-    from .runner import init_study
     from .tune import load_data
 
     spec = _load_spec(study_path)
+    handle = existing_handle(spec, storage, tracking_uri, study_path)  # a wrong name creates nothing
     data = load_data(spec, _log_to_stderr)  # only the test rows are read: from the encoded dataset
-    handle = init_study(spec, storage, tracking_uri)
     _print_promotion(console, name or spec.model_name,
                      promote_study(handle, test_frame=data.test_frame(), force=force, name=name))
 
