@@ -137,3 +137,16 @@ def test_a_failed_load_back_check_leaves_no_model_version(store, policy_dir, tes
                        tags=TAGS, client=client)
     assert client.search_model_versions("name = 'ctr_broken'") == []
     assert [m.name for m in client.search_registered_models()] == []  # created by this promotion: removed too
+
+
+def test_pull_load_checks_a_version_registered_before_checksums(store, policy_dir, test_frame, tmp_path):
+    uri, client, run_id = store
+    promote_policy(run_id=run_id, policy_dir=policy_dir, test_frame=test_frame, registered_name="ctr", tags=TAGS,
+                   client=client)
+    stored = _version_policy_dir(client, "ctr", "1")
+    (stored / CHECKSUMS_FILE).unlink()  # as a version registered before checksums existed
+    client.delete_model_version_tag("ctr", "1", "policy_sha256")
+    truncate(stored / "weights.pt")
+    result = run("pull", "ctr/1", "--out", tmp_path / "pulled", "--tracking-uri", uri)
+    assert_one_line_error(result, "weights.pt cannot be read", "re-promote it")
+    assert not (tmp_path / "pulled").exists()

@@ -331,6 +331,7 @@ def pull_model(model_uri: str, out_dir: str | Path, *, client: MlflowClient | No
         flavor = mlflow.models.Model.load(str(local)).flavors["python_function"]
         policy_src = local / flavor["artifacts"][ARTIFACT_KEY]["path"]
         verify_download(policy_src, mv)  # a damaged store copy is refused before anything is copied
+        ScoringPolicy.load(policy_src, fix=pull_fix(mv.name, mv.version))  # and it must load (older versions too)
         shutil.copytree(policy_src, out_dir / "policy")
         shutil.copyfile(policy_src / POLICY_FILE, out_dir / POLICY_FILE)
         shutil.move(str(local), out_dir / "model")
