@@ -75,6 +75,8 @@ def test_a_full_artifact_disk_fails_the_trials_and_the_parent_run_with_the_reaso
     assert all("No space left on device" in r.data.tags["deepfm.failure_reason"] for r in trials)
     assert len(trials) == 1  # a full disk stays full: the study stops at the first such failure
     assert "trials_fail" in parent[0].data.metrics  # the summary completed
+    left = [p.name for p in full_artifact_root.rglob("*") if p.is_file() and p.name != "filler"]
+    assert left == []  # no partial checkpoint or report copy is left on the full disk
 
 
 # -- 16: promote with a wrong name; status prints what was trained ----------------------------------

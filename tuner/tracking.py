@@ -25,7 +25,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from model.errors import ConfigError
 
-from .env import DISK_ERRNOS, check_writable, quiet_defaults, redact
+from .env import DISK_ERRNOS, check_writable, is_disk_error, quiet_defaults, redact
 
 from .locks import mlflow_schema_lock  # noqa: E402
 from .stores import pick_tracking_uri  # noqa: E402
@@ -225,7 +225,21 @@ class StudyTracker:
             retry(self.client.log_batch, run_id, tags=[RunTag(f"best.{k}", str(v)) for k, v in dict(params).items()])
 
     def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
-        retry(self.client.log_artifact, run_id, str(path), artifact_path)
+        """Upload a file or folder; a disk that fills up half-way leaves no partial copy behind."""
+        try:
+            retry(self.client.log_artifact, run_id, str(path), artifact_path)
+        except Exception as exc:
+            if is_disk_error(exc):
+                self._remove_partial(run_id, "/".join(filter(None, [artifact_path, Path(path).name])))
+            raise
+
+    def _remove_partial(self, run_id: str, artifact: str) -> None:
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        try:
+            get_artifact_repository(self.client.get_run(run_id).info.artifact_uri).delete_artifacts(artifact)
+        except Exception:  # noqa: BLE001 - best effort: the disk error is what the caller reports
+            pass
 
     # -- trial runs ----------------------------------------------------------------------------------
     def start_trial_run(self, parent_run_id: str, trial_number: int, params: Mapping[str, Any],
