@@ -39,10 +39,10 @@ def child(code: str, *args: str, cgroup: str | None = None, cwd: Path = ROOT) ->
     """Run `code` in a fresh Python (optionally inside a cgroup v1 memory group); the JSON it emits, with its
     own peak RSS."""
     cmd = [sys.executable, "-c", PRELUDE + code, *args]
-    preexec = None
-    if cgroup:
-        def preexec() -> None:
-            Path(cgroup, "cgroup.procs").write_text(str(os.getpid()))
+    def join_cgroup() -> None:
+        Path(cgroup, "cgroup.procs").write_text(str(os.getpid()))
+
+    preexec = join_cgroup if cgroup else None
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, preexec_fn=preexec,
                           env={**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_DISABLE_TELEMETRY": "true"})
     if proc.returncode != 0:

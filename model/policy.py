@@ -5,11 +5,14 @@
     encoder.json    the fitted encoder (schema, vocabularies, numeric statistics)
     weights.pt      the model's state dict, loaded with weights_only=True (never a pickled module)
     metrics.json    per-epoch history, best epoch, and any evaluation metrics
+    checksums.json  sha256 and size of every other file, written last; checked by `load`
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +25,7 @@ import yaml
 from .config import PolicyConfig, TrainConfig, read_policy_yaml, write_policy_yaml
 from .deepfm import DeepFM
 from .dataset import TensorData
+from .checksums import CorruptPolicyError, verify_checksums, write_checksums
 from .encoder import FeatureEncoder
 from .errors import DataError
 from .parallel import scoring_pool
@@ -29,6 +33,7 @@ from .parallel import scoring_pool
 POLICY_FILE, TRAINING_FILE, ENCODER_FILE, WEIGHTS_FILE, METRICS_FILE = (
     "policy.yaml", "training.yaml", "encoder.json", "weights.pt", "metrics.json")
 PREDICT_BATCH = 262144  # rows encoded per call (large: the encoder parallelises over columns)
+LOAD_FIX = "pull it again with 'deepfm pull', or re-promote (or re-train) the policy"
 MODEL_BATCH = 2048  # rows per forward pass on the CPU: activations stay in cache, few Python calls per row
 
 
@@ -120,21 +125,31 @@ class ScoringPolicy:
         state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
         torch.save(state, directory / WEIGHTS_FILE)
         (directory / METRICS_FILE).write_text(json.dumps(self.metrics, indent=2, default=float) + "\n")
+        write_checksums(directory)  # last: a directory with checksums was written completely
         return directory
 
     @classmethod
-    def load(cls, directory: str | Path, device: str = "cpu") -> "ScoringPolicy":
+    def load(cls, directory: str | Path, device: str = "cpu", fix: str = LOAD_FIX) -> "ScoringPolicy":
+        """The policy in `directory`, its files checked against checksums.json first (when it has one): a
+        truncated or altered file is a one-line CorruptPolicyError that names it and `fix`."""
         directory = Path(directory)
         missing = [f for f in (POLICY_FILE, ENCODER_FILE, WEIGHTS_FILE) if not (directory / f).is_file()]
         if missing:
             raise DataError(f"{directory} is not a scoring-policy directory: missing {', '.join(missing)}; "
                             f"point at the output of 'deepfm train' or 'deepfm pull'")
+        verify_checksums(directory, fix)
         config, _ = read_policy_yaml(directory / POLICY_FILE)
         training = TrainConfig()
         if (directory / TRAINING_FILE).is_file():
             training = TrainConfig.from_dict((yaml.safe_load((directory / TRAINING_FILE).read_text()) or {}).get("training"))
         encoder = FeatureEncoder.load(directory / ENCODER_FILE)
-        state = torch.load(directory / WEIGHTS_FILE, map_location=device, weights_only=True)
+        try:
+            state = torch.load(directory / WEIGHTS_FILE, map_location=device, weights_only=True)
+        except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError, OSError) as exc:  # truncated, no checksums
+            if isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM, errno.ENOENT):
+                raise
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            raise CorruptPolicyError(f"{directory / WEIGHTS_FILE} cannot be read ({first}); {fix}") from None
         metrics = json.loads((directory / METRICS_FILE).read_text()) if (directory / METRICS_FILE).is_file() else {}
         policy = cls.build(config, training, encoder, state, metrics)
         policy.model.to(device)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import os
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,6 @@ from model.data import Split, read_table
 from model.dataset import epoch_batches, prepare
 from model.datasource import DataSpec
 from model.errors import DataError
-from model.schema import criteo_schema
 from model.train import train
 
 

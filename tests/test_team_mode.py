@@ -142,11 +142,11 @@ def test_three_local_workers_share_one_study_and_promote_once(services, launcher
     output = Path(proc.log_path).read_text()
     assert "3 local workers x 1 torch thread" in output  # 2 cores here: never more threads than cores in total
     assert "exited with code" not in output, "a worker failed"
+    own = "\n".join(line for line in output.splitlines() if not line.startswith("[worker"))
+    assert pg.password not in own, "the parent printed the database password"
     assert "(miss: encoded now)" in own  # the coordinator encoded the data once, before any worker started
     worker_lines = [line for line in output.splitlines() if line.startswith("[worker")]
     assert len([line for line in worker_lines if "(hit: mapped)" in line]) == 3, "a worker encoded the data"
-    own = "\n".join(line for line in output.splitlines() if not line.startswith("[worker"))
-    assert pg.password not in own, "the parent printed the database password"
 
     study = load(storage, "team3")
     done = finished(study)

@@ -12,6 +12,7 @@ from model.errors import UserInputError
 
 from . import interrupts
 from .env import DISK_ERRNOS, check_writable, disk_error, quiet_defaults
+from .stores import pick_storage, pick_tracking_uri, storage_option, store_options, tracking_uri_option
 
 quiet_defaults()
 
@@ -199,27 +200,11 @@ def evaluate(model_dir, data_path, fmt, as_json) -> None:
 
 
 # -- tuning ----------------------------------------------------------------------------------------
-def store_options(func):
-    """--storage / --tracking-uri: where the Optuna study and the MLflow runs live."""
-    func = click.option("--tracking-uri", default=None, envvar="DEEPFM_TRACKING_URI",
-                        help="MLflow tracking URI (default: study file, MLFLOW_TRACKING_URI, sqlite:///mlruns/mlflow.db).")(func)
-    func = click.option("--storage", default=None, envvar="DEEPFM_STORAGE",
-                        help="Optuna storage URL (default: study file, else sqlite:///mlruns/optuna.db).")(func)
-    return func
-
-
 def _existing_study(spec, storage, study_path):
-    """The study as stored; a study never started is a one-line error saying how to start it."""
-    import optuna
+    """The study as stored; a study never started is a one-line error saying how to start it (nothing created)."""
+    from .existing import existing_study
 
-    from .runner import open_storage, redact, resolve_storage
-
-    storage_url = resolve_storage(storage, spec)
-    try:
-        return optuna.load_study(study_name=spec.name, storage=open_storage(storage_url))
-    except KeyError:
-        raise UserInputError(f"no study named '{spec.name}' in {redact(storage_url)}; start it with "
-                             f"'deepfm tune {study_path}'") from None
+    return existing_study(spec, storage, study_path)[0]
 
 
 def _print_promotion(console, name: str, p) -> None:
@@ -291,11 +276,26 @@ def tune(study_path, storage, tracking_uri, n_trials, timeout, threads, workers,
     _print_tune_result(console, spec, result, tracking_uri)
 
 
+def _print_trained(console, trial, spec) -> None:
+    import yaml
+
+    from model.config import policy_to_v1_yaml
+
+    from .records import trained_config
+
+    policy, training = trained_config(trial, spec)
+    text = policy_to_v1_yaml(policy)
+    if training is not None:
+        text += yaml.safe_dump({"training": training.to_dict()}, sort_keys=False, default_flow_style=None)
+    console.print(f"best trial {trial.number} trained:", markup=False)
+    console.print(text.rstrip(), markup=False, highlight=False)
+
+
 def _print_tune_result(console, spec, result, tracking_uri) -> None:
     from model.config import policy_to_v1_yaml
 
     from .baseline import describe_lift
-    from .space import policy_from_params
+    from .records import trained_config
 
     counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(result.counts.items()))
     console.print(f"study '{spec.name}': {counts}")
@@ -304,7 +304,7 @@ def _print_tune_result(console, spec, result, tracking_uri) -> None:
         return
     best = result.best_trial
     console.print(f"best trial {best.number}: {spec.metric} {best.value:.4f}; its V1 config:")
-    console.print(policy_to_v1_yaml(policy_from_params(best.params, spec.space)).rstrip())
+    console.print(policy_to_v1_yaml(trained_config(best, spec)[0]).rstrip())
     console.print(describe_lift(result.handle.study, spec.metric))
     if result.promotion is not None:
         _print_promotion(console, spec.model_name, result.promotion)
@@ -371,6 +371,8 @@ def status(study_path, storage, tracking_uri) -> None:
     counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(trial_counts(study).items()))
     best = best_trial(study)
     console.print(f"{counts or 'no trials'}" + (f"; best trial {best.number}: {spec.metric} {best.value:.4f}" if best else ""))
+    if best is not None:  # what it trained, as recorded at its start (not rebuilt from today's study file)
+        _print_trained(console, best, spec)
     if study.trials:
         console.print(describe_lift(study, spec.metric))
 
@@ -409,14 +411,15 @@ def promote(study_path, storage, tracking_uri, name, force) -> None:
     Example: deepfm promote studies/quick.yaml
     """
     from .console import out as console
+    from .existing import existing_handle
     from .promotion import promote_study
-    from .runner import check_stores, init_study
+    from .runner import check_stores
     from .tune import load_data
 
     spec = _load_spec(study_path)
     check_stores(spec, storage, tracking_uri)
+    handle = existing_handle(spec, storage, tracking_uri, study_path)  # a wrong name creates nothing
     data = load_data(spec, _log_to_stderr)  # only the test rows are read: from the encoded dataset
-    handle = init_study(spec, storage, tracking_uri)
     _print_promotion(console, name or spec.model_name,
                      promote_study(handle, test_frame=data.test_frame(), force=force, name=name))
 
@@ -455,8 +458,7 @@ def _exec(program: str, args: list[str]) -> None:
 
 @main.command()
 @click.argument("study_path", metavar="[STUDY.yaml]", required=False, type=click.Path(dir_okay=False))
-@click.option("--tracking-uri", default=None,
-              help="Backend store (default: study file, MLFLOW_TRACKING_URI, sqlite:///mlruns/mlflow.db).")
+@tracking_uri_option
 @click.option("--experiment", default=None, help="Print the direct link to this experiment's runs (default: the study's).")
 @click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True)
 def ui(study_path, tracking_uri, experiment, port) -> None:
@@ -466,11 +468,10 @@ def ui(study_path, tracking_uri, experiment, port) -> None:
     """
     import os
 
-    from .env import DEFAULT_TRACKING_URI
     from .tracking import artifact_location_for, resolve_tracking_uri
 
     spec = _load_spec(study_path) if study_path else None
-    uri = tracking_uri or (spec.tracking_uri if spec else None) or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    uri = pick_tracking_uri(tracking_uri, spec)
     if uri.startswith(("http://", "https://")):
         raise UserInputError(f"{uri} is already an MLflow server: open it in a browser")
     _require_store(uri, "MLflow store")
@@ -497,23 +498,20 @@ def ui(study_path, tracking_uri, experiment, port) -> None:
 
 @main.command()
 @click.argument("study_path", metavar="[STUDY.yaml]", required=False, type=click.Path(dir_okay=False))
-@click.option("--storage", default=None, envvar="DEEPFM_STORAGE",
-              help="Optuna storage URL (default: study file, else sqlite:///mlruns/optuna.db).")
+@storage_option
 @click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
 def dashboard(study_path, storage, port) -> None:
     """Start optuna-dashboard on 127.0.0.1 over the study storage (needs the 'dashboard' extra).
 
     Example: deepfm dashboard studies/quick.yaml --port 8080
     """
-    from .env import DEFAULT_OPTUNA_STORAGE
-
     try:
         import optuna_dashboard  # noqa: F401
     except ImportError:
         raise UserInputError("optuna-dashboard is not installed; install it with "
                              "pip install 'deepfm-tuner[dashboard]'") from None
     spec = _load_spec(study_path) if study_path else None
-    url = storage or (spec.storage if spec else None) or DEFAULT_OPTUNA_STORAGE
+    url = pick_storage(storage, spec)
     _require_store(url, "Optuna storage")
     _require_free_port(port)
     from .runner import redact, resolve_storage

@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
 
 from model.errors import UserInputError
 
-from .env import DEFAULT_TRACKING_URI, check_writable, missing_sqlite_store
-
-
-def tracking_uri_option(func):
-    return click.option(
-        "--tracking-uri", default=None, metavar="URI",
-        help=f"MLflow tracking/registry URI (default: $MLFLOW_TRACKING_URI, else {DEFAULT_TRACKING_URI}).")(func)
+from .env import check_writable, missing_sqlite_store
+from .stores import pick_tracking_uri, tracking_uri_option
 
 
 def registry_client(tracking_uri: str | None):
     """An MlflowClient on the given store; a missing embedded SQLite store is a one-line error, not a new DB."""
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    uri = pick_tracking_uri(tracking_uri)
     path = missing_sqlite_store(uri)
     if path is not None:
         raise UserInputError(f"no MLflow store at {path} (tracking URI {uri}); run 'deepfm tune' and "

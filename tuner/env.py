@@ -22,6 +22,20 @@ DISK_ERRNOS = {errno.EROFS: "is on a read-only file system", errno.ENOSPC: "is o
                errno.EPERM: "is not writable (operation not permitted)"}
 
 
+DISK_MARKERS = ("no space left on device", "disk quota exceeded", "read-only file system", "database or disk is full",
+                "disk is full")
+
+
+def is_disk_error(exc: BaseException | None) -> bool:
+    """A full, read-only or forbidden disk (an OSError, or a library's error that carries its text)."""
+    if exc is None:
+        return False
+    if isinstance(exc, OSError) and exc.errno in DISK_ERRNOS:
+        return True
+    text = str(exc).lower()
+    return any(marker in text for marker in DISK_MARKERS)
+
+
 def disk_error(exc: OSError, path: str | Path, fix: str) -> UserInputError:
     """'cannot write to PATH: it is on a read-only file system; FIX' for an OSError in DISK_ERRNOS."""
     return UserInputError(f"cannot write to {path}: it {DISK_ERRNOS.get(exc.errno, exc.strerror or str(exc))}; {fix}")
@@ -95,10 +109,11 @@ class _OneLineTrialFailures(logging.Filter):
         found = re.match(r"Trial (\d+) failed", record.getMessage())
         if found and found.group(1) in self.handled and record.getMessage().endswith("failed with value None."):
             return False
-        if isinstance(error, (KeyboardInterrupt, UserInputError)) and found:
+        expected = isinstance(error, UserInputError) or is_disk_error(error)  # the user's to fix: no traceback
+        if (isinstance(error, KeyboardInterrupt) or expected) and found:
             self.handled.add(found.group(1))
         if isinstance(error, KeyboardInterrupt):
             return False
-        if isinstance(error, UserInputError):
+        if expected:
             record.exc_info, record.exc_text = None, None
         return True

@@ -23,6 +23,7 @@ from model.policy import ScoringPolicy
 from model.train import EpochMetrics, train
 
 from . import interrupts
+from .records import record_failure, record_trained
 from .space import suggest_policy
 from .study import StudySpec
 from .tracking import StudyTracker, git_commit
@@ -83,6 +84,7 @@ def make_objective(
         policy = suggest_policy(trial, spec.space)
         if failure_injector is not None:
             policy = failure_injector(trial, policy)
+        record_trained(trial, policy, control)  # what this trial trains, exactly (status/summary/promote read it)
         worker = f"{socket.gethostname()}:{os.getpid()}"
         trial.set_user_attr(ATTR_WORKER, worker)
         tags = {**common_tags, "deepfm.worker": worker}
@@ -150,7 +152,7 @@ def make_objective(
             tracker.set_tags(run_id, {TAG_FAILURE: str(exc)})
             raise
         except Exception as exc:
-            tracker.set_tags(run_id, {TAG_FAILURE: f"{type(exc).__name__}: {exc}"})
+            tracker.set_tags(run_id, {TAG_FAILURE: record_failure(trial, exc)})
             raise
         except BaseException:  # Ctrl-C / SystemExit: Optuna marks the trial FAIL; the run must not stay RUNNING
             interrupts.handled()  # the trial is closed below; no second interrupt may cut that short

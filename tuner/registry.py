@@ -33,9 +33,11 @@ import pyarrow.parquet as pq
 
 from model.data import check_labels, read_table
 from model.errors import DataError, UserInputError, did_you_mean
-from model.policy import POLICY_FILE, ScoringPolicy
+from model.checksums import CorruptPolicyError
+from model.policy import LOAD_FIX, POLICY_FILE, ScoringPolicy
 from model.train import classification_metrics
 
+from .integrity import TAG_DIGEST, discard_version, policy_digest_for, pull_fix, verify_download
 from .pyfunc import ARTIFACT_KEY, OUTPUT_COLUMN, ScoringPolicyModel, conform, log_policy_model
 from .stats import AucComparison, delong_test, gate
 
@@ -224,6 +226,7 @@ def promote_policy(
     client = client or MlflowClient()
     policy_dir = Path(policy_dir)
     schema = ScoringPolicy.load(policy_dir).encoder.schema
+    digest = policy_digest_for(policy_dir)
     labels = check_labels(test_frame, schema.label, "promotion test frame")
     if not 0 < labels.sum() < len(labels):
         raise DataError(f"promotion test frame: column '{schema.label}' holds only one class in {len(labels):,} rows; "
@@ -234,12 +237,15 @@ def promote_policy(
         except MlflowException:
             raise RegistryError(f"MLflow run {run_id} does not exist in {client.tracking_uri}") from None
         info = _log_to_run(client, run, policy_dir, test_frame)
+        created = False
         try:
             client.get_registered_model(registered_name)
         except MlflowException:
+            created = True
             client.create_registered_model(registered_name, description="DeepFM click-through-rate scoring policy")
         version_tags = {str(k): str(v) for k, v in tags.items()}
         version_tags[TAG_POLICY_YAML] = (policy_dir / POLICY_FILE).read_text()
+        version_tags[TAG_DIGEST] = digest
         mv = client.create_model_version(registered_name, source=info.model_uri, run_id=run_id, tags=version_tags,
                                          model_id=info.model_id)
         version = int(mv.version)
@@ -252,9 +258,9 @@ def promote_policy(
                 raise ValueError(f"got {len(probabilities)} scores (non-finite included) for {len(test_frame)} rows")
         except Exception as exc:  # anything at all: the version must not be promoted
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-            client.set_model_version_tag(registered_name, str(version), TAG_REASON, f"failed load-back check: {first}")
+            discard_version(client, registered_name, version, created)  # no orphan version is left behind
             raise PromotionCheckError(f"registered version {version} of '{registered_name}' failed its load-back "
-                                      f"check ({first}); no alias moved") from exc
+                                      f"check ({first}); it was deleted and no alias moved") from exc
         test_auc, test_logloss = classification_metrics(labels, probabilities)
         client.set_model_version_tag(registered_name, str(version), TAG_TEST_AUC, f"{test_auc:.6f}")
         client.set_model_version_tag(registered_name, str(version), TAG_TEST_LOGLOSS, f"{test_logloss:.6f}")
@@ -376,11 +382,15 @@ def pull_model(model_uri: str, out_dir: str | Path, *, client: MlflowClient | No
     for part in ("model", "policy", POLICY_FILE):
         if (out_dir / part).exists():
             raise UserInputError(f"{out_dir / part} already exists; pull into an empty or new --out directory")
+    created_out = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
-    with _using(client), tempfile.TemporaryDirectory(dir=out_dir, prefix=".pull-") as tmp:
+    with _removed_if_failed(out_dir if created_out else None), _using(client), \
+            tempfile.TemporaryDirectory(dir=out_dir, prefix=".pull-") as tmp:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{mv.name}/{mv.version}", dst_path=tmp))
         flavor = mlflow.models.Model.load(str(local)).flavors["python_function"]
         policy_src = local / flavor["artifacts"][ARTIFACT_KEY]["path"]
+        verify_download(policy_src, mv)  # a damaged store copy is refused before anything is copied
+        ScoringPolicy.load(policy_src, fix=pull_fix(mv.name, mv.version))  # and it must load (older versions too)
         shutil.copytree(policy_src, out_dir / "policy")
         shutil.copyfile(policy_src / POLICY_FILE, out_dir / POLICY_FILE)
         shutil.move(str(local), out_dir / "model")
@@ -388,6 +398,17 @@ def pull_model(model_uri: str, out_dir: str | Path, *, client: MlflowClient | No
               "aliases": list(mv.aliases), "run_id": mv.run_id, "tracking_uri": client.tracking_uri}
     (out_dir / "source.json").write_text(json.dumps(source, indent=2) + "\n")
     return out_dir
+
+
+@contextlib.contextmanager
+def _removed_if_failed(folder: Path | None) -> Iterator[None]:
+    """A pull that fails leaves no --out folder it created (nothing half-written)."""
+    try:
+        yield
+    except BaseException:
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
 
 
 # -- batch scoring ---------------------------------------------------------------------------------
@@ -433,7 +454,11 @@ def score_file(
     mv = resolve_model_version(model_uri, client)
     frame = read_table(input_path, fmt)
     with _using(client):
-        loaded = mlflow.pyfunc.load_model(f"models:/{mv.name}/{mv.version}")
+        try:
+            loaded = mlflow.pyfunc.load_model(f"models:/{mv.name}/{mv.version}")
+        except CorruptPolicyError as exc:  # raised by the policy's checksums in load_context
+            raise CorruptPolicyError(f"{mv.name} version {mv.version}: {exc}".replace(
+                LOAD_FIX, pull_fix(mv.name, mv.version))) from None
     output_path = Path(output_path)
     output_path.parent.mkdir(parents=True, exist_ok=True)
     started, total, writer, schema = time.perf_counter(), len(frame), None, None

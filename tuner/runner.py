@@ -7,8 +7,6 @@ winner creates the parent run and records its id on the study, and every other w
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import logging
 import os
 import re
@@ -26,11 +24,14 @@ from model.dataset import PreparedData
 from model.errors import ConfigError
 from model.train import EpochMetrics
 
-from .env import DEFAULT_OPTUNA_STORAGE, redact  # noqa: F401 - redact is used from here by cli and workers
+from .env import redact  # noqa: F401 - redact is used from here by cli and workers
+from .locks import creation_lock
 from .objective import ATTR_RUN_ID, ATTR_SKIPPED, TAG_FAILURE, make_objective
+from .records import disk_failure
 from .space import space_to_dict
+from .stores import pick_storage, pick_tracking_uri
 from .study import StudySpec
-from .env import DEFAULT_TRACKING_URI, check_writable
+from .env import check_writable
 from .tracking import (CONNECT_TIMEOUT_SECONDS, StudyTracker, absolute_sqlite, check_database, check_reachable,
                        resolve_tracking_uri, retry)
 
@@ -63,7 +64,7 @@ MAX_CONSECUTIVE_FAILURES = 5
 
 
 def resolve_storage(url: str | None, spec: StudySpec | None = None) -> str:
-    url = url or (spec.storage if spec else None) or DEFAULT_OPTUNA_STORAGE
+    url = pick_storage(url, spec)  # the one order: flag > DEEPFM_STORAGE > study file > default
     if url.startswith("sqlite:///"):
         url = absolute_sqlite(url)
     elif url.startswith("postgresql://"):
@@ -123,7 +124,6 @@ def heartbeat_settings() -> tuple[int, int]:
     return values[0], values[1]
 
 
-@contextlib.contextmanager
 def _schema_lock(url: str):
     """Serialise Optuna's table creation across processes on a brand-new database.
 
@@ -131,31 +131,7 @@ def _schema_lock(url: str):
     on an empty PostgreSQL database fail ("duplicate key value violates unique constraint pg_type_...") or leave
     two version rows. PostgreSQL: a session advisory lock; SQLite: an flock on a file beside the database.
     """
-    if url.startswith("sqlite:///"):
-        lock_path = Path(url.removeprefix("sqlite:///") + ".init-lock")
-        with open(lock_path, "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-        return
-    if not url.startswith("postgresql"):
-        yield
-        return
-    import sqlalchemy
-
-    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool,
-                                      connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS})
-    try:
-        with engine.connect() as conn:
-            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(hashtext('deepfm-optuna-schema'))"))
-            try:
-                yield
-            finally:
-                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(hashtext('deepfm-optuna-schema'))"))
-    finally:
-        engine.dispose()
+    return creation_lock(url, "deepfm-optuna-schema", ".init-lock")
 
 
 @dataclass
@@ -180,8 +156,7 @@ def _study_exists(storage: optuna.storages.BaseStorage, name: str) -> bool:
 def check_stores(spec: StudySpec, storage_url: str | None = None, tracking_uri: str | None = None) -> None:
     """Both stores answer (servers, databases) or can be created (a writable folder for SQLite), checked in
     seconds and creating nothing: run before the data step, so a wrong URI never waits behind an encoding."""
-    storage_url = storage_url or spec.storage or DEFAULT_OPTUNA_STORAGE
-    tracking_uri = tracking_uri or spec.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    storage_url, tracking_uri = pick_storage(storage_url, spec), pick_tracking_uri(tracking_uri, spec)
     for url, option in ((storage_url, "--storage"), (tracking_uri, "--tracking-uri")):
         if url.startswith("sqlite:///"):
             check_writable(Path(url.removeprefix("sqlite:///")).parent,
@@ -204,7 +179,7 @@ def init_study(spec: StudySpec, storage_url: str | None = None, tracking_uri: st
 
     storage_url = resolve_storage(storage_url, spec)
     check_database(storage_url, "Optuna storage", "--storage")  # unreachable: fail before any MLflow store exists
-    tracking_uri = resolve_tracking_uri(tracking_uri or spec.tracking_uri)
+    tracking_uri = resolve_tracking_uri(pick_tracking_uri(tracking_uri, spec))
     warm = None
     if spec.warm_start is not None:
         probe = open_storage(storage_url)
@@ -296,7 +271,7 @@ def run_trials(
             return
         failed = trial.state == optuna.trial.TrialState.FAIL
         consecutive["failures"] = consecutive["failures"] + 1 if failed else 0
-        if consecutive["failures"] >= MAX_CONSECUTIVE_FAILURES:
+        if consecutive["failures"] >= MAX_CONSECUTIVE_FAILURES or (failed and disk_failure(trial)):  # a full disk stays full
             consecutive["stopped"] = True
             study.stop()
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import random
 import sqlite3
 import subprocess
@@ -26,7 +25,10 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from model.errors import ConfigError
 
-from .env import DEFAULT_TRACKING_URI, DISK_ERRNOS, check_writable, quiet_defaults, redact
+from .env import DISK_ERRNOS, check_writable, is_disk_error, quiet_defaults, redact
+
+from .locks import mlflow_schema_lock  # noqa: E402
+from .stores import pick_tracking_uri  # noqa: E402
 
 quiet_defaults()
 
@@ -65,8 +67,9 @@ def retry(func: Callable[..., T], *args: Any, attempts: int = 6, base_delay: flo
 
 
 def resolve_tracking_uri(uri: str | None) -> str:
-    """--tracking-uri, else the study file's, else MLFLOW_TRACKING_URI, else the embedded SQLite store."""
-    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    """`uri` (already picked in tuner.stores' order), else DEEPFM_TRACKING_URI / MLFLOW_TRACKING_URI / the embedded
+    SQLite store; made absolute and checked."""
+    uri = pick_tracking_uri(uri)
     if uri.startswith("sqlite:///"):
         uri = absolute_sqlite(uri)
     elif not uri.startswith(("http://", "https://", "postgresql", "mysql", "databricks", "file:")):
@@ -171,7 +174,13 @@ class StudyTracker:
     def __init__(self, tracking_uri: str, experiment_name: str, study_name: str):
         self.uri = tracking_uri
         check_reachable(tracking_uri)
-        self.client = MlflowClient(tracking_uri=tracking_uri)
+        with mlflow_schema_lock(tracking_uri):  # two processes on a new database: one creates MLflow's tables
+            self.client = MlflowClient(tracking_uri=tracking_uri)
+            try:
+                retry(lambda: self.client._tracking_client.store)  # the store (and its migrations) is made here
+            except MlflowException as exc:
+                raise ConfigError(f"cannot open the MLflow tracking store at {redact(tracking_uri)}: "
+                                  f"{str(exc).splitlines()[0]}; check --tracking-uri") from None
         self.study_name = study_name
         self.experiment_id = self._experiment(experiment_name)
 
@@ -216,7 +225,21 @@ class StudyTracker:
             retry(self.client.log_batch, run_id, tags=[RunTag(f"best.{k}", str(v)) for k, v in dict(params).items()])
 
     def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
-        retry(self.client.log_artifact, run_id, str(path), artifact_path)
+        """Upload a file or folder; a disk that fills up half-way leaves no partial copy behind."""
+        try:
+            retry(self.client.log_artifact, run_id, str(path), artifact_path)
+        except Exception as exc:
+            if is_disk_error(exc):
+                self._remove_partial(run_id, "/".join(filter(None, [artifact_path, Path(path).name])))
+            raise
+
+    def _remove_partial(self, run_id: str, artifact: str) -> None:
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        try:
+            get_artifact_repository(self.client.get_run(run_id).info.artifact_uri).delete_artifacts(artifact)
+        except Exception:  # noqa: BLE001 - best effort: the disk error is what the caller reports
+            pass
 
     # -- trial runs ----------------------------------------------------------------------------------
     def start_trial_run(self, parent_run_id: str, trial_number: int, params: Mapping[str, Any],

@@ -17,9 +17,10 @@ from model.train import EpochMetrics
 from .baseline import is_baseline, lift_over_baseline
 from .objective import ATTR_CHECKPOINT, ATTR_RUN_ID, ATTR_SKIPPED, ATTR_TRAINING, prune_checkpoints
 from . import interrupts
+from .outcome import SummaryArtifacts, end_parent
+from .records import trained_config
 from .report import write_report
 from .runner import StudyHandle, check_stores, init_study, run_trials
-from .space import policy_from_params
 from .study import StudySpec
 
 
@@ -59,9 +60,10 @@ def summarise(handle: StudyHandle, status: str = "FINISHED") -> optuna.trial.Fro
     counts = trial_counts(study)
     metrics = {f"trials_{state.lower()}": n for state, n in counts.items()}
     tags: dict[str, str] = {}
+    artifacts = SummaryArtifacts(tracker, handle.parent_run_id)  # a full artifact disk: the summary still completes
     with tempfile.TemporaryDirectory(prefix="deepfm-report-") as tmp:
         if best is not None:
-            policy = policy_from_params(best.params, spec.space)
+            policy, _ = trained_config(best, spec)  # what the best trial trained, not today's study file
             metrics[f"best_{spec.metric}"] = best.value
             training = best.user_attrs.get(ATTR_TRAINING, {})
             for key in ("best_epoch", "seconds"):
@@ -74,7 +76,7 @@ def summarise(handle: StudyHandle, status: str = "FINISHED") -> optuna.trial.Fro
                 tags["deepfm.baseline_trial"] = str(lift[1].number)
             tracker.log_summary(handle.parent_run_id, metrics, params=policy.to_dict(), tags=tags)
             (Path(tmp) / "best_policy.yaml").write_text(policy_to_v1_yaml(policy))
-            tracker.log_artifact(handle.parent_run_id, Path(tmp) / "best_policy.yaml")
+            artifacts.log(Path(tmp) / "best_policy.yaml")
             keep = best.user_attrs.get(ATTR_RUN_ID)
             # the best trial's checkpoint is promoted; the baseline's is what promotion compares it with
             with_ckpt = [t.user_attrs[ATTR_RUN_ID] for t in study.get_trials(deepcopy=False)
@@ -83,8 +85,8 @@ def summarise(handle: StudyHandle, status: str = "FINISHED") -> optuna.trial.Fro
         else:
             tracker.log_summary(handle.parent_run_id, metrics)
         write_report(study, Path(tmp) / "report.html")
-        tracker.log_artifact(handle.parent_run_id, Path(tmp) / "report.html", "report")
-    tracker.end_run(handle.parent_run_id, status)
+        artifacts.log(Path(tmp) / "report.html", "report")
+    end_parent(handle, status, artifacts)  # FAILED with the reason (and one error line) after a disk error
     return best
 
 

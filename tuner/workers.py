@@ -193,23 +193,11 @@ def run_local_workers(
 
 
 def _promote(handle: StudyHandle, test_frame):
-    """Promote the study's best trial once, against the study's own tracking store."""
-    import mlflow
-    from mlflow.tracking._tracking_service import utils as tracking_utils
-
+    """Promote the study's best trial once, through the study's own client (its tracking store): MLflow's
+    process-wide settings are not touched here."""
     from .promotion import promote_study
 
-    # promote_policy's default MlflowClient() follows the fluent tracking URI: point it at the study's store
-    saved, saved_env = tracking_utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(handle.tracking_uri)
-    try:
-        return promote_study(handle, test_frame=test_frame)
-    finally:
-        tracking_utils._tracking_uri = saved
-        if saved_env is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = saved_env
+    return promote_study(handle, test_frame=test_frame)
 
 
 __all__ = ["run_local_workers", "threads_per_worker", "worker_command", "available_cores", "WorkersFailed"]
