@@ -1,6 +1,7 @@
 """Data at production size: the encoded dataset's build, second start, sharing, training speed and out-of-core run.
 
     python bench/data_scale.py prepare --data DIR [--data DIR ...]   # fresh build per DIR: seconds, peak RSS
+    python bench/data_scale.py encode-ab --data DIR [--rounds 3]     # build vs the in-memory read+fit+encode
     python bench/data_scale.py second-start --data DIR               # map + study + first trial, data built
     python bench/data_scale.py throughput --data DIR [--rounds 2]    # mapped vs in-memory samples/s, A/B rounds
     python bench/data_scale.py epoch --data DIR [--cap-mib N]        # one epoch from the mapped dataset, test AUC,
@@ -72,6 +73,35 @@ def cmd_prepare(args) -> dict:
                         "peak_rss_mib": out["peak_rss_mib"], "encoded_mib": round(size / 2**20)})
         print(results[-1], flush=True)
     return {"prepare": results}
+
+
+OLD_PATH_CODE = (
+    "import sys, time\nfrom model.data import concat_frames, read_table, split_rows\n"
+    "from model.encoder import FeatureEncoder\nfrom model.schema import criteo_schema\n"
+    "t = time.perf_counter()\n"
+    "frame = concat_frames([read_table(f, 'criteo') for f in (spec.train, spec.test)])\n"
+    "split = split_rows(len(frame), 0.1, 0.0, 42)\n"
+    "encoder = FeatureEncoder(criteo_schema()).fit(frame, rows=split.train)\n"
+    "features = encoder.transform(frame)\n"
+    "emit({'path': 'in-memory (read_table + fit + transform)', 'seconds': time.perf_counter() - t,"
+    " 'rows': len(frame)})")
+
+
+def cmd_encode_ab(args) -> dict:
+    """The encoded-dataset build against the in-memory path it replaces (whole-file read + fit + transform),
+    on the same files, alternated, each in a fresh process."""
+    data = args.data[0]
+    encoded = str(ENCODED / f"ab-{Path(data).name}")
+    new_code = ("import shutil, time\nshutil.rmtree(spec.encoded_dir, ignore_errors=True)\nt = time.perf_counter()\n"
+                "p = spec.prepare()\nemit({'path': 'encoded dataset (streamed build)', 'seconds': time.perf_counter() - t,"
+                " 'rows': len(p.train) + len(p.val) + len(p.test)})")
+    runs = []
+    for i in range(args.rounds):
+        for code in ((new_code, OLD_PATH_CODE) if i % 2 == 0 else (OLD_PATH_CODE, new_code)):
+            runs.append(child(spec_code(data, encoded) + code))
+            print(runs[-1], flush=True)
+    shutil.rmtree(encoded, ignore_errors=True)
+    return {"encode_ab": runs}
 
 
 def cmd_second_start(args) -> dict:
@@ -225,7 +255,7 @@ def worker_pids(root: int, workers: int) -> list[int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", choices=("prepare", "second-start", "throughput", "epoch", "workers"))
+    parser.add_argument("what", choices=("prepare", "encode-ab", "second-start", "throughput", "epoch", "workers"))
     parser.add_argument("--data", action="append", required=True)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
@@ -234,7 +264,7 @@ def main() -> None:
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     started = time.strftime("%Y-%m-%d %H:%M:%S")
-    run = {"prepare": cmd_prepare, "second-start": cmd_second_start, "throughput": cmd_throughput,
+    run = {"prepare": cmd_prepare, "encode-ab": cmd_encode_ab, "second-start": cmd_second_start, "throughput": cmd_throughput,
            "epoch": cmd_epoch, "workers": cmd_workers}[args.what]
     results = {"machine": machine(), "started": started, **run(args)}
     write_json(results, f"data_scale_{args.what}.json", args.out)
