@@ -34,8 +34,8 @@ def detect_format(path: Path) -> str:
     raise DataError(f"{path}: cannot tell the format from the extension; name it .csv/.tsv/.parquet or pass a format")
 
 
-def read_table(path: str | Path, fmt: str | None = None, columns: list[str] | None = None) -> pd.DataFrame:
-    """Read one file into a DataFrame. `fmt='criteo'` reads Criteo's headerless TSV (label, I1..I13, C1..C26)."""
+def check_file(path: str | Path, fmt: str | None) -> tuple[Path, str]:
+    """(path, format) of a readable, non-empty data file; else a DataError naming the fix."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"data file {path} does not exist; check the path")
@@ -44,6 +44,12 @@ def read_table(path: str | Path, fmt: str | None = None, columns: list[str] | No
         raise DataError(f"unknown data format {fmt!r} for {path}; use one of {', '.join(FORMATS)}")
     if path.stat().st_size == 0:
         raise DataError(f"{path}: the file is empty; it needs a header row (or the Criteo format) and data rows")
+    return path, fmt
+
+
+def read_table(path: str | Path, fmt: str | None = None, columns: list[str] | None = None) -> pd.DataFrame:
+    """Read one file into a DataFrame. `fmt='criteo'` reads Criteo's headerless TSV (label, I1..I13, C1..C26)."""
+    path, fmt = check_file(path, fmt)
     try:
         if fmt == "parquet":
             table = pq.read_table(path, columns=columns)

@@ -15,7 +15,7 @@ from .data import FORMATS
 from .dataset import PreparedData
 from .encoded import Source, SplitRule, open_or_build
 from .errors import ConfigError, DataError, did_you_mean
-from .ingest import check_file
+from .data import check_file
 from .schema import FeatureSchema, criteo_schema, infer_schema
 from .synth import SynthSpec, write_dataset
 

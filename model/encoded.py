@@ -18,8 +18,6 @@ folder whose manifest, sizes or sampled checksums do not match is rebuilt, with 
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import functools
 import hashlib
 import json
@@ -39,6 +37,7 @@ import torch
 from .dataset import PreparedData, TensorData
 from .encoder import FIRST_TOKEN, MISSING, OOV, FeatureEncoder, arrow_tokens, numeric_transform, vocabulary_order
 from .errors import DataError
+from .filelock import file_lock
 from .ingest import ValueParseError, batch_labels, numbers_from_text, read_types, sample_frame, stream_batches
 from .schema import FeatureSchema
 
@@ -94,7 +93,7 @@ def open_or_build(sources: list[Source], schema_for: Callable, rule: SplitRule, 
     except OSError as exc:
         raise DataError(f"cannot create the encoded-data folder {root}: {exc.strerror}; set data.encoded_dir to "
                         f"a writable folder") from None
-    with _locked(root / f"{fingerprint}.lock"):
+    with file_lock(root / f"{fingerprint}.lock"):
         problem = _check(folder)  # another worker may have built it while this one waited
         if problem is None:
             return load(folder)  # built by another process while this one waited
@@ -138,16 +137,6 @@ def _fingerprint(sources: list[Source], rule: SplitRule, settings: dict) -> str:
     identity = {"version": FORMAT_VERSION, "sources": [s.identity() for s in sources],
                 "split": rule.__dict__, "settings": settings}
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 # -- checks ----------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from .data import FORMATS, detect_format
+from .data import check_file
 from .errors import DataError
 from .schema import CRITEO_CATEGORICAL, CRITEO_COLUMNS, CRITEO_NUMERIC, FeatureSchema
 
@@ -33,19 +33,6 @@ def criteo_types() -> dict[str, pa.DataType]:
     types: dict[str, pa.DataType] = {"label": pa.float32(), **{c: pa.float32() for c in CRITEO_NUMERIC}}
     types.update({c: pa.dictionary(pa.int32(), pa.string()) for c in CRITEO_CATEGORICAL})
     return types
-
-
-def check_file(path: str | Path, fmt: str | None) -> tuple[Path, str]:
-    """(path, format) of a readable, non-empty data file; else a DataError naming the fix."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"data file {path} does not exist; check the path")
-    fmt = fmt or detect_format(path)
-    if fmt not in FORMATS:
-        raise DataError(f"unknown data format {fmt!r} for {path}; use one of {', '.join(FORMATS)}")
-    if path.stat().st_size == 0:
-        raise DataError(f"{path}: the file is empty; it needs a header row (or the Criteo format) and data rows")
-    return path, fmt
 
 
 def _csv_options(fmt: str, types: dict[str, pa.DataType] | None, columns: list[str] | None, block: int,

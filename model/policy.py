@@ -92,7 +92,8 @@ class ScoringPolicy:
     def evaluate_file(self, path: str | Path, fmt: str | None = None) -> dict[str, float]:
         """AUC, logloss and click rate on a labelled file, streamed in record batches (memory stays one batch
         whatever the file's size)."""
-        from .ingest import as_frame, batch_labels, check_file, read_types, sample_frame, stream_batches
+        from .data import check_file
+        from .ingest import as_frame, batch_labels, read_types, sample_frame, stream_batches
         from .train import classification_metrics
 
         path, fmt = check_file(path, fmt)

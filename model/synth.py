@@ -15,7 +15,6 @@ never on the chunk size.
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import glob
 import json
 import os
@@ -31,6 +30,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from .errors import DataError
+from .filelock import file_lock
 from .schema import CRITEO_CATEGORICAL, CRITEO_NUMERIC
 from .train import classification_metrics
 
@@ -326,8 +326,7 @@ def write_dataset(spec: SynthSpec, out_dir: str | Path, test_fraction: float = 0
     A folder without truth.json (an interrupted old-style write) is replaced."""
     shown, out_dir = out_dir, Path(os.path.abspath(out_dir))  # absolute: "." has no name to put .lock after
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with open(out_dir.with_name(out_dir.name + ".lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if the process dies
+    with file_lock(out_dir.with_name(out_dir.name + ".lock")):
         truth = None if overwrite else read_truth(out_dir)
         if truth is not None:
             if diffs := differences(truth, spec, test_fraction):

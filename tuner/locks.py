@@ -9,9 +9,10 @@ by `name`; anything else (an MLflow server, MySQL): no lock (a server migrates i
 from __future__ import annotations
 
 import contextlib
-import fcntl
 from pathlib import Path
 from typing import Iterator
+
+from model.filelock import file_lock
 
 CONNECT_TIMEOUT_SECONDS = 10
 
@@ -19,13 +20,8 @@ CONNECT_TIMEOUT_SECONDS = 10
 @contextlib.contextmanager
 def creation_lock(url: str, name: str, lock_suffix: str) -> Iterator[None]:
     if url.startswith("sqlite:///"):
-        lock_path = Path(url.removeprefix("sqlite:///") + lock_suffix)
-        with open(lock_path, "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with file_lock(Path(url.removeprefix("sqlite:///") + lock_suffix)):
+            yield
         return
     if not url.startswith("postgresql"):
         yield

@@ -1,0 +1,21 @@
+"""One cross-process lock: an flock on a file beside what it guards (released when the holder exits, even if it
+is killed). Used where several workers may create the same thing at once: generated data, the encoded dataset,
+a new SQLite store."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+from pathlib import Path
+from typing import Iterator
+
+
+@contextlib.contextmanager
+def file_lock(path: str | Path) -> Iterator[None]:
+    """Hold an exclusive flock on `path` (created if missing, never deleted: deleting it would reopen the race)."""
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
