@@ -10,7 +10,7 @@ import pandas as pd
 
 from model.errors import UserInputError
 
-from .objective import ATTR_CHECKPOINT, ATTR_RUN_ID, download_checkpoint
+from .objective import ATTR_CHECKPOINT, ATTR_RUN_ID, download_checkpoint, score_name
 from .runner import StudyHandle
 from .tune import best_trial
 
@@ -32,8 +32,9 @@ def promote_study(handle: StudyHandle, *, test_frame: pd.DataFrame, force: bool 
         tags = {
             "study": spec.name,
             "trial_number": str(best.number),
-            "val_auc": f"{metrics['val_auc']:.6f}",
-            "val_logloss": f"{metrics['val_logloss']:.6f}",
+            score_name(spec.metric): f"{best.value:.6f}",  # the trial's score, under the name its run uses
+            **{f"best_epoch_{m}": f"{metrics[m]:.6f}" for m in ("val_auc", "val_logloss") if m != spec.metric},
+            "best_epoch": str(metrics.get("best_epoch", "")),  # 0-based, as the runs' best_epoch metric
             "data_fingerprint": str(metrics.get("data_fingerprint", "")),
         }
         return promote_policy(run_id=best.user_attrs[ATTR_RUN_ID], policy_dir=policy_dir, test_frame=test_frame,

@@ -14,7 +14,7 @@ from model.config import TrainConfig, policy_to_v1_yaml
 from model.dataset import PreparedData
 from model.train import EpochMetrics
 
-from .objective import ATTR_CHECKPOINT, ATTR_RUN_ID, ATTR_SKIPPED, ATTR_TRAINING, prune_checkpoints
+from .objective import ATTR_CHECKPOINT, ATTR_RUN_ID, ATTR_SKIPPED, ATTR_TRAINING, prune_checkpoints, score_name
 from .report import write_report
 from .runner import StudyHandle, init_study, run_trials
 from .space import policy_from_params
@@ -43,6 +43,28 @@ def trial_counts(study: optuna.Study) -> dict[str, int]:
     return counts
 
 
+def trial_score(trial: optuna.trial.FrozenTrial, direction: str) -> float | None:
+    """A trial's score (`score_<metric>`): a complete trial's value; a pruned trial's best epoch so far (Optuna
+    stores its LAST reported value as its value, which is not the score); None for a trial that never scored."""
+    if trial.state == optuna.trial.TrialState.COMPLETE:
+        return trial.value
+    if trial.state == optuna.trial.TrialState.PRUNED:
+        stored = trial.user_attrs.get(ATTR_TRAINING, {}).get("score")
+        if stored is not None:
+            return stored
+        if trial.intermediate_values:  # a study from before scores were stored: the best reported value
+            return (max if direction == "maximize" else min)(trial.intermediate_values.values())
+    return None
+
+
+def pruned_at_epoch(trial: optuna.trial.FrozenTrial) -> int | None:
+    """The 0-based step after which a pruned trial stopped (its last report), else None."""
+    if trial.state != optuna.trial.TrialState.PRUNED:
+        return None
+    stored = trial.user_attrs.get(ATTR_TRAINING, {}).get("pruned_at_epoch")
+    return stored if stored is not None else max(trial.intermediate_values, default=None)
+
+
 def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
     try:
         return study.best_trial
@@ -60,7 +82,7 @@ def summarise(handle: StudyHandle, status: str = "FINISHED") -> optuna.trial.Fro
     with tempfile.TemporaryDirectory(prefix="deepfm-report-") as tmp:
         if best is not None:
             policy = policy_from_params(best.params, spec.space)
-            metrics[f"best_{spec.metric}"] = best.value
+            metrics[score_name(spec.metric)] = best.value  # the best trial's score, under the trials' name
             training = best.user_attrs.get(ATTR_TRAINING, {})
             for key in ("best_epoch", "seconds"):
                 if key in training:
@@ -75,7 +97,7 @@ def summarise(handle: StudyHandle, status: str = "FINISHED") -> optuna.trial.Fro
             prune_checkpoints(tracker, keep, with_ckpt)
         else:
             tracker.log_summary(handle.parent_run_id, metrics)
-        write_report(study, Path(tmp) / "report.html")
+        write_report(study, Path(tmp) / "report.html", spec.metric)
         tracker.log_artifact(handle.parent_run_id, Path(tmp) / "report.html", "report")
     tracker.end_run(handle.parent_run_id, status)
     return best
