@@ -27,9 +27,10 @@ def registry_client(tracking_uri: str | None):
                              f"'deepfm promote' first, or pass --tracking-uri")
     from mlflow import MlflowClient
 
-    from .tracking import check_reachable
+    from .tracking import check_reachable, relocate_artifacts
 
     check_reachable(uri)
+    relocate_artifacts(uri)  # a moved or copied mlruns/: its stored artifact locations made to point here
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
