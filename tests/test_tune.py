@@ -191,7 +191,8 @@ def test_report_axes_name_the_score_and_the_epoch_curves(in_study, tmp_path):
     _, spec, result = in_study
     page = write_report(result.handle.study, tmp_path / "r.html", spec.metric).read_text()
     assert "score_val_auc" in page and "epoch_val_auc" in page
-    assert "Objective Value" not in page and "Intermediate Value" not in page
+    assert '"text":"Objective Value"' not in page and '"text":"Intermediate Value"' not in page  # Optuna's axis titles
+    assert '"yaxis":{"title":{"text":"epoch_val_auc"}}' in page
 
 
 def test_best_trial_v1_config_round_trips(in_study, tmp_path):
