@@ -30,7 +30,9 @@ def registry_client(tracking_uri: str | None):
     from .tracking import check_reachable, relocate_artifacts
 
     check_reachable(uri)
-    relocate_artifacts(uri)  # a moved or copied mlruns/: its stored artifact locations made to point here
+    if uri.startswith("sqlite:///"):  # absolute: MLflow caches stores by URI, a relative one follows the process
+        uri = f"sqlite:///{Path(uri.removeprefix('sqlite:///')).resolve()}"
+        relocate_artifacts(uri)  # a moved or copied mlruns/: its stored artifact locations made to point here
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
