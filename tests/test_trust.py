@@ -171,7 +171,7 @@ def test_callback_stop_reason_and_pruned_trial_lines_are_one_based(tiny_prepared
                                       datetime_start=now, datetime_complete=now, params={}, distributions={},
                                       user_attrs={}, system_attrs={}, intermediate_values={0: 0.61}, trial_id=4)
     progress.on_trial(None, pruned)
-    assert "val_auc 0.6100 at epoch 1" in console.export_text()
+    assert "score_val_auc 0.6100, pruned at epoch 1" in console.export_text()
 
 
 def test_user_errors_are_user_input_errors():

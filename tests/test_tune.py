@@ -100,9 +100,9 @@ def test_trial_runs_hold_params_tags_and_per_epoch_metrics(in_study):
         for tag in ("deepfm.study", "deepfm.sampler", "deepfm.data_fingerprint", "deepfm.seed"):
             assert tag in run.data.tags
         if trial.state != optuna.trial.TrialState.FAIL:
-            steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_auc")]
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, "epoch_val_auc")]
             assert steps == list(range(len(steps))) and steps
-            assert [m.step for m in client.get_metric_history(run.info.run_id, "val_logloss")] == steps
+            assert [m.step for m in client.get_metric_history(run.info.run_id, "epoch_val_logloss")] == steps
             reported = trial.intermediate_values
             assert sorted(reported) == steps
 
@@ -132,11 +132,67 @@ def test_parent_run_holds_best_metrics_params_and_report(in_study):
     parent = client.get_run(parents[0].info.run_id)
     best = result.best_trial
     assert parent.info.status == "FINISHED"
-    assert parent.data.metrics["best_val_auc"] == pytest.approx(best.value)
+    assert parent.data.metrics["score_val_auc"] == pytest.approx(best.value)
     assert parent.data.tags["deepfm.best_trial"] == str(best.number)
     assert parent.data.tags["best.learning_rate"] == str(policy_from_params(best.params, spec.space).learning_rate)
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"best_policy.yaml", "report"} <= artifacts
+
+
+def test_the_score_has_one_name_in_every_run_pruned_trials_included(in_study):
+    """Issue #11.1: `score_val_auc` is the best epoch's value (pruned: best so far, plus the step it stopped at);
+    per-epoch curves are `epoch_*`; no run carries a bare `val_auc` or `best_val_auc` to be misread as the score."""
+    _, _, result = in_study
+    client, parents, trials = runs_of()
+    pruned_seen = 0
+    for trial in result.handle.study.get_trials():
+        if trial.state.name not in ("COMPLETE", "PRUNED"):
+            continue
+        run = next(r for r in trials if r.data.tags["deepfm.trial_number"] == str(trial.number))
+        curve = client.get_metric_history(run.info.run_id, "epoch_val_auc")
+        assert not {"val_auc", "val_logloss", "best_val_auc", "best_val_logloss"} & set(run.data.metrics)
+        assert run.data.metrics["score_val_auc"] == pytest.approx(max(m.value for m in curve))
+        assert run.data.metrics["best_epoch"] == max(curve, key=lambda m: m.value).step
+        if trial.state.name == "COMPLETE":
+            assert run.data.metrics["score_val_auc"] == pytest.approx(trial.value)
+            assert "pruned_at_epoch" not in run.data.metrics
+        else:
+            pruned_seen += 1
+            last = max(m.step for m in curve)
+            assert run.data.metrics["pruned_at_epoch"] == last and run.data.tags["deepfm.pruned_at_epoch"] == str(last)
+    assert pruned_seen, "the study should have pruned a trial"
+    assert parents[0].data.metrics["score_val_auc"] == pytest.approx(result.best_trial.value)
+    assert "best_val_auc" not in parents[0].data.metrics
+
+
+def test_status_names_the_score_and_shows_pruned_trials_best_so_far(in_study):
+    from click.testing import CliRunner
+
+    from tuner.cli import main
+    from tuner.tune import trial_score
+
+    folder, spec, result = in_study
+    out = CliRunner().invoke(main, ["status", str(folder / "tiny.yaml")])
+    assert out.exit_code == 0, out.output
+    header = next(line for line in out.output.splitlines() if "state" in line)
+    assert "score_val_auc" in header and "best epoch" in header and " val_auc" not in header.replace("score_val_auc", "")
+    assert f"best trial {result.best_trial.number}: score_val_auc {result.best_trial.value:.4f}" in out.output
+    pruned = [t for t in result.handle.study.get_trials() if t.state.name == "PRUNED"]
+    for trial in pruned:
+        row = next(line for line in out.output.splitlines() if line.strip(" │|").startswith(f"{trial.number} "))
+        best_so_far = max(trial.intermediate_values.values())
+        assert trial_score(trial, "maximize") == pytest.approx(best_so_far)
+        assert f"{best_so_far:.4f}" in row and f"pruned at epoch {max(trial.intermediate_values) + 1}" in row
+
+
+def test_report_axes_name_the_score_and_the_epoch_curves(in_study, tmp_path):
+    from tuner.report import write_report
+
+    _, spec, result = in_study
+    page = write_report(result.handle.study, tmp_path / "r.html", spec.metric).read_text()
+    assert "score_val_auc" in page and "epoch_val_auc" in page
+    assert '"text":"Objective Value"' not in page and '"text":"Intermediate Value"' not in page  # Optuna's axis titles
+    assert '"yaxis":{"title":{"text":"epoch_val_auc"}}' in page
 
 
 def test_best_trial_v1_config_round_trips(in_study, tmp_path):
@@ -181,7 +237,7 @@ def test_parent_run_reports_the_lift_over_the_baseline(in_study):
     client, parents, _ = runs_of()
     metrics = client.get_run(parents[0].info.run_id).data.metrics
     baseline = result.handle.study.trials[0].value
-    assert metrics["baseline_val_auc"] == pytest.approx(baseline)
+    assert metrics["baseline_score_val_auc"] == pytest.approx(baseline)
     assert metrics["lift_over_baseline"] == pytest.approx(result.best_trial.value - baseline)
     assert metrics["lift_over_baseline"] >= 0  # the baseline is one of the trials the best is chosen from
 
@@ -252,7 +308,7 @@ def test_a_worker_without_summary_leaves_the_parent_run_to_its_coordinator(in_tm
     assert not [a for a in client.list_artifacts(parents[0].info.run_id) if a.path == "report"]
     summarise(result.handle)
     client, parents, _ = runs_of()
-    assert parents[0].info.status == "FINISHED" and "best_val_auc" in parents[0].data.metrics
+    assert parents[0].info.status == "FINISHED" and "score_val_auc" in parents[0].data.metrics
 
 
 def test_the_baseline_is_never_pruned(in_tmp):

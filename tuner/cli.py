@@ -303,7 +303,7 @@ def _print_tune_result(console, spec, result, tracking_uri) -> None:
         console.print("no trial completed; see 'deepfm status' for the failures")
         return
     best = result.best_trial
-    console.print(f"best trial {best.number}: {spec.metric} {best.value:.4f}; its V1 config:")
+    console.print(f"best trial {best.number}: score_{spec.metric} {best.value:.4f}; its V1 config:")
     console.print(policy_to_v1_yaml(trained_config(best, spec)[0]).rstrip())
     console.print(describe_lift(result.handle.study, spec.metric))
     if result.promotion is not None:
@@ -342,7 +342,7 @@ def init(study_path, storage, tracking_uri) -> None:
 @click.argument("study_path", metavar="STUDY.yaml", type=click.Path(dir_okay=False))
 @store_options
 def status(study_path, storage, tracking_uri) -> None:
-    """Trials table (number, state, metric, params, duration) and the best trial.
+    """Trials table (number, state, score_<metric> at the best epoch, best epoch, duration, params) and the best trial.
 
     Example: deepfm status studies/quick.yaml
     """
@@ -350,27 +350,34 @@ def status(study_path, storage, tracking_uri) -> None:
 
     from .baseline import describe_lift, is_baseline
     from .console import out as console
-    from .objective import ATTR_SKIPPED, ATTR_WARM_START
-    from .tune import best_trial, trial_counts
+    from .objective import ATTR_SKIPPED, ATTR_TRAINING, ATTR_WARM_START, score_name
+    from .progress import human_epoch
+    from .tune import best_trial, pruned_at_epoch, trial_counts, trial_score
 
     spec = _load_spec(study_path)
     study = _existing_study(spec, storage, study_path)
+    score = score_name(spec.metric)
     table = Table(title=f"study '{spec.name}'")
-    for column in ("#", "state", spec.metric, "seconds", "params"):
-        table.add_column(column, justify="right" if column in ("#", spec.metric, "seconds") else "left")
+    for column in ("#", "state", score, "best epoch", "seconds", "params"):
+        table.add_column(column, justify="left" if column in ("state", "params") else "right",
+                         no_wrap=column != "params")
     for t in study.get_trials(deepcopy=False):
-        value = f"{t.value:.4f}" if t.value is not None else (
-            f"{list(t.intermediate_values.values())[-1]:.4f}*" if t.intermediate_values else "")
+        value = trial_score(t, spec.direction)
+        training = t.user_attrs.get(ATTR_TRAINING, {})
+        best_epoch = str(human_epoch(training["best_epoch"])) if "best_epoch" in training else ""
         seconds = f"{t.duration.total_seconds():.1f}" if t.duration else ""
         params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items())
         state = "skipped" if t.user_attrs.get(ATTR_SKIPPED) else t.state.name.lower()
+        if pruned_at_epoch(t) is not None:
+            state = f"pruned at epoch {human_epoch(pruned_at_epoch(t))}"
         origin = " (V1 baseline)" if is_baseline(t) else (
             f" (from {t.user_attrs[ATTR_WARM_START]})" if t.user_attrs.get(ATTR_WARM_START) else "")
-        table.add_row(str(t.number), state + origin, value, seconds, params)
+        table.add_row(str(t.number), state + origin, "" if value is None else f"{value:.4f}", best_epoch, seconds,
+                      params)
     console.print(table)
     counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(trial_counts(study).items()))
     best = best_trial(study)
-    console.print(f"{counts or 'no trials'}" + (f"; best trial {best.number}: {spec.metric} {best.value:.4f}" if best else ""))
+    console.print(f"{counts or 'no trials'}" + (f"; best trial {best.number}: {score} {best.value:.4f}" if best else ""))
     if best is not None:  # what it trained, as recorded at its start (not rebuilt from today's study file)
         _print_trained(console, best, spec)
     if study.trials:
@@ -393,7 +400,7 @@ def report(study_path, storage, tracking_uri, out) -> None:
     out = out or f"outputs/{spec.name}-report.html"
     check_writable(Path(out).parent, "pass --out with a file on a writable disk")
     study = _existing_study(spec, storage, study_path)
-    path = write_report(study, out)
+    path = write_report(study, out, spec.metric)
     console.print(f"wrote {path}")
 
 

@@ -21,9 +21,12 @@ def registry_client(tracking_uri: str | None):
                              f"'deepfm promote' first, or pass --tracking-uri")
     from mlflow import MlflowClient
 
-    from .tracking import check_reachable
+    from .tracking import check_reachable, relocate_artifacts
 
     check_reachable(uri)
+    if uri.startswith("sqlite:///"):  # absolute: MLflow caches stores by URI, a relative one follows the process
+        uri = f"sqlite:///{Path(uri.removeprefix('sqlite:///')).resolve()}"
+        relocate_artifacts(uri)  # a moved or copied mlruns/: its stored artifact locations made to point here
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 

@@ -36,6 +36,15 @@ ATTR_BASELINE, ATTR_BASELINE_NOTE = "baseline", "baseline_adjusted"  # the V1 ba
 ATTR_WARM_START = "warm_start_from"  # "STUDY#TRIAL" of an earlier study's configuration (tuner.warmstart)
 CHECKPOINT_PATH = "checkpoint"
 TAG_FAILURE, TAG_STATE = "deepfm.failure_reason", "deepfm.trial_state"
+TAG_PRUNED_AT = "deepfm.pruned_at_epoch"  # 0-based step of the epoch after which the trial was pruned
+EPOCH_PREFIX = "epoch_"  # per-epoch curves: epoch_val_auc, epoch_val_logloss, epoch_train_loss, ... (one per step)
+PRUNED_AT_EPOCH = "pruned_at_epoch"  # metric: 0-based step the trial was pruned at (as MLflow steps)
+
+
+def score_name(metric: str) -> str:
+    """The one name of a trial's score everywhere (MLflow runs table, parent run, status, report, registry tags):
+    `score_<metric>`, the study metric at the trial's best epoch (for a pruned trial: its best epoch so far)."""
+    return f"score_{metric}"
 
 
 class TotalReached(Exception):
@@ -107,20 +116,25 @@ def make_objective(
         trial.set_user_attr(ATTR_RUN_ID, run_id)
         status, state = "FAILED", "FAIL"
         started = time.perf_counter()
+        score = score_name(spec.metric)
+        best_so_far: dict[str, EpochMetrics] = {}  # best (chosen as train() chooses: val AUC) and last epoch so far
         try:
             reporting = {"seconds": 0.0}  # time spent logging inside the training loop is platform overhead
 
             def report(metrics: EpochMetrics) -> None:
                 began = time.perf_counter()
-                tracker.log_epoch(run_id, metrics.epoch, {
+                tracker.log_epoch(run_id, metrics.epoch, {f"{EPOCH_PREFIX}{k}": v for k, v in {
                     "val_auc": metrics.val_auc, "val_logloss": metrics.val_logloss, "train_loss": metrics.train_loss,
-                    "epoch_seconds": metrics.seconds, "samples_per_second": metrics.samples_per_second})
+                    "seconds": metrics.seconds, "samples_per_second": metrics.samples_per_second}.items()})
+                if "best" not in best_so_far or metrics.val_auc > best_so_far["best"].val_auc:
+                    best_so_far["best"] = metrics
+                best_so_far["last"] = metrics
                 trial.report(getattr(metrics, spec.metric), metrics.epoch)
                 if on_epoch is not None:
                     on_epoch(trial, metrics)
                 reporting["seconds"] += time.perf_counter() - began
                 if not baseline and trial.should_prune():  # the baseline runs to the end: it is the reference
-                    raise optuna.TrialPruned(f"pruned after epoch {metrics.epoch}")
+                    raise optuna.TrialPruned(f"pruned after epoch {metrics.epoch + 1}")
 
             train_started = time.perf_counter()
             result = train(prepared, policy, control, on_epoch=report, select=spec.metric)
@@ -128,7 +142,8 @@ def make_objective(
             value = getattr(result.best, spec.metric)
             overhead = time.perf_counter() - started - train_wall
             tracker.log_summary(run_id, {
-                "best_val_auc": result.best.val_auc, "best_val_logloss": result.best.val_logloss,
+                score: value, **{f"best_epoch_{m}": getattr(result.best, m) for m in ("val_auc", "val_logloss")
+                                 if m != spec.metric},
                 "best_epoch": result.best_epoch, "train_seconds": result.train_seconds,
                 "epochs_trained": len(result.history), "platform_overhead_seconds": overhead}, tags={
                 "deepfm.stop_reason": result.stop_reason, TAG_STATE: "COMPLETE"})
@@ -145,8 +160,13 @@ def make_objective(
             return value
         except optuna.TrialPruned:
             status, state = "KILLED", "PRUNED"
-            trial.set_user_attr(ATTR_TRAINING, {  # pruned trials trained too: overhead accounting needs it
-                "wall_seconds": time.perf_counter() - train_started - reporting["seconds"]})
+            training = {"wall_seconds": time.perf_counter() - train_started - reporting["seconds"]}
+            if "best" in best_so_far:  # its score so far, so no view ranks a pruned trial by a missing value
+                best, pruned_at = best_so_far["best"], best_so_far["last"].epoch
+                training.update(score=getattr(best, spec.metric), best_epoch=best.epoch, pruned_at_epoch=pruned_at)
+                tracker.log_summary(run_id, {score: training["score"], "best_epoch": best.epoch,
+                                             PRUNED_AT_EPOCH: pruned_at}, tags={TAG_PRUNED_AT: str(pruned_at)})
+            trial.set_user_attr(ATTR_TRAINING, training)  # pruned trials trained too: overhead accounting needs it
             raise
         except TrainingDiverged as exc:
             tracker.set_tags(run_id, {TAG_FAILURE: str(exc)})

@@ -16,7 +16,7 @@ import pandas as pd
 from model.errors import UserInputError
 
 from .baseline import baseline_trial
-from .objective import ATTR_CHECKPOINT, ATTR_RUN_ID, download_checkpoint
+from .objective import ATTR_CHECKPOINT, ATTR_RUN_ID, download_checkpoint, score_name
 from .runner import StudyHandle
 from .tune import best_trial
 
@@ -38,8 +38,9 @@ def promote_study(handle: StudyHandle, *, test_frame: pd.DataFrame, force: bool 
         tags = {
             "study": spec.name,
             "trial_number": str(best.number),
-            "val_auc": f"{metrics['val_auc']:.6f}",
-            "val_logloss": f"{metrics['val_logloss']:.6f}",
+            score_name(spec.metric): f"{best.value:.6f}",  # the trial's score, under the name its run uses
+            **{f"best_epoch_{m}": f"{metrics[m]:.6f}" for m in ("val_auc", "val_logloss") if m != spec.metric},
+            "best_epoch": str(metrics.get("best_epoch", "")),  # 0-based, as the runs' best_epoch metric
             "data_fingerprint": str(metrics.get("data_fingerprint", "")),
         }
         baseline_dir, note = None, ""

@@ -155,11 +155,13 @@ def _as_string(series: pd.Series) -> pd.Series:
 
 
 # -- logging ---------------------------------------------------------------------------------------
-def log_policy_model(policy_dir: str | Path, *, input_example: pd.DataFrame, name: str = "scoring_policy"):
+def log_policy_model(policy_dir: str | Path, *, input_example: pd.DataFrame, name: str = "scoring_policy",
+                     step: int = 0):
     """Log the policy directory as a pyfunc model into the active run; returns MLflow's ModelInfo.
 
     `input_example` is a few raw rows (as in the training file); it is stored with the model (conformed to the
-    signature) and MLflow checks that the logged model scores it.
+    signature) and MLflow checks that the logged model scores it. MLflow copies the run's metrics of `step` onto
+    the logged model: pass the policy's best epoch, not the default 0 (epoch 1's values are not the model's).
     """
     policy_dir = Path(policy_dir)
     if not (policy_dir / POLICY_FILE).is_file():
@@ -172,14 +174,15 @@ def log_policy_model(policy_dir: str | Path, *, input_example: pd.DataFrame, nam
     level = pyfunc_logger.level
     pyfunc_logger.setLevel(logging.ERROR)  # its CloudPickle notice: the pickle holds only a class reference
     try:
-        return _log(policy_dir, signature, example, name)
+        return _log(policy_dir, signature, example, name, step)
     finally:
         pyfunc_logger.setLevel(level)
 
 
-def _log(policy_dir: Path, signature: ModelSignature, example: pd.DataFrame, name: str):
+def _log(policy_dir: Path, signature: ModelSignature, example: pd.DataFrame, name: str, step: int = 0):
     return mlflow.pyfunc.log_model(
         name=name,
+        step=step,
         python_model=ScoringPolicyModel(),
         artifacts={ARTIFACT_KEY: str(policy_dir)},
         code_paths=[str(Path(model_package.__file__).parent), str(Path(__file__).parent)],

@@ -248,6 +248,7 @@ def promote_policy(
         version_tags[TAG_DIGEST] = digest
         mv = client.create_model_version(registered_name, source=info.model_uri, run_id=run_id, tags=version_tags,
                                          model_id=info.model_id)
+        _link_version(client, info.model_id, mv)
         version = int(mv.version)
 
         # -- prove the registered version loads and scores before any alias moves --------------------
@@ -331,21 +332,61 @@ def _comparison_tags(prefix: str, c: AucComparison) -> dict[str, str]:
             f"{prefix}.ci_high": f"{c.ci_high:.6f}", f"{prefix}.p_value": f"{c.p_value:.6g}"}
 
 
+# the run's summary metrics the logged model carries: the trial's score (score_<metric>) and its best epoch
+MODEL_METRIC_PREFIXES = ("score_", "best_epoch")
+
+
 def _log_to_run(client: MlflowClient, run, policy_dir: Path, test_frame: pd.DataFrame):
-    """Log the pyfunc model into `run`, leaving the run in the status (and end time) it had."""
+    """Log the pyfunc model into `run`, leaving the run in the status (and end time) it had. The logged model gets
+    the run's per-epoch metrics of its best epoch (not epoch 0's) and the trial's score (`score_<metric>`)."""
     run_id, status, end_time = run.info.run_id, run.info.status, run.info.end_time
+    step = int(run.data.metrics.get("best_epoch", 0))
+
+    def log():
+        info = log_policy_model(policy_dir, input_example=test_frame.head(5), step=step)
+        _log_model_metrics(client, run, info.model_id)
+        return info
+
     active = mlflow.active_run()
     if active is not None and active.info.run_id == run_id:
-        return log_policy_model(policy_dir, input_example=test_frame.head(5))
+        return log()
     try:
         with mlflow.start_run(run_id=run_id, nested=active is not None):
-            info = log_policy_model(policy_dir, input_example=test_frame.head(5))
+            info = log()
     finally:
         if status == "RUNNING":
             client.update_run(run_id, status="RUNNING")
         else:
             client.set_terminated(run_id, status=status, end_time=end_time)
     return info
+
+
+def _log_model_metrics(client: MlflowClient, run, model_id: str) -> None:
+    """Put the run's score metrics on the logged model: each re-logged exactly as recorded (same value, step and
+    timestamp) with the model's id, as MLflow itself links a run's metrics to a model, so the run's history gains
+    no duplicate."""
+    from mlflow.entities import Metric
+
+    have = {m.key for m in (client.get_logged_model(model_id).metrics or [])}
+    metrics = []
+    for key in sorted(run.data.metrics):
+        if key.startswith(MODEL_METRIC_PREFIXES) and key not in have:
+            last = max(client.get_metric_history(run.info.run_id, key), key=lambda m: (m.step, m.timestamp))
+            metrics.append(Metric(key, last.value, last.timestamp, last.step, model_id=model_id, run_id=run.info.run_id))
+    if metrics:
+        client.log_batch(run.info.run_id, metrics=metrics)
+
+
+def _link_version(client: MlflowClient, model_id: str | None, mv) -> None:
+    """Record the version on its logged model (tag `mlflow.modelVersions`, as `mlflow.register_model` does): the
+    UI's logged-model page reads it to show the version instead of 'Not registered' / 'Register model'."""
+    if not model_id:
+        return
+    from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
+
+    existing = client.get_logged_model(model_id).tags.get(MLFLOW_MODEL_VERSIONS)
+    versions = (json.loads(existing) if existing else []) + [{"name": mv.name, "version": mv.version}]
+    client.set_logged_model_tags(model_id, {MLFLOW_MODEL_VERSIONS: json.dumps(versions)})
 
 
 def _champion_scores(client: MlflowClient, name: str, test_frame: pd.DataFrame,

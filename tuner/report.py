@@ -1,4 +1,7 @@
-"""The study report: Optuna's plotly figures in one self-contained HTML file (plotly.js embedded once)."""
+"""The study report: Optuna's plotly figures in one self-contained HTML file (plotly.js embedded once).
+
+Axes name the metric as everywhere else: the trials' score is `score_<metric>` (best epoch), the per-epoch
+curves are `epoch_<metric>` (see tuner.objective.score_name)."""
 
 from __future__ import annotations
 
@@ -9,25 +12,32 @@ from pathlib import Path
 import optuna
 from optuna import visualization as vis
 
-FIGURES = (
-    ("Optimization history", vis.plot_optimization_history),
-    ("Intermediate values (per-epoch validation metric)", vis.plot_intermediate_values),
-    ("Hyperparameter importances", vis.plot_param_importances),
-    ("Parallel coordinates", vis.plot_parallel_coordinate),
-    ("Slice plot", vis.plot_slice),
+from .objective import EPOCH_PREFIX, score_name
+
+FIGURES = (  # (title, plot, takes target_name): the per-epoch plot has no target, its y axis is renamed instead
+    ("Optimization history", vis.plot_optimization_history, True),
+    ("Intermediate values (per-epoch validation metric)", vis.plot_intermediate_values, False),
+    ("Hyperparameter importances", vis.plot_param_importances, True),
+    ("Parallel coordinates", vis.plot_parallel_coordinate, True),
+    ("Slice plot", vis.plot_slice, True),
 )
 
 
-def write_report(study: optuna.Study, path: str | Path) -> Path:
-    """Write every figure the study's trials allow (importances need 2+ complete trials with varied params)."""
+def write_report(study: optuna.Study, path: str | Path, metric: str = "val_auc") -> Path:
+    """Write every figure the study's trials allow (importances need 2+ complete trials with varied params);
+    `metric` is the study metric, named on the axes (`score_<metric>`, per-epoch `epoch_<metric>`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     sections, plotly_included = [], False
-    for title, plot in FIGURES:
+    for title, plot, takes_target in FIGURES:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                figure = plot(study)
+                if takes_target:
+                    figure = plot(study, target_name=score_name(metric))
+                else:
+                    figure = plot(study)
+                    figure.update_layout(yaxis_title=f"{EPOCH_PREFIX}{metric}")
         except (ValueError, RuntimeError, ZeroDivisionError) as exc:
             sections.append(f"<h2>{html.escape(title)}</h2><p>not available yet: {html.escape(str(exc))}</p>")
             continue

@@ -12,6 +12,7 @@ import functools
 import random
 import sqlite3
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar
@@ -72,6 +73,7 @@ def resolve_tracking_uri(uri: str | None) -> str:
     uri = pick_tracking_uri(uri)
     if uri.startswith("sqlite:///"):
         uri = absolute_sqlite(uri)
+        relocate_artifacts(uri)
     elif not uri.startswith(("http://", "https://", "postgresql", "mysql", "databricks", "file:")):
         raise ConfigError(f"tracking URI {uri!r} is not supported; use sqlite:///PATH, postgresql+psycopg2://..., "
                           f"or http://HOST:PORT of an MLflow server")
@@ -152,6 +154,70 @@ def artifact_location_for(uri: str) -> str | None:
     if uri.startswith("sqlite:///"):
         return (Path(uri.removeprefix("sqlite:///")).resolve().parent / "artifacts").as_uri()
     return None
+
+
+# (table, column) pairs of an MLflow SQL store that hold absolute artifact locations
+_LOCATION_COLUMNS = (("experiments", "artifact_location"), ("runs", "artifact_uri"),
+                     ("logged_models", "artifact_location"), ("model_versions", "storage_location"),
+                     ("model_versions", "source"))
+
+
+def _local_dir(location: str) -> Path | None:
+    if location.startswith("file://"):
+        from urllib.parse import unquote, urlparse
+
+        return Path(unquote(urlparse(location).path))
+    return Path(location) if location.startswith("/") else None
+
+
+def relocate_artifacts(uri: str, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> int:
+    """Make a moved or copied embedded store work where it is now.
+
+    MLflow stores artifact locations as absolute paths (experiments, runs, logged models, model versions), so after
+    `mv project/ elsewhere/` every download (`models:/NAME@champion` included) looks in the old folder. The
+    embedded store keeps its artifacts beside itself (`artifact_location_for`): a location `X/artifacts` of
+    an experiment, with X not this store's folder while this folder has `artifacts/`, was written where the store
+    used to be. Every stored location under X is rewritten to the same path under this folder, in one SQLite
+    transaction (idempotent: concurrent workers rewrite once). Returns how many values changed."""
+    if not uri.startswith("sqlite:///"):
+        return 0
+    db = Path(uri.removeprefix("sqlite:///"))
+    here = db.resolve().parent
+    if not db.is_file() or not (here / "artifacts").is_dir():
+        return 0
+    try:
+        with contextlib.closing(sqlite3.connect(db, timeout=30, isolation_level=None)) as conn:
+            tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if "experiments" not in tables:
+                return 0
+            old_roots = set()
+            for (location,) in conn.execute("SELECT artifact_location FROM experiments"):
+                path = _local_dir(location or "")
+                if path is not None and path.name == "artifacts" and path.parent.resolve() != here:
+                    old_roots.add(path.parent)
+            if not old_roots:
+                return 0
+            changed = 0
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for old in old_roots:
+                    for before, after in ((old.as_uri(), here.as_uri()), (str(old), str(here))):
+                        for table, column in _LOCATION_COLUMNS:
+                            if table not in tables:
+                                continue
+                            changed += conn.execute(
+                                f"UPDATE {table} SET {column} = ? || substr({column}, ?) "
+                                f"WHERE substr({column}, 1, ?) = ?",
+                                (after, len(before) + 1, len(before) + 1, before + "/")).rowcount
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+    except sqlite3.Error:
+        return 0  # e.g. a read-only copy: MLflow itself reports what it cannot read
+    if changed:
+        log(f"the MLflow store moved: {changed} artifact locations now point into {here}")
+    return changed
 
 
 @functools.lru_cache(maxsize=1)

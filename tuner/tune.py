@@ -15,7 +15,7 @@ from model.dataset import PreparedData
 from model.train import EpochMetrics
 
 from .baseline import is_baseline, lift_over_baseline
-from .objective import ATTR_CHECKPOINT, ATTR_RUN_ID, ATTR_SKIPPED, ATTR_TRAINING, prune_checkpoints
+from .objective import ATTR_CHECKPOINT, ATTR_RUN_ID, ATTR_SKIPPED, ATTR_TRAINING, prune_checkpoints, score_name
 from . import interrupts
 from .outcome import SummaryArtifacts, end_parent
 from .records import trained_config
@@ -46,6 +46,28 @@ def trial_counts(study: optuna.Study) -> dict[str, int]:
     return counts
 
 
+def trial_score(trial: optuna.trial.FrozenTrial, direction: str) -> float | None:
+    """A trial's score (`score_<metric>`): a complete trial's value; a pruned trial's best epoch so far (Optuna
+    stores its LAST reported value as its value, which is not the score); None for a trial that never scored."""
+    if trial.state == optuna.trial.TrialState.COMPLETE:
+        return trial.value
+    if trial.state == optuna.trial.TrialState.PRUNED:
+        stored = trial.user_attrs.get(ATTR_TRAINING, {}).get("score")
+        if stored is not None:
+            return stored
+        if trial.intermediate_values:  # a study from before scores were stored: the best reported value
+            return (max if direction == "maximize" else min)(trial.intermediate_values.values())
+    return None
+
+
+def pruned_at_epoch(trial: optuna.trial.FrozenTrial) -> int | None:
+    """The 0-based step after which a pruned trial stopped (its last report), else None."""
+    if trial.state != optuna.trial.TrialState.PRUNED:
+        return None
+    stored = trial.user_attrs.get(ATTR_TRAINING, {}).get("pruned_at_epoch")
+    return stored if stored is not None else max(trial.intermediate_values, default=None)
+
+
 def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
     try:
         return study.best_trial
@@ -64,7 +86,7 @@ def summarise(handle: StudyHandle, status: str = "FINISHED") -> optuna.trial.Fro
     with tempfile.TemporaryDirectory(prefix="deepfm-report-") as tmp:
         if best is not None:
             policy, _ = trained_config(best, spec)  # what the best trial trained, not today's study file
-            metrics[f"best_{spec.metric}"] = best.value
+            metrics[score_name(spec.metric)] = best.value  # the best trial's score, under the trials' name
             training = best.user_attrs.get(ATTR_TRAINING, {})
             for key in ("best_epoch", "seconds"):
                 if key in training:
@@ -72,7 +94,7 @@ def summarise(handle: StudyHandle, status: str = "FINISHED") -> optuna.trial.Fro
             tags = {"deepfm.best_trial": str(best.number), "deepfm.best_run_id": best.user_attrs.get(ATTR_RUN_ID, "")}
             lift = lift_over_baseline(study)
             if lift is not None:  # > 0: the best trial beat the V1 baseline (sign follows the direction)
-                metrics["lift_over_baseline"], metrics[f"baseline_{spec.metric}"] = lift[0], lift[1].value
+                metrics["lift_over_baseline"], metrics[f"baseline_{score_name(spec.metric)}"] = lift[0], lift[1].value
                 tags["deepfm.baseline_trial"] = str(lift[1].number)
             tracker.log_summary(handle.parent_run_id, metrics, params=policy.to_dict(), tags=tags)
             (Path(tmp) / "best_policy.yaml").write_text(policy_to_v1_yaml(policy))
@@ -84,7 +106,7 @@ def summarise(handle: StudyHandle, status: str = "FINISHED") -> optuna.trial.Fro
             prune_checkpoints(tracker, keep, with_ckpt)
         else:
             tracker.log_summary(handle.parent_run_id, metrics)
-        write_report(study, Path(tmp) / "report.html")
+        write_report(study, Path(tmp) / "report.html", spec.metric)
         artifacts.log(Path(tmp) / "report.html", "report")
     end_parent(handle, status, artifacts)  # FAILED with the reason (and one error line) after a disk error
     return best
