@@ -18,6 +18,7 @@ folder whose manifest, sizes or sampled checksums do not match is rebuilt, with 
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import json
@@ -90,25 +91,28 @@ def open_or_build(sources: list[Source], schema_for: Callable, rule: SplitRule, 
         return load(folder)  # a hit: the caller's summary says "hit"
     try:
         root.mkdir(parents=True, exist_ok=True)
+        with file_lock(root / f"{fingerprint}.lock"):
+            problem = _check(folder)  # another worker may have built it while this one waited
+            if problem is None:
+                return load(folder)  # built by another process while this one waited
+            if folder.exists():
+                log(f"encoded dataset at {folder} is unusable ({problem}); rebuilding it")
+                shutil.rmtree(folder)
+            for stale in root.glob(f".{fingerprint}.tmp-*"):  # a killed build's leftovers (we hold the lock)
+                shutil.rmtree(stale, ignore_errors=True)
+            tmp = root / f".{fingerprint}.tmp-{os.getpid()}"
+            try:
+                build(tmp, sources, schema_for, rule, fingerprint,
+                      _Progress(lambda message: log(message.replace(str(tmp), str(folder)))))
+                os.rename(tmp, folder)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
     except OSError as exc:
-        raise DataError(f"cannot create the encoded-data folder {root}: {exc.strerror}; set data.encoded_dir to "
-                        f"a writable folder") from None
-    with file_lock(root / f"{fingerprint}.lock"):
-        problem = _check(folder)  # another worker may have built it while this one waited
-        if problem is None:
-            return load(folder)  # built by another process while this one waited
-        if folder.exists():
-            log(f"encoded dataset at {folder} is unusable ({problem}); rebuilding it")
-            shutil.rmtree(folder)
-        tmp = root / f".{fingerprint}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        try:
-            build(tmp, sources, schema_for, rule, fingerprint,
-                  _Progress(lambda message: log(message.replace(str(tmp), str(folder)))))
-            os.rename(tmp, folder)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+        if exc.errno not in (errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM):
             raise
+        raise DataError(f"cannot write the encoded dataset under {root}: {exc.strerror}; free some space or set "
+                        f"data.encoded_dir to a writable folder on a disk with room for it") from None
     return load(folder, hit=False)
 
 

@@ -117,3 +117,13 @@ def test_retry_never_retries_a_read_only_or_full_disk():
     with pytest.raises(RuntimeError):
         retry(locked_and_full, base_delay=0.01)
     assert len(calls) == 1
+
+
+def test_an_encoded_dataset_that_fills_its_disk_is_one_line_and_leaves_nothing(in_tmp, small_dir, tiny_criteo_dir):
+    (in_tmp / "s.yaml").write_text(yaml.safe_dump({
+        "study": {"name": "s"}, "data": {"train": str(tiny_criteo_dir / "train.tsv"), "format": "criteo",
+                                          "encoded_dir": str(small_dir / "encoded")}}))
+    result = run("data", "prepare", "s.yaml")
+    assert_one_line_error(result, f"cannot write the encoded dataset under {small_dir / 'encoded'}",
+                          "No space left on device", "set data.encoded_dir")
+    assert [p.name for p in (small_dir / "encoded").iterdir() if p.is_dir()] == []  # no partial build left
