@@ -1,16 +1,31 @@
 """Training throughput and quality: our DeepFM loop against DeepCTR-Torch 0.3.0's DeepFM, same data, same run.
 
-Both get the same preprocessing (our encoder's output: DeepCTR's SparseFeat vocabulary sizes are our
-categorical_dims, its DenseFeats are our standardized numeric columns with NaN filled with 0), the seed
-hyperparameters (embedding 16, hidden [128, 64, 32], relu, dropout 0.2, Adam lr 0.001, no L2), batch 4096, and
-the same torch thread count. Throughput is training samples per second over one epoch (evaluation excluded).
-The ratio comes from one run, since this machine's neighbours make absolute numbers drift.
+Each library gets its own preprocessing of the same raw rows (all.tsv, split by position into train/val/test):
+- ours: our encoder (`prepare`, as `deepfm train` does): vocabularies and signed-log1p-then-standardize statistics
+  fitted on the training rows, missing and unseen tokens on their own indices, numeric fields embedded.
+- DeepCTR-Torch ("own" preprocessing): that of its examples/run_classification_criteo.py, made leak-free. Sparse
+  features C1..C26: missing filled with the token '-1', then a LabelEncoder fitted on the training rows only
+  (classes in sorted order, as sklearn's; '-1' is an ordinary class), and a val/test token never seen in training
+  mapped to one reserved index after the classes (vocabulary_size = training classes + 1). Dense features
+  I1..I13: missing filled with 0, then signed log1p, sign(x) log1p(|x|) (the example has no log; it is added for
+  the counts, as in our encoder), then MinMaxScaler(feature_range=(0, 1)) fitted on the training rows only
+  (val/test values outside the training range are not clipped: sklearn's default). The example fits both on all
+  rows before splitting; here nothing is fitted on val or test rows.
+- DeepCTR-Torch ("ours" preprocessing, as this benchmark did before): our encoder's output, i.e. SparseFeat
+  vocabulary sizes = our categorical_dims, DenseFeats = our standardized log1p columns with NaN filled with 0.
+  That hands DeepCTR inputs built for our model (missing numerics become the mean, with no missing indicator).
+
+Both libraries get the seed hyperparameters (embedding 16, hidden [128, 64, 32], relu, dropout 0.2, Adam lr 0.001,
+no L2), batch 4096, and the same torch thread count. Throughput is training samples per second over one epoch
+(evaluation excluded). The ratio comes from one run, since this machine's neighbours make absolute numbers drift.
 
 It also times an isolated MLP of the same shape (fwd + bwd + Adam step on random input of width fields x 16):
 no DeepFM can train faster than its own MLP, so ours / that is the fraction of the bound we reach.
 
-    python bench/train_throughput.py                      # 1M rows, 1 epoch each, ~8 minutes on 2 cores
+    python bench/train_throughput.py                      # 1M rows, 1 epoch each, DeepCTR both ways
+    python bench/train_throughput.py --threads 1          # one core each (fair on a shared machine)
     python bench/train_throughput.py --epochs 4           # + per-epoch AUCs, early stopping for ours
+    python bench/train_throughput.py --deepctr-inputs own # DeepCTR with its own preprocessing only
     python bench/train_throughput.py --ours-only          # no DeepCTR (also what bench/memory.py runs)
 
 Needs `pip install -e .[bench]` for DeepCTR-Torch. Writes JSON to --out or $OUT when set.
@@ -75,13 +90,66 @@ def run_ours(prepared, epochs: int, batch: int, threads: int) -> dict:
 
 
 def deepctr_inputs(part, n_categorical: int, n_numeric: int) -> tuple[dict, np.ndarray]:
+    """Our encoder's output as DeepCTR inputs (the "ours" preprocessing)."""
     x = {f"C{i + 1}": part.categorical[:, i].numpy() for i in range(n_categorical)}
     numeric = np.nan_to_num(part.numeric.numpy(), nan=0.0)
     x.update({f"I{i + 1}": numeric[:, i] for i in range(n_numeric)})
     return x, part.labels.numpy()
 
 
-def run_deepctr(prepared, epochs: int, batch: int) -> dict:
+def label_encode(column, n_train: int) -> tuple[np.ndarray, int]:
+    """A Criteo token column (pandas Categorical) -> (int64 indices, vocabulary size): missing -> the token '-1',
+    then the mapping of sklearn's LabelEncoder fitted on the first n_train rows (classes sorted), tokens not among
+    those classes -> the reserved index len(classes)."""
+    categories = np.asarray(column.cat.categories.astype(str), dtype=object)
+    codes = column.cat.codes.to_numpy().astype(np.int64)  # -1 for missing
+    where = np.flatnonzero(categories == "-1")
+    if len(where):  # '-1' is already a token: missing joins it
+        codes[codes < 0] = where[0]
+    else:
+        categories = np.append(categories, np.array(["-1"], dtype=object))
+        codes[codes < 0] = len(categories) - 1
+    seen = np.bincount(codes[:n_train], minlength=len(categories)) > 0
+    classes = np.flatnonzero(seen)
+    classes = classes[np.argsort(categories[classes].astype(str), kind="stable")]  # LabelEncoder's sorted order
+    index = np.full(len(categories), len(classes), dtype=np.int64)  # unseen in training -> reserved index
+    index[classes] = np.arange(len(classes))
+    return index[codes], len(classes) + 1
+
+
+def deepctr_own_inputs(directory) -> tuple[dict[str, tuple[dict, np.ndarray]], list[int]]:
+    """DeepCTR-Torch's own Criteo preprocessing, fitted on the training rows only (see the module docstring):
+    ({"train"/"val"/"test": (inputs, labels)}, sparse vocabulary sizes)."""
+    import json
+
+    from sklearn.preprocessing import MinMaxScaler
+
+    from model.data import read_table
+    from model.schema import CRITEO_CATEGORICAL, CRITEO_NUMERIC
+
+    rows = json.loads((directory / "info.json").read_text())["rows"]
+    n_train = rows["train"]
+    edges = np.cumsum([0, rows["train"], rows["val"], rows["test"]])
+    frame = read_table(directory / "all.tsv", "criteo")
+    columns, sizes = {}, []
+    for c in CRITEO_CATEGORICAL:
+        columns[c], size = label_encode(frame[c], n_train)
+        sizes.append(size)
+    dense = frame[list(CRITEO_NUMERIC)].to_numpy(dtype=np.float64)
+    dense = np.nan_to_num(dense, nan=0.0)  # fillna(0)
+    dense = np.copysign(np.log1p(np.abs(dense)), dense)  # signed log1p
+    scaler = MinMaxScaler(feature_range=(0, 1)).fit(dense[:n_train])
+    dense = scaler.transform(dense).astype(np.float32)
+    columns.update({c: dense[:, j] for j, c in enumerate(CRITEO_NUMERIC)})
+    labels = frame["label"].to_numpy(dtype=np.float32)
+    del frame
+    parts = {name: ({c: v[a:b] for c, v in columns.items()}, labels[a:b])
+             for name, a, b in zip(("train", "val", "test"), edges[:-1], edges[1:])}
+    return parts, sizes
+
+
+def run_deepctr(parts: dict[str, tuple[dict, np.ndarray]], sparse_sizes: list[int], n_dense: int, epochs: int,
+                batch: int, name: str = "deepctr") -> dict:
     from deepctr_torch.inputs import DenseFeat, SparseFeat
     from deepctr_torch.models import DeepFM as DeepCTRDeepFM
     from sklearn.metrics import log_loss, roc_auc_score
@@ -89,18 +157,14 @@ def run_deepctr(prepared, epochs: int, batch: int) -> dict:
     from model.config import PolicyConfig
 
     policy = PolicyConfig()
-    enc = prepared.encoder
-    n_cat, n_num = len(enc.categorical_dims), len(enc.schema.numeric)
     columns = [SparseFeat(f"C{i + 1}", vocabulary_size=v, embedding_dim=policy.embedding_dim)
-               for i, v in enumerate(enc.categorical_dims)] + [DenseFeat(f"I{i + 1}", 1) for i in range(n_num)]
+               for i, v in enumerate(sparse_sizes)] + [DenseFeat(f"I{i + 1}", 1) for i in range(n_dense)]
     torch.manual_seed(42)
     model = DeepCTRDeepFM(columns, columns, dnn_hidden_units=policy.deep_hidden_units, l2_reg_linear=0.0,
                           l2_reg_embedding=0.0, l2_reg_dnn=0.0, dnn_dropout=policy.dropout,
                           dnn_activation=policy.activation_fn, task="binary", device="cpu", seed=42)
     model.compile(torch.optim.Adam(model.parameters(), lr=policy.learning_rate), "binary_crossentropy")
-    x_train, y_train = deepctr_inputs(prepared.train, n_cat, n_num)
-    x_val, y_val = deepctr_inputs(prepared.val, n_cat, n_num)
-    x_test, y_test = deepctr_inputs(prepared.test, n_cat, n_num)
+    (x_train, y_train), (x_val, y_val), (x_test, y_test) = parts["train"], parts["val"], parts["test"]
     history = []
     for epoch in range(epochs):
         started = time.perf_counter()
@@ -111,11 +175,22 @@ def run_deepctr(prepared, epochs: int, batch: int) -> dict:
         history.append({"epoch": epoch, "samples_per_second": len(y_train) / seconds, "epoch_seconds": seconds,
                         "val_auc": float(roc_auc_score(y_val, p_val)), "test_auc": float(roc_auc_score(y_test, p_test)),
                         "test_logloss": float(log_loss(y_test, p_test, labels=[0, 1]))})
-        print(f"deepctr epoch {epoch}: {history[-1]}", flush=True)
+        print(f"{name} epoch {epoch}: {history[-1]}", flush=True)
     best = max(history, key=lambda h: h["val_auc"])
     return {"samples_per_second": history[0]["samples_per_second"], "epoch_seconds": history[0]["epoch_seconds"],
+            "sparse_vocabulary_rows": int(sum(sparse_sizes)),
             "test_auc_epoch_1": history[0]["test_auc"], "best_epoch": best["epoch"], "test_auc": best["test_auc"],
             "best_test_auc_any_epoch": max(h["test_auc"] for h in history), "history": history}
+
+
+def compare(results: dict, ours: dict, theirs: dict, suffix: str, epochs: int) -> None:
+    results[f"throughput_ratio{suffix}"] = ours["samples_per_second"] / theirs["samples_per_second"]
+    if epochs == 1:  # both after one epoch
+        results[f"test_auc_ours_minus_deepctr{suffix}_epoch_1"] = ours["test_auc"] - theirs["test_auc_epoch_1"]
+    else:  # ours early-stopped (best val epoch restored) vs theirs at its best val epoch, and at its best test
+        results[f"test_auc_ours_minus_deepctr{suffix}_best_val_epoch"] = ours["test_auc"] - theirs["test_auc"]
+        results[f"test_auc_ours_minus_deepctr{suffix}_best_test_epoch"] = (
+            ours["test_auc"] - theirs["best_test_auc_any_epoch"])
 
 
 def main() -> None:
@@ -126,6 +201,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1,
                         help="epochs: ours stops early (patience 2, best epoch restored); DeepCTR runs them all")
     parser.add_argument("--ours-only", action="store_true", help="skip DeepCTR-Torch and the MLP bound")
+    parser.add_argument("--deepctr-inputs", choices=("own", "ours", "both"), default="both",
+                        help="DeepCTR-Torch's preprocessing: its own Criteo example's (fitted on train rows), our "
+                             "encoder's features, or both one after the other (default)")
     parser.add_argument("--out", default=None, help="directory for train_throughput.json (default: $OUT)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -142,18 +220,29 @@ def main() -> None:
     if not args.ours_only:
         results["mlp_bound_samples_per_second"] = max(bounds + [mlp_bound(width, args.batch)])
         results["fraction_of_mlp_bound"] = results["ours"]["samples_per_second"] / results["mlp_bound_samples_per_second"]
-        results["deepctr"] = run_deepctr(prepared, args.epochs, args.batch)
-        ours, theirs = results["ours"], results["deepctr"]
-        results["throughput_ratio"] = ours["samples_per_second"] / theirs["samples_per_second"]
-        if args.epochs == 1:  # both after one epoch
-            results["test_auc_ours_minus_deepctr_epoch_1"] = ours["test_auc"] - theirs["test_auc_epoch_1"]
-        else:  # ours early-stopped (best val epoch restored) vs theirs at its best val epoch, and at its best test
-            results["test_auc_ours_minus_deepctr_best_val_epoch"] = ours["test_auc"] - theirs["test_auc"]
-            results["test_auc_ours_minus_deepctr_best_test_epoch"] = ours["test_auc"] - theirs["best_test_auc_any_epoch"]
+        enc = prepared.encoder
+        n_num = len(enc.schema.numeric)
+        if args.deepctr_inputs in ("own", "both"):  # the headline: each library with its own preprocessing
+            started = time.perf_counter()
+            parts, sizes = deepctr_own_inputs(directory)
+            results["deepctr_own_prepare_seconds"] = time.perf_counter() - started
+            results["deepctr"] = run_deepctr(parts, sizes, n_num, args.epochs, args.batch, "deepctr (own)")
+            del parts
+            compare(results, results["ours"], results["deepctr"], "", args.epochs)
+        if args.deepctr_inputs in ("ours", "both"):  # DeepCTR fed our encoder's features, as before
+            n_cat = len(enc.categorical_dims)
+            parts = {name: deepctr_inputs(getattr(prepared, name), n_cat, n_num) for name in ("train", "val", "test")}
+            key = "deepctr_our_features"
+            results[key] = run_deepctr(parts, enc.categorical_dims, n_num, args.epochs, args.batch,
+                                       "deepctr (our features)")
+            compare(results, results["ours"], results[key], "_our_features", args.epochs)
     write_json(results, "train_throughput.json", args.out)
-    if "throughput_ratio" in results:
-        print(f"ratio {results['throughput_ratio']:.2f}x; MLP bound {results['mlp_bound_samples_per_second']:,.0f}/s "
-              f"({results['fraction_of_mlp_bound']:.0%} reached)")
+    if not args.ours_only:
+        ratios = ", ".join(f"{k.removeprefix('throughput_ratio') or '_own'}: {v:.2f}x"
+                           for k, v in results.items() if k.startswith("throughput_ratio"))
+        aucs = ", ".join(f"{k}: {v:+.4f}" for k, v in results.items() if k.startswith("test_auc_ours_minus"))
+        print(f"ratio {ratios}; MLP bound {results['mlp_bound_samples_per_second']:,.0f}/s "
+              f"({results['fraction_of_mlp_bound']:.0%} reached); {aucs}")
     assert all(math.isfinite(h["val_auc"]) for h in results["ours"]["history"])
 
 
