@@ -25,6 +25,7 @@ import json
 import os
 import shutil
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -39,6 +40,7 @@ from .dataset import PreparedData, TensorData
 from .encoder import FIRST_TOKEN, MISSING, OOV, FeatureEncoder, arrow_tokens, numeric_transform, vocabulary_order
 from .errors import DataError
 from .filelock import file_lock
+from .parallel import map_columns
 from .ingest import ValueParseError, batch_labels, numbers_from_text, read_types, sample_frame, stream_batches
 from .schema import FeatureSchema
 
@@ -182,12 +184,15 @@ def manifest(folder: str | Path) -> dict:
 
 # -- mapping ---------------------------------------------------------------------------------------------
 def _map(path: Path) -> torch.Tensor:
-    """A tensor over the file's pages (copy-on-write: shared with every process that maps it, never written)."""
+    """A read-only tensor over the file's pages, shared with every process that maps it: nothing ever writes to
+    it (a write would fault), so its pages stay page cache, never private copies."""
     try:
-        array = np.load(path, mmap_mode="c")
+        array = np.load(path, mmap_mode="r")
     except ValueError:  # an array with no elements (e.g. no multi-valued fields) has no pages to map
         array = np.load(path)
-    return torch.from_numpy(array)
+    with warnings.catch_warnings():  # torch warns that the array is not writable: that is the point
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(array)
 
 
 def load(folder: str | Path, hit: bool = True) -> PreparedData:
@@ -322,8 +327,12 @@ def build(folder: Path, sources: list[Source], schema_for: Callable, rule: Split
                     n = batch.num_rows
                     arrays = {"labels": batch_labels(batch, schema.label, source.path, read_from)}
                     arrays["categorical"] = np.empty((n, len(schema.categorical)), dtype=np.int32)
-                    for j, col in enumerate(schema.categorical):
-                        arrays["categorical"][:, j] = fields[col].encode(arrow_tokens(batch.column(col)))
+
+                    def encode_column(j: int, batch=batch, out=arrays["categorical"]) -> None:
+                        col = schema.categorical[j]  # one field per thread: Arrow and NumPy release the GIL
+                        out[:, j] = fields[col].encode(arrow_tokens(batch.column(col)))
+
+                    map_columns(encode_column, range(len(schema.categorical)), n)
                     arrays["multivalued"] = (np.concatenate(
                         [_multivalued_ids(batch.column(c), fields[c], schema.separator, schema.max_tokens)
                          for c in schema.multivalued], axis=1) if schema.multivalued else np.empty((n, 0), np.int32))
@@ -522,23 +531,32 @@ class _TrainStats:
 
     def add(self, categorical: np.ndarray, multivalued: np.ndarray, numeric: np.ndarray) -> None:
         s, width = self.schema, self.schema.max_tokens
-        for j, col in enumerate(s.categorical):
-            self._count(col, categorical[:, j])
         for k, col in enumerate(s.multivalued):
             ids = multivalued[:, k * width:(k + 1) * width]
             self._count(col, ids)
             if len(ids):
                 self.longest[col] = max(self.longest[col], int((ids != PAD).sum(axis=1).max()))
-        for j, col in enumerate(s.numeric):
-            values = numeric_transform(numeric[:, j].astype(np.float64), s.numeric_transform)
-            values = values[np.isfinite(values)]
-            if len(values):
-                n_a, mean_a, m2_a = self.numeric[col]
-                n_b, mean_b = len(values), float(values.mean())
-                m2_b = float(np.square(values - mean_b).sum())
-                n = n_a + n_b
-                delta = mean_b - mean_a
-                self.numeric[col] = (n, mean_a + delta * n_b / n, m2_a + m2_b + delta * delta * n_a * n_b / n)
+
+        def add_column(job: tuple[str, int]) -> None:  # one field per thread, each with its own accumulators
+            kind, j = job
+            if kind == "categorical":
+                self._count(s.categorical[j], categorical[:, j])
+            else:
+                self._add_numbers(s.numeric[j], numeric[:, j])
+
+        jobs = [("categorical", j) for j in range(len(s.categorical))] + [("numeric", j) for j in range(len(s.numeric))]
+        map_columns(add_column, jobs, len(categorical))
+
+    def _add_numbers(self, col: str, raw: np.ndarray) -> None:
+        values = numeric_transform(raw.astype(np.float64), self.schema.numeric_transform)
+        values = values[np.isfinite(values)]
+        if len(values):
+            n_a, mean_a, m2_a = self.numeric[col]
+            n_b, mean_b = len(values), float(values.mean())
+            m2_b = float(np.square(values - mean_b).sum())
+            n = n_a + n_b
+            delta = mean_b - mean_a
+            self.numeric[col] = (n, mean_a + delta * n_b / n, m2_a + m2_b + delta * delta * n_a * n_b / n)
 
     def fit(self, fields: dict[str, _TokenIds]) -> tuple[FeatureEncoder, dict[str, np.ndarray]]:
         """The encoder (vocabularies with min-count, by frequency; numeric statistics) and per field the raw id
