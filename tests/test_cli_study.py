@@ -36,7 +36,7 @@ def tuned(in_tmp) -> Path:
     result = run("tune", path)
     assert result.exit_code == 0, result.output
     assert "best trial" in result.output and "policy_configs:" in result.output
-    assert "V1 baseline trial 0: val_auc" in result.output and "lift of the best over it: +" in result.output
+    assert "V1 baseline trial 0: score_val_auc" in result.output and "lift of the best over it: +" in result.output
     return path
 
 

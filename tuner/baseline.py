@@ -125,4 +125,4 @@ def describe_lift(study: optuna.Study, metric: str) -> str:
             return "no V1 baseline trial in this study (created before baselines were added)"
         return f"V1 baseline trial {base.number} is {base.state.name.lower()}: no lift to report yet"
     value, base = lift
-    return f"V1 baseline trial {base.number}: {metric} {base.value:.4f}; lift of the best over it: {value:+.4f}"
+    return f"V1 baseline trial {base.number}: score_{metric} {base.value:.4f}; lift of the best over it: {value:+.4f}"

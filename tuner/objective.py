@@ -26,17 +26,12 @@ from . import interrupts
 from .records import record_failure, record_trained
 from .space import suggest_policy
 from .study import StudySpec
+from .names import (ATTR_BASELINE, ATTR_BASELINE_NOTE, ATTR_CHECKPOINT, ATTR_RETRY_OF, ATTR_RUN_ID,  # noqa: F401
+                    ATTR_SKIPPED, ATTR_TRAINING, ATTR_WARM_START, ATTR_WORKER, TAG_FAILURE, TAG_PRUNED_AT,
+                    TAG_STATE)
 from .tracking import StudyTracker, git_commit
 
-ATTR_RUN_ID, ATTR_CHECKPOINT, ATTR_RETRY_OF = "mlflow_run_id", "checkpoint", "retry_of_run_id"
-ATTR_SKIPPED = "skipped"  # a trial claimed after the total was reached: failed without running
-ATTR_WORKER = "worker"  # host:pid of the process that ran the trial (team mode: which machine to look at)
-ATTR_TRAINING = "training"  # {seconds: epochs only, wall_seconds: build + epochs + evaluation, best_epoch}
-ATTR_BASELINE, ATTR_BASELINE_NOTE = "baseline", "baseline_adjusted"  # the V1 baseline trial (tuner.baseline)
-ATTR_WARM_START = "warm_start_from"  # "STUDY#TRIAL" of an earlier study's configuration (tuner.warmstart)
 CHECKPOINT_PATH = "checkpoint"
-TAG_FAILURE, TAG_STATE = "deepfm.failure_reason", "deepfm.trial_state"
-TAG_PRUNED_AT = "deepfm.pruned_at_epoch"  # 0-based step of the epoch after which the trial was pruned
 EPOCH_PREFIX = "epoch_"  # per-epoch curves: epoch_val_auc, epoch_val_logloss, epoch_train_loss, ... (one per step)
 PRUNED_AT_EPOCH = "pruned_at_epoch"  # metric: 0-based step the trial was pruned at (as MLflow steps)
 

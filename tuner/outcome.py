@@ -14,9 +14,8 @@ from model.errors import UserInputError
 
 from .env import is_disk_error
 from .records import study_disk_failure
+from .names import TAG_FAILURE
 from .tracking import retry
-
-TAG_FAILURE = "deepfm.failure_reason"
 
 
 class SummaryArtifacts:

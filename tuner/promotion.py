@@ -18,7 +18,7 @@ from model.errors import UserInputError
 from .baseline import baseline_trial
 from .objective import ATTR_CHECKPOINT, ATTR_RUN_ID, download_checkpoint, score_name
 from .runner import StudyHandle
-from .tune import best_trial
+from .records import best_trial
 
 
 def promote_study(handle: StudyHandle, *, test_frame: pd.DataFrame, force: bool = False, name: str | None = None):

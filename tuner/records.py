@@ -16,8 +16,7 @@ import optuna
 from model.config import PolicyConfig, TrainConfig
 
 from .env import is_disk_error
-
-ATTR_TRAINED, ATTR_FAILURE = "trained", "failure"
+from .names import ATTR_FAILURE, ATTR_TRAINED  # noqa: F401 - importable from here as before
 
 
 def record_trained(trial: optuna.Trial, policy: PolicyConfig, control: TrainConfig) -> None:
@@ -61,3 +60,10 @@ def study_disk_failure(study: optuna.Study) -> tuple[int, str] | None:
         if reason:
             return trial.number, reason
     return None
+
+
+def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    try:
+        return study.best_trial
+    except ValueError:
+        return None

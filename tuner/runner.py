@@ -32,10 +32,10 @@ from .space import space_to_dict
 from .stores import pick_storage, pick_tracking_uri
 from .study import StudySpec
 from .env import check_writable
+from .names import ATTR_EXPERIMENT, ATTR_PARENT_RUN, ATTR_TRACKING_URI
 from .tracking import (CONNECT_TIMEOUT_SECONDS, StudyTracker, absolute_sqlite, check_database, check_reachable,
                        resolve_tracking_uri, retry)
 
-ATTR_PARENT_RUN, ATTR_EXPERIMENT, ATTR_TRACKING_URI = "mlflow_parent_run_id", "mlflow_experiment_id", "mlflow_tracking_uri"
 HEARTBEAT_SECONDS, GRACE_SECONDS = 10, 30  # defaults; env DEEPFM_HEARTBEAT_SECONDS / DEEPFM_GRACE_SECONDS override
 SQLITE_BUSY_SECONDS = 30  # several local workers share one SQLite file: wait for its lock instead of failing
 

@@ -26,6 +26,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from model.errors import ConfigError
 
+from .names import TAG_ROLE, TAG_STUDY, TAG_TRIAL  # noqa: F401 - importable from here as before
 from .env import DISK_ERRNOS, check_writable, is_disk_error, quiet_defaults, redact
 
 from .locks import mlflow_schema_lock  # noqa: E402
@@ -40,7 +41,6 @@ TRANSIENT_MARKERS = ("database is locked", "deadlock", "503", "502", "504", "tim
 MAX_PARAM_LENGTH = 6000
 CONNECT_TIMEOUT_SECONDS = 10  # one attempt to reach a server or database before saying it is unreachable
 
-TAG_STUDY, TAG_ROLE, TAG_TRIAL = "deepfm.study", "deepfm.role", "deepfm.trial_number"
 
 
 PERMANENT_MARKERS = ("readonly database", "read-only file system", "disk is full", "no space left", "disk quota",

@@ -18,7 +18,7 @@ from .baseline import is_baseline, lift_over_baseline
 from .objective import ATTR_CHECKPOINT, ATTR_RUN_ID, ATTR_SKIPPED, ATTR_TRAINING, prune_checkpoints, score_name
 from . import interrupts
 from .outcome import SummaryArtifacts, end_parent
-from .records import trained_config
+from .records import best_trial, trained_config  # noqa: F401 - best_trial: importable from here
 from .report import write_report
 from .runner import StudyHandle, check_stores, init_study, run_trials
 from .study import StudySpec
@@ -66,13 +66,6 @@ def pruned_at_epoch(trial: optuna.trial.FrozenTrial) -> int | None:
         return None
     stored = trial.user_attrs.get(ATTR_TRAINING, {}).get("pruned_at_epoch")
     return stored if stored is not None else max(trial.intermediate_values, default=None)
-
-
-def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
-    try:
-        return study.best_trial
-    except ValueError:
-        return None
 
 
 def summarise(handle: StudyHandle, status: str = "FINISHED") -> optuna.trial.FrozenTrial | None:
