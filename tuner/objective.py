@@ -183,10 +183,19 @@ def make_objective(
 
 def _check_total(trial: optuna.Trial, total: int, trials: list[optuna.trial.FrozenTrial]) -> None:
     """With many workers, a trial started after the total was reached is not run (MaxTrialsCallback only
-    stops a worker after its own trial ends, so workers would overshoot)."""
+    stops a worker after its own trial ends, so workers would overshoot).
+
+    A retry of a dead worker's trial inherits that trial's slot: it is always run, and a retry still waiting or
+    running holds its slot against new trials, so the dead trial's configuration is the one that gets re-run."""
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.RUNNING)
-    earlier = [t for t in trials if t.state in states and t.number < trial.number]
-    if len(earlier) >= total:
+    this = next(t for t in trials if t.number == trial.number)
+    if this.system_attrs.get("failed_trial") is not None:
+        return
+    taken = [t for t in trials if t.number != trial.number and (
+        (t.state in states and t.number < trial.number)
+        or (t.system_attrs.get("failed_trial") is not None and t.state in (optuna.trial.TrialState.WAITING,
+                                                                          optuna.trial.TrialState.RUNNING)))]
+    if len(taken) >= total:
         trial.study.stop()
         trial.set_user_attr(ATTR_SKIPPED, "total reached")
         raise TotalReached(f"the study already has {total} trials")
