@@ -53,3 +53,31 @@ def test_ctrl_c_during_a_trial_is_one_line_and_closes_every_run(tmp_path):
     with contextlib.closing(sqlite3.connect(tmp_path / "mlruns" / "mlflow.db")) as conn:
         statuses = [row[0] for row in conn.execute("SELECT status FROM runs")]
     assert statuses and "RUNNING" not in statuses, statuses
+
+
+def test_an_interrupt_lost_in_a_callback_is_delivered_again_without_a_traceback():
+    """Python swallows an exception raised inside a weakref callback ('Exception ignored ...'): a Ctrl-C that
+    lands there must still stop the run, and print nothing of its own."""
+    code = """
+import os, signal, time, weakref
+from tuner import interrupts
+interrupts.install()
+class Thing: pass
+def callback(ref):
+    os.kill(os.getpid(), signal.SIGINT)  # the handler runs inside this callback: the exception is swallowed
+    for _ in range(1000): pass
+thing = Thing(); ref = weakref.ref(thing, callback)
+try:
+    del thing
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        time.sleep(0.01)
+    print("not interrupted")
+except KeyboardInterrupt:
+    interrupts.handled()
+    print("interrupted")
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.stdout.strip() == "interrupted", done.stdout + done.stderr
+    assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr, done.stderr

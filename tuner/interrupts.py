@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import _thread
 import signal
+import sys
 import threading
 import time
 
@@ -28,12 +29,22 @@ def _watchdog() -> None:
             _thread.interrupt_main()  # runs _on_sigint in the main thread again
 
 
+def _quiet_lost_interrupt(unraisable) -> None:
+    """A KeyboardInterrupt lost in a callback is redelivered: no 'Exception ignored' traceback for it."""
+    if unraisable.exc_type is not KeyboardInterrupt:
+        _default_unraisable(unraisable)
+
+
+_default_unraisable = sys.unraisablehook
+
+
 def install() -> None:
     """Route SIGINT through the pending flag (main thread only; once per process)."""
     global _installed
     if _installed or threading.current_thread() is not threading.main_thread():
         return
     signal.signal(signal.SIGINT, _on_sigint)
+    sys.unraisablehook = _quiet_lost_interrupt
     threading.Thread(target=_watchdog, name="deepfm-interrupt", daemon=True).start()
     _installed = True
 

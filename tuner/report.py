@@ -23,11 +23,8 @@ FIGURES = (  # (title, plot, takes target_name): the per-epoch plot has no targe
 )
 
 
-def write_report(study: optuna.Study, path: str | Path, metric: str = "val_auc") -> Path:
-    """Write every figure the study's trials allow (importances need 2+ complete trials with varied params);
-    `metric` is the study metric, named on the axes (`score_<metric>`, per-epoch `epoch_<metric>`)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _figures(study: optuna.Study, metric: str) -> list[str]:
+    """One HTML section per figure the study's trials allow; the others say why they are not available yet."""
     sections, plotly_included = [], False
     for title, plot, takes_target in FIGURES:
         try:
@@ -44,6 +41,20 @@ def write_report(study: optuna.Study, path: str | Path, metric: str = "val_auc")
         body = figure.to_html(full_html=False, include_plotlyjs=not plotly_included)
         plotly_included = True
         sections.append(f"<h2>{html.escape(title)}</h2>{body}")
+    return sections
+
+
+def write_report(study: optuna.Study, path: str | Path, metric: str = "val_auc") -> Path:
+    """Write every figure the study's trials allow (importances need 2+ complete trials with varied params);
+    `metric` is the study metric, named on the axes (`score_<metric>`, per-epoch `epoch_<metric>`)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # "no complete trials" is said in the page, not on stderr
+    try:
+        sections = _figures(study, metric)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
     states = {}
     for trial in study.get_trials(deepcopy=False):
         states[trial.state.name] = states.get(trial.state.name, 0) + 1
