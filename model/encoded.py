@@ -296,7 +296,7 @@ def _multivalued_ids(tokens: pa.Array, ids: _TokenIds, separator: str, width: in
 
 
 def build(folder: Path, sources: list[Source], schema_for: Callable, rule: SplitRule, fingerprint: str,
-          log: Log) -> None:
+          log: "_Progress") -> None:
     started = time.perf_counter()
     folder.mkdir(parents=True)
     main = sources[0]
