@@ -253,6 +253,16 @@ def policy_to_v1_yaml(policy: PolicyConfig) -> str:
     return yaml.dump(document, Dumper=_Dumper, sort_keys=False, default_flow_style=False)
 
 
+def policy_with_training_yaml(policy: PolicyConfig, training: TrainConfig | None) -> str:
+    """The V1 YAML with the training control beside it (the `training:` block `read_policy_yaml` accepts), so
+    `deepfm train --policy FILE` re-trains what a trial trained; unset optional values are left out."""
+    text = policy_to_v1_yaml(policy)
+    if training is None:
+        return text
+    values = {k: v for k, v in training.to_dict().items() if v is not None}
+    return text + yaml.safe_dump({"training": values}, sort_keys=False, default_flow_style=False)
+
+
 def write_policy_yaml(path: str | Path, policy: PolicyConfig) -> Path:
     path = Path(path)
     path.write_text(policy_to_v1_yaml(policy))

@@ -1,8 +1,9 @@
 """The V1 baseline trial: every study first evaluates the seed V1 config, so "did tuning pay?" has an answer.
 
 Tunable hyperparameters take the V1 default (16, [128, 64, 32], relu, 0.2, 0.001) where the search space holds
-it, else the closest valid value (noted on the trial); fixed ones stay as the study file fixes them. The trial is
-enqueued once, when the study is created, and counts towards `n_trials` like any other.
+it, else the closest valid value (noted on the trial); fixed ones stay as the study file fixes them. Tuned
+training knobs take the training control's defaults the same way (embedding_l2 0, weight_decay 0, batch_size
+4096). The trial is enqueued once, when the study is created, and counts towards `n_trials` like any other.
 """
 
 from __future__ import annotations
@@ -12,12 +13,19 @@ from typing import Any, Mapping
 
 import optuna
 
-from model.config import PolicyConfig
+from model.config import PolicyConfig, TrainConfig
 
 from .objective import ATTR_BASELINE, ATTR_BASELINE_NOTE
-from .space import Choices, Fixed, Layers, Range, Spec, check_params, layers_label
+from .space import TRAINING_PREFIX, Choices, Fixed, Layers, Range, Spec, check_params, layers_label, zero_param
 
 V1_DEFAULT = PolicyConfig()
+TRAINING_DEFAULT = TrainConfig()
+
+
+def _default(name: str) -> Any:
+    if name.startswith(TRAINING_PREFIX):
+        return getattr(TRAINING_DEFAULT, name.removeprefix(TRAINING_PREFIX))
+    return getattr(V1_DEFAULT, name)
 
 
 def _closest_number(value: float, options) -> Any:
@@ -41,12 +49,14 @@ def _in_range(value: float, spec: Range) -> float:
     return int(round(clipped)) if spec.integer else float(clipped)
 
 
-def baseline_params(space: Mapping[str, Spec]) -> tuple[dict[str, Any], list[str]]:
-    """(Optuna params that make `suggest_policy` yield the V1 config within `space`, notes on any adjustment)."""
+def baseline_params(space: Mapping[str, Spec], training_space: Mapping[str, Spec] | None = None
+                    ) -> tuple[dict[str, Any], list[str]]:
+    """(Optuna params that make `suggest_policy` yield the V1 config within `space` (and `suggest_training` the
+    default training control within `training_space`), notes on any adjustment)."""
     params: dict[str, Any] = {}
     notes: list[str] = []
-    for name, spec in space.items():
-        default = getattr(V1_DEFAULT, name)
+    for name, spec in {**space, **(training_space or {})}.items():
+        default = _default(name)
         if isinstance(spec, Fixed):
             continue
         if isinstance(spec, Choices):
@@ -60,6 +70,10 @@ def baseline_params(space: Mapping[str, Spec]) -> tuple[dict[str, Any], list[str
                 chosen = params[name] = spec.values[0]
             else:
                 chosen = params[name] = _closest_number(default, spec.values)
+        elif isinstance(spec, Range) and spec.zero:
+            params[zero_param(name)] = default == 0
+            params[name] = _in_range(float(default), spec)
+            chosen = 0 if default == 0 else params[name]
         elif isinstance(spec, Range):
             chosen = params[name] = _in_range(float(default), spec)
         else:  # Layers: depth, then one width per layer, each within its range
@@ -73,15 +87,16 @@ def baseline_params(space: Mapping[str, Spec]) -> tuple[dict[str, Any], list[str
         if not same:
             shown = list(default) if isinstance(default, tuple) else default
             used = list(chosen) if isinstance(chosen, tuple) else chosen
-            notes.append(f"{name}: V1 default {shown} is outside the search space, baseline uses {used}")
-    valid, invalid = check_params(params, space)
+            notes.append(f"{name}: {'default' if name.startswith(TRAINING_PREFIX) else 'V1 default'} {shown} is outside the search space, baseline uses {used}")
+    valid, invalid = check_params(params, space, training_space)
     assert not invalid, f"baseline params outside the space: {invalid}"  # a bug here, never the user's input
     return valid, notes
 
 
-def enqueue_baseline(study: optuna.Study, space: Mapping[str, Spec]) -> list[str]:
+def enqueue_baseline(study: optuna.Study, space: Mapping[str, Spec],
+                     training_space: Mapping[str, Spec] | None = None) -> list[str]:
     """Queue the baseline as the study's next trial (once: at creation); returns the adjustment notes."""
-    params, notes = baseline_params(space)
+    params, notes = baseline_params(space, training_space)
     attrs: dict[str, Any] = {ATTR_BASELINE: True}
     if notes:
         attrs[ATTR_BASELINE_NOTE] = "; ".join(notes)

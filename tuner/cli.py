@@ -43,7 +43,10 @@ def main() -> None:
 
 # -- shared options --------------------------------------------------------------------------------
 def data_options(func):
-    """--data/--test/--format/--label/--synthetic: where rows come from."""
+    """--data/--valid/--test/--format/--label/--schema/--synthetic: where rows come from and what they mean."""
+    func = click.option("--schema", "schema_path", type=click.Path(dir_okay=False), default=None,
+                        help="YAML of column roles, as a study's data.schema: label, categorical, numeric, "
+                             "multivalued, ignore, ... (default: inferred from the data).")(func)
     func = click.option("--synthetic", type=click.IntRange(min=100), default=None,
                         help="Generate this many Criteo-format synthetic rows instead of reading --data.")(func)
     func = click.option("--label", default=None, help="Label column (default 'label'; Criteo preset: 'label').")(func)
@@ -58,12 +61,35 @@ def data_options(func):
     return func
 
 
-def data_spec_from_options(data_path, valid_path, test_path, fmt, label, synthetic):
+def read_schema_file(path: str) -> dict:
+    """A --schema file: the mapping a study gives as `data.schema` (or a file with that mapping under `schema:`)."""
+    from model.config import load_yaml
+
+    document = load_yaml(path)
+    if isinstance(document, dict) and set(document) == {"schema"}:
+        document = document["schema"]
+    if not isinstance(document, dict) or not document:
+        raise UserInputError(f"--schema {path}: expected a mapping of column roles such as "
+                             f"'label: click' and 'categorical: [site, ad]'")
+    return document
+
+
+def data_spec_from_options(data_path, valid_path, test_path, fmt, label, synthetic, schema_path=None):
     from model.datasource import DataSpec
+    from model.errors import ConfigError
 
     if (data_path is None) == (synthetic is None):
         raise UserInputError("give either --data FILE or --synthetic ROWS")
-    schema = {"label": label} if label else {}
+    schema = read_schema_file(schema_path) if schema_path else {}
+    if label:
+        schema["label"] = label  # --label wins over the file's label
+    if schema_path and synthetic is not None:
+        raise UserInputError("--schema describes files given with --data; synthetic data has its own schema")
+    if schema_path:
+        try:
+            return DataSpec(train=data_path, valid=valid_path, test=test_path, format=fmt, schema=schema)
+        except ConfigError as exc:
+            raise UserInputError(f"--schema {schema_path}: {str(exc).removeprefix('data.schema: ')}") from None
     if synthetic is not None:
         return DataSpec(synthetic={"rows": synthetic}, valid=valid_path, schema=schema)
     return DataSpec(train=data_path, valid=valid_path, test=test_path, format=fmt, schema=schema)
@@ -139,7 +165,8 @@ def data_prepare(study_path) -> None:
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Override training.max_epochs.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="Override training.device.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch threads (default: torch's).")
-def train(policy_path, data_path, valid_path, test_path, fmt, label, synthetic, out, epochs, device, threads) -> None:
+def train(policy_path, data_path, valid_path, test_path, fmt, label, synthetic, schema_path, out, epochs, device,
+          threads) -> None:
     """Train one DeepFM scoring policy and save it as a self-contained directory.
 
     Example: deepfm train --policy studies/policy.yaml --data data/generated/synth/train.tsv --format criteo
@@ -157,7 +184,7 @@ def train(policy_path, data_path, valid_path, test_path, fmt, label, synthetic, 
     overrides = {k: v for k, v in {"max_epochs": epochs, "device": device, "threads": threads}.items() if v}
     control = control.replace(**overrides)
     resolve_device(control.device)  # no CUDA: fail before reading any data
-    spec = data_spec_from_options(data_path, valid_path, test_path, fmt, label, synthetic)
+    spec = data_spec_from_options(data_path, valid_path, test_path, fmt, label, synthetic, schema_path)
     prepared = spec.prepare(_log_to_stderr)
     enc = prepared.encoder  # a model too large for memory: fail before printing or allocating anything
     check_model_size(estimate_parameters(enc.categorical_dims, enc.multivalued_dims, len(enc.schema.numeric), policy),
@@ -277,16 +304,11 @@ def tune(study_path, storage, tracking_uri, n_trials, timeout, threads, workers,
 
 
 def _print_trained(console, trial, spec) -> None:
-    import yaml
-
-    from model.config import policy_to_v1_yaml
+    from model.config import policy_with_training_yaml
 
     from .records import trained_config
 
-    policy, training = trained_config(trial, spec)
-    text = policy_to_v1_yaml(policy)
-    if training is not None:
-        text += yaml.safe_dump({"training": training.to_dict()}, sort_keys=False, default_flow_style=None)
+    text = policy_with_training_yaml(*trained_config(trial, spec))
     console.print(f"best trial {trial.number} trained:", markup=False)
     console.print(text.rstrip(), markup=False, highlight=False)
 
@@ -303,8 +325,14 @@ def _print_tune_result(console, spec, result, tracking_uri) -> None:
         console.print("no trial completed; see 'deepfm status' for the failures")
         return
     best = result.best_trial
+    policy, training = trained_config(best, spec)
     console.print(f"best trial {best.number}: score_{spec.metric} {best.value:.4f}; its V1 config:")
-    console.print(policy_to_v1_yaml(trained_config(best, spec)[0]).rstrip())
+    console.print(policy_to_v1_yaml(policy).rstrip())
+    if spec.training_space and training is not None:  # the tuned training knobs, as the training: block spells them
+        chosen = {name.removeprefix("training."): getattr(training, name.removeprefix("training."))
+                  for name in spec.training_space}
+        console.print("training: " + ", ".join(f"{k}: {v:g}" if isinstance(v, float) else f"{k}: {v}"
+                                               for k, v in chosen.items()), markup=False, highlight=False)
     console.print(describe_lift(result.handle.study, spec.metric))
     if result.promotion is not None:
         _print_promotion(console, spec.model_name, result.promotion)

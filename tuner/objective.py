@@ -24,7 +24,7 @@ from model.train import EpochMetrics, train
 
 from . import interrupts
 from .records import record_failure, record_trained
-from .space import suggest_policy
+from .space import suggest_policy, suggest_training
 from .study import StudySpec
 from .names import (ATTR_BASELINE, ATTR_BASELINE_NOTE, ATTR_CHECKPOINT, ATTR_RETRY_OF, ATTR_RUN_ID,  # noqa: F401
                     ATTR_SKIPPED, ATTR_TRAINING, ATTR_WARM_START, ATTR_WORKER, TAG_FAILURE, TAG_PRUNED_AT,
@@ -69,7 +69,7 @@ def make_objective(
     prepared: PreparedData,
     tracker: StudyTracker,
     parent_run_id: str,
-    control: TrainConfig,
+    base_control: TrainConfig,
     on_epoch: Callable[[optuna.Trial, EpochMetrics], None] | None = None,
     failure_injector: Callable[[optuna.Trial, PolicyConfig], PolicyConfig] | None = None,
 ) -> Callable[[optuna.Trial], float]:
@@ -77,7 +77,7 @@ def make_objective(
         "deepfm.sampler": spec.sampler.type,
         "deepfm.pruner": spec.pruner.type,
         "deepfm.data_fingerprint": prepared.fingerprint,
-        "deepfm.seed": str(control.seed),
+        "deepfm.seed": str(base_control.seed),
         **({"mlflow.source.git.commit": git_commit()} if git_commit() else {}),
     }
 
@@ -86,6 +86,7 @@ def make_objective(
         if spec.n_trials is not None:
             _check_total(trial, spec.n_trials, trials)
         policy = suggest_policy(trial, spec.space)
+        control = suggest_training(trial, spec.training_space, base_control)
         if failure_injector is not None:
             policy = failure_injector(trial, policy)
         record_trained(trial, policy, control)  # what this trial trains, exactly (status/summary/promote read it)

@@ -204,7 +204,7 @@ def init_study(spec: StudySpec, storage_url: str | None = None, tracking_uri: st
     notes: list[str] = []
     parent_tags = {"deepfm.storage": redact(storage_url)}
     if created:  # queued before the parent run id is published, so joining workers find them queued
-        adjusted = enqueue_baseline(study, spec.space)
+        adjusted = enqueue_baseline(study, spec.space, spec.training_space)
         notes += [f"V1 baseline trial: {note}" for note in adjusted]
         if adjusted:
             parent_tags["deepfm.baseline_adjusted"] = "; ".join(adjusted)
@@ -221,8 +221,9 @@ def init_study(spec: StudySpec, storage_url: str | None = None, tracking_uri: st
         parent = tracker.create_parent_run(
             params={"study_name": spec.name, "metric": spec.metric, "direction": spec.direction,
                     "sampler": spec.sampler.type, "sampler_seed": spec.sampler.seed, "pruner": spec.pruner.type,
-                    "n_trials": spec.n_trials, "timeout": spec.timeout, "search_space": space_to_dict(spec.space),
-                    "data": spec.data.to_dict(), **{f"training.{k}": v for k, v in spec.training.to_dict().items()}},
+                    "n_trials": spec.n_trials, "timeout": spec.timeout, "search_space": space_to_dict({**spec.space, **spec.training_space}),
+                    "data": spec.data.to_dict(), **{f"training.{k}": v for k, v in spec.training.to_dict().items()
+                                                         if f"training.{k}" not in spec.training_space}},
             tags=parent_tags)
         study.set_user_attr(ATTR_PARENT_RUN, parent)
         study.set_user_attr(ATTR_EXPERIMENT, tracker.experiment_id)

@@ -6,6 +6,16 @@
     learning_rate: {low: 1.0e-4, high: 1.0e-2, log: true}
     deep_hidden_units: {choices: [[128, 64, 32], [256, 128]]}
     deep_hidden_units: {depth: [1, 3], width: [32, 256]}   # depth x per-layer width (log scale)
+    learning_rate: {type: tunable_float, min: 1.0e-4, max: 1.0e-2}   # Shaped's spelling of a range
+    embedding_dim: {type: tunable_int, min: 8, max: 32}
+
+The study's `training:` block tunes three training knobs the same way (each unset one stays fixed at its value):
+
+    embedding_l2: {low: 1.0e-4, high: 1.0, log: true, zero: true}   # log-uniform, or exactly 0
+    weight_decay: tune                                              # its default range (TRAINING_DEFAULTS)
+    batch_size: {choices: [1024, 4096]}
+
+A training knob's Optuna parameter is `training.<name>`, as its MLflow param.
 """
 
 from __future__ import annotations
@@ -15,12 +25,15 @@ from typing import Any, Mapping, Union
 
 import optuna
 
-from model.config import ACTIVATIONS, PolicyConfig
+from model.config import ACTIVATIONS, PolicyConfig, TrainConfig
 from model.errors import ConfigError, did_you_mean
 
 HYPERPARAMETERS = ("embedding_dim", "deep_hidden_units", "activation_fn", "dropout", "learning_rate")
-INTEGER_PARAMS = ("embedding_dim",)
+INTEGER_PARAMS = ("embedding_dim", "batch_size")
 FLOAT_PARAMS = ("dropout", "learning_rate")
+TRAINING_TUNABLE = ("embedding_l2", "weight_decay", "batch_size")  # the training knobs a study may tune
+TRAINING_PREFIX = "training."
+SHAPED_TYPES = {"tunable_float": False, "tunable_int": True}  # Shaped's spelling -> integer?
 
 
 @dataclass(frozen=True)
@@ -44,16 +57,25 @@ class Choices:
 
 @dataclass(frozen=True)
 class Range:
+    """low..high (optionally on a log scale or a step grid). `zero`: exactly 0 is a candidate too, chosen by a
+    companion yes/no parameter `<name>.zero`, so "no penalty at all" competes with every log-scale strength
+    (a log range cannot reach 0). Both parameters are always asked, which keeps the space static for TPE."""
+
     low: float
     high: float
     log: bool = False
     step: float | None = None
     integer: bool = False
+    zero: bool = False
 
     def suggest(self, trial: optuna.Trial, name: str) -> Any:
         if self.integer:
-            return trial.suggest_int(name, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
-        return trial.suggest_float(name, float(self.low), float(self.high), step=self.step, log=self.log)
+            value = trial.suggest_int(name, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
+        else:
+            value = trial.suggest_float(name, float(self.low), float(self.high), step=self.step, log=self.log)
+        if self.zero and trial.suggest_categorical(zero_param(name), [False, True]):
+            return 0 if self.integer else 0.0
+        return value
 
 
 @dataclass(frozen=True)
@@ -70,12 +92,28 @@ class Layers:
 
 Spec = Union[Fixed, Choices, Range, Layers]
 
+def zero_param(name: str) -> str:
+    return f"{name}.zero"
+
+
 DEFAULT_SPACE: dict[str, Spec] = {
     "embedding_dim": Choices((8, 16, 32)),
     "deep_hidden_units": Choices(((64, 32), (128, 64, 32), (256, 128, 64), (256, 256))),
     "activation_fn": Choices(("relu", "leaky_relu", "gelu", "silu")),
     "dropout": Range(0.0, 0.5, step=0.05),
     "learning_rate": Range(1e-4, 1e-2, log=True),
+}
+
+
+# `training: {<knob>: tune}`: the default range of each tunable training knob. embedding_l2: BARS/FuxiCTR tune the
+# embedding regulariser over 0 and 1e-4..1e-1 on a log grid; with this project's per-batch penalty the useful
+# strengths are larger (bench/embedding_l2.py, BENCHMARKS.md "embedding_l2"), hence 1e-4..1. weight_decay (on the
+# MLP, through Adam): 0 or 1e-7..1e-3. batch_size: the sizes CTR benchmarks use; larger batches train faster
+# per sample on CPU and often need a larger learning rate.
+TRAINING_DEFAULTS: dict[str, Spec] = {
+    "embedding_l2": Range(1e-4, 1.0, log=True, zero=True),
+    "weight_decay": Range(1e-7, 1e-3, log=True, zero=True),
+    "batch_size": Choices((1024, 2048, 4096, 8192)),
 }
 
 
@@ -101,13 +139,32 @@ def _pair(value: Any, where: str) -> tuple[int, int]:
     return int(value[0]), int(value[1])
 
 
-def parse_spec(name: str, raw: Any) -> Spec:
-    """One hyperparameter's entry -> a validated Spec; every value it can produce is a valid V1 value."""
-    where = f"scoring_policy.{name}"
+def _from_shaped(raw: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """Shaped's `{type: tunable_float | tunable_int, min, max}` -> this module's `{low, high}` (log/step kept)."""
+    kind = raw["type"]
+    if kind not in SHAPED_TYPES:
+        raise ConfigError(f"{where}.type: unknown type {kind!r}{did_you_mean(str(kind), SHAPED_TYPES)}; "
+                          f"use {' or '.join(SHAPED_TYPES)} (or low/high, or choices)")
+    _only(raw, ("type", "min", "max", "log", "step"), where)
+    if not {"min", "max"} <= set(raw):
+        raise ConfigError(f"{where}: {kind} needs both 'min' and 'max'")
+    for bound in ("min", "max"):
+        if SHAPED_TYPES[kind] and not (isinstance(raw[bound], int) and not isinstance(raw[bound], bool)):
+            raise ConfigError(f"{where}.{bound}: {kind} takes integers, got {raw[bound]!r}; use tunable_float")
+    converted = {"low": raw["min"], "high": raw["max"], **{k: raw[k] for k in ("log", "step") if k in raw}}
+    return converted
+
+
+def parse_spec(name: str, raw: Any, block: str = "scoring_policy") -> Spec:
+    """One hyperparameter's entry -> a validated Spec; every value it can produce is valid (checked through
+    PolicyConfig for the `scoring_policy` block, TrainConfig for `training`)."""
+    where = f"{block}.{name}"
     if not isinstance(raw, Mapping):
         spec: Spec = Fixed(tuple(raw) if name == "deep_hidden_units" and isinstance(raw, list) else raw)
         _check_values(name, [spec.value], where)
         return spec
+    if "type" in raw:
+        raw = _from_shaped(raw, where)
     keys = set(raw)
     if "choices" in keys:
         _only(raw, ("choices",), where)
@@ -125,7 +182,8 @@ def parse_spec(name: str, raw: Any) -> Spec:
         return Layers(_pair(raw["depth"], f"{where}.depth"), _pair(raw["width"], f"{where}.width"))
     if name == "activation_fn":
         raise ConfigError(f"{where}: activations are tuned with 'choices: [relu, gelu, ...]', not a range")
-    _only(raw, ("low", "high", "log", "step"), where)
+    allowed = ("low", "high", "log", "step", "zero") if block == "training" else ("low", "high", "log", "step")
+    _only(raw, allowed, where)
     if not {"low", "high"} <= keys:
         raise ConfigError(f"{where}: a range needs both 'low' and 'high' (or use 'choices: [...]')")
     low, high = _number(raw["low"], f"{where}.low"), _number(raw["high"], f"{where}.high")
@@ -140,11 +198,14 @@ def parse_spec(name: str, raw: Any) -> Spec:
         raise ConfigError(f"{where}: 'log' and 'step' cannot be combined (Optuna does not support it); drop one")
     if log and low <= 0:
         raise ConfigError(f"{where}: a log range needs low > 0, got {low}")
+    zero = raw.get("zero", False)
+    if not isinstance(zero, bool):
+        raise ConfigError(f"{where}.zero must be true or false, got {zero!r}")
     integer = name in INTEGER_PARAMS
     if integer and not all(float(v).is_integer() for v in (low, high)):
         raise ConfigError(f"{where}: {name} is an integer; use integer low/high, got {low}, {high}")
     _check_values(name, [low, high], where)
-    return Range(low, high, log=log, step=step, integer=integer)
+    return Range(low, high, log=log, step=step, integer=integer, zero=zero)
 
 
 def _only(raw: Mapping[str, Any], allowed: tuple[str, ...], where: str) -> None:
@@ -154,15 +215,17 @@ def _only(raw: Mapping[str, Any], allowed: tuple[str, ...], where: str) -> None:
 
 
 def _check_values(name: str, values: list[Any], where: str) -> None:
-    """Validate candidate values through PolicyConfig itself, so the space can never yield an invalid policy."""
+    """Validate candidate values through PolicyConfig (TrainConfig) itself, so the space can never yield an
+    invalid policy (training control)."""
+    config, prefix = (TrainConfig, "training") if name in TRAINING_TUNABLE else (PolicyConfig, "scoring_policy")
     for value in values:
         if name == "activation_fn" and value not in ACTIVATIONS:
             raise ConfigError(f"{where}: unknown activation {value!r}{did_you_mean(str(value), ACTIVATIONS)}; "
                               f"supported: {', '.join(ACTIVATIONS)}")
         try:
-            PolicyConfig(**{name: value})
+            config(**{name: value})
         except ConfigError as exc:
-            raise ConfigError(f"{where}: {str(exc).removeprefix(f'scoring_policy.{name} ')}") from None
+            raise ConfigError(f"{where}: {str(exc).removeprefix(f'{prefix}.{name} ')}") from None
 
 
 def parse_space(block: Mapping[str, Any] | None) -> dict[str, Spec]:
@@ -178,9 +241,38 @@ def parse_space(block: Mapping[str, Any] | None) -> dict[str, Spec]:
     return {name: parse_spec(name, block[name]) if name in block else DEFAULT_SPACE[name] for name in HYPERPARAMETERS}
 
 
+def parse_training(block: Mapping[str, Any] | None) -> tuple[TrainConfig, dict[str, Spec]]:
+    """The study's `training:` block -> (the fixed training control, a Spec per tuned knob keyed by its Optuna
+    parameter name `training.<knob>`). A tuned knob keeps its TrainConfig default in the fixed control (what
+    the V1 baseline trial trains with)."""
+    if block is not None and not isinstance(block, Mapping):
+        raise ConfigError(f"training must be a mapping, got {type(block).__name__}")
+    fixed: dict[str, Any] = {}
+    tuned: dict[str, Spec] = {}
+    for name, raw in (block or {}).items():
+        if not (isinstance(raw, Mapping) or raw == "tune"):
+            fixed[name] = raw
+        elif name not in TRAINING_TUNABLE:
+            raise ConfigError(f"training.{name} is not tunable; give one value (tunable training knobs: "
+                              f"{', '.join(TRAINING_TUNABLE)})")
+        elif raw == "tune":
+            tuned[TRAINING_PREFIX + name] = TRAINING_DEFAULTS[name]
+        else:
+            tuned[TRAINING_PREFIX + name] = parse_spec(name, raw, block="training")
+    return TrainConfig.from_dict(fixed), tuned
+
+
 def suggest_policy(trial: optuna.Trial, space: Mapping[str, Spec]) -> PolicyConfig:
     """Ask the trial for every tunable hyperparameter; fixed ones are taken as they are."""
     return PolicyConfig(**{name: spec.suggest(trial, name) for name, spec in space.items()})
+
+
+def suggest_training(trial: optuna.Trial, training_space: Mapping[str, Spec], control: TrainConfig) -> TrainConfig:
+    """`control` with each tuned training knob replaced by the trial's suggestion."""
+    if not training_space:
+        return control
+    return control.replace(**{name.removeprefix(TRAINING_PREFIX): spec.suggest(trial, name)
+                              for name, spec in training_space.items()})
 
 
 def policy_from_params(params: Mapping[str, Any], space: Mapping[str, Spec]) -> PolicyConfig:
@@ -189,7 +281,7 @@ def policy_from_params(params: Mapping[str, Any], space: Mapping[str, Spec]) -> 
     return suggest_policy(fixed, space)  # type: ignore[arg-type]
 
 
-def space_to_dict(space: Mapping[str, Spec]) -> dict[str, Any]:
+def space_to_dict(space: Mapping[str, Spec]) -> dict[str, Any]:  # also takes a training space
     """A readable description of the space, logged on the study's parent run."""
     def describe(spec: Spec) -> Any:
         if isinstance(spec, Fixed):
@@ -203,6 +295,8 @@ def space_to_dict(space: Mapping[str, Spec]) -> dict[str, Any]:
             described["log"] = True
         if spec.step is not None:
             described["step"] = spec.step
+        if spec.zero:
+            described["zero"] = True
         return described
     return {name: describe(spec) for name, spec in space.items()}
 
@@ -240,10 +334,13 @@ class _ParamCheck:
         return self._take(name, optuna.distributions.FloatDistribution(low, high, log=log, step=step), low)
 
 
-def check_params(params: Mapping[str, Any], space: Mapping[str, Spec]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Split stored Optuna params into (valid in `space`, not valid: out of range, or not a tunable parameter
-    of `space`). Conditional parameters (a depth's layer widths) are judged as the space would ask for them."""
+def check_params(params: Mapping[str, Any], space: Mapping[str, Spec],
+                 training_space: Mapping[str, Spec] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split stored Optuna params into (valid in `space` and `training_space`, not valid: out of range, or not a
+    tunable parameter of them). Conditional parameters (a depth's layer widths) are judged as the space would
+    ask for them."""
     check = _ParamCheck(params)
     suggest_policy(check, space)  # type: ignore[arg-type]
+    suggest_training(check, training_space or {}, TrainConfig())  # type: ignore[arg-type]
     unused = {k: v for k, v in params.items() if k not in check.accepted and k not in check.rejected}
     return check.accepted, {**check.rejected, **unused}

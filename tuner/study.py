@@ -3,7 +3,8 @@
     study:     {name, n_trials, timeout, metric, sampler, pruner, storage, tracking_uri, experiment,
                 registered_model, promote, warm_start: {from, top_k, storage}}
     data:      see model.datasource.DataSpec (files or `synthetic: {rows: N}`)
-    training:  see model.config.TrainConfig (batch_size, max_epochs, patience, ...)
+    training:  see model.config.TrainConfig (batch_size, max_epochs, patience, ...); embedding_l2, weight_decay
+               and batch_size may be tunable specs, as in the policy (tuner.space)
     policy_configs: {scoring_policy: {...}}   each hyperparameter fixed or tunable (tuner.space)
     promotion: {require: not_worse | better, alpha: 0.05}   the champion gate (DeLong's paired AUC test)
 """
@@ -22,7 +23,7 @@ from model.config import TrainConfig, load_yaml
 from model.datasource import DataSpec
 from model.errors import ConfigError, did_you_mean
 
-from .space import Spec, parse_space
+from .space import Spec, parse_space, parse_training
 
 SAMPLERS = ("tpe", "random", "gp", "qmc")
 PRUNERS = ("median", "hyperband", "none")
@@ -154,6 +155,7 @@ class StudySpec:
     promote: bool = True
     promotion: PromotionSpec = field(default_factory=PromotionSpec)
     warm_start: WarmStartSpec | None = None
+    training_space: Mapping[str, Spec] = field(default_factory=dict)  # tuned training knobs, `training.<knob>`
     source: str = ""
 
     @property
@@ -224,11 +226,13 @@ def parse_study(document: Any, source: str, default_name: str) -> StudySpec:
         promote = study.get("promote", True)
         if not isinstance(promote, bool):
             raise ConfigError(f"study.promote must be true or false, got {promote!r}")
+        training, training_space = parse_training(document.get("training"))
         return StudySpec(
             name=name,
             space=parse_space(policy_configs.get("scoring_policy")),
             data=DataSpec.from_dict(document["data"]),
-            training=TrainConfig.from_dict(document.get("training")),
+            training=training,
+            training_space=training_space,
             n_trials=n_trials,
             timeout=timeout,
             metric=metric,

@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import optuna
 
-from model.config import TrainConfig, policy_to_v1_yaml
+from model.config import TrainConfig, policy_with_training_yaml
 from model.dataset import PreparedData
 from model.train import EpochMetrics
 
@@ -78,7 +78,7 @@ def summarise(handle: StudyHandle, status: str = "FINISHED") -> optuna.trial.Fro
     artifacts = SummaryArtifacts(tracker, handle.parent_run_id)  # a full artifact disk: the summary still completes
     with tempfile.TemporaryDirectory(prefix="deepfm-report-") as tmp:
         if best is not None:
-            policy, _ = trained_config(best, spec)  # what the best trial trained, not today's study file
+            policy, control = trained_config(best, spec)  # what the best trial trained, not today's study file
             metrics[score_name(spec.metric)] = best.value  # the best trial's score, under the trials' name
             training = best.user_attrs.get(ATTR_TRAINING, {})
             for key in ("best_epoch", "seconds"):
@@ -89,8 +89,13 @@ def summarise(handle: StudyHandle, status: str = "FINISHED") -> optuna.trial.Fro
             if lift is not None:  # > 0: the best trial beat the V1 baseline (sign follows the direction)
                 metrics["lift_over_baseline"], metrics[f"baseline_{score_name(spec.metric)}"] = lift[0], lift[1].value
                 tags["deepfm.baseline_trial"] = str(lift[1].number)
-            tracker.log_summary(handle.parent_run_id, metrics, params=policy.to_dict(), tags=tags)
-            (Path(tmp) / "best_policy.yaml").write_text(policy_to_v1_yaml(policy))
+            best_params = policy.to_dict()
+            if control is not None:  # the tuned training knobs too: best.training.embedding_l2, ...
+                best_params.update({name: getattr(control, name.removeprefix("training."))
+                                    for name in spec.training_space})
+            tracker.log_summary(handle.parent_run_id, metrics, params=best_params, tags=tags)
+            # the V1 config, with the training control it was trained with beside it (tuned knobs included)
+            (Path(tmp) / "best_policy.yaml").write_text(policy_with_training_yaml(policy, control))
             artifacts.log(Path(tmp) / "best_policy.yaml")
             keep = best.user_attrs.get(ATTR_RUN_ID)
             # the best trial's checkpoint is promoted; the baseline's is what promotion compares it with

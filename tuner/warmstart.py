@@ -67,7 +67,7 @@ def plan_warm_start(spec: StudySpec, storage_url: str, storage: optuna.storages.
     if not complete:
         plan.notes.append(f"warm start: study '{warm.source}' has no completed trial; nothing to start from")
     for trial in complete[: warm.top_k]:
-        valid, skipped = check_params(trial.params, spec.space)
+        valid, skipped = check_params(trial.params, spec.space, spec.training_space)
         label = f"{warm.source}#{trial.number}"
         if skipped:
             shown = ", ".join(f"{k}={_show(v)}" for k, v in skipped.items())
