@@ -156,3 +156,12 @@ def test_train_reads_column_roles_from_a_schema_file(in_tmp):
     assert bad.returncode == 2
     assert bad.stderr.strip().count("\n") == 0 and "did you mean 'label'" in bad.stderr
     assert not (in_tmp / "out2").exists()
+
+
+def test_trial_lines_show_the_strength_that_was_applied():
+    from tuner.space import shown_params
+
+    assert shown_params({"training.embedding_l2": 0.01, "training.embedding_l2.zero": True, "dropout": 0.1}) == {
+        "training.embedding_l2": 0, "dropout": 0.1}
+    assert shown_params({"training.embedding_l2": 0.01, "training.embedding_l2.zero": False}) == {
+        "training.embedding_l2": 0.01}

@@ -380,6 +380,7 @@ def status(study_path, storage, tracking_uri) -> None:
     from .console import out as console
     from .objective import ATTR_SKIPPED, ATTR_TRAINING, ATTR_WARM_START, score_name
     from .progress import human_epoch
+    from .space import shown_params
     from .tune import best_trial, pruned_at_epoch, trial_counts, trial_score
 
     spec = _load_spec(study_path)
@@ -394,7 +395,7 @@ def status(study_path, storage, tracking_uri) -> None:
         training = t.user_attrs.get(ATTR_TRAINING, {})
         best_epoch = str(human_epoch(training["best_epoch"])) if "best_epoch" in training else ""
         seconds = f"{t.duration.total_seconds():.1f}" if t.duration else ""
-        params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items())
+        params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown_params(t.params).items())
         state = "skipped" if t.user_attrs.get(ATTR_SKIPPED) else t.state.name.lower()
         if pruned_at_epoch(t) is not None:
             state = f"pruned at epoch {human_epoch(pruned_at_epoch(t))}"

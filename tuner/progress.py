@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from model.train import EpochMetrics
+from .space import shown_params
 
 
 def human_epoch(epoch: int) -> int:
@@ -82,7 +83,7 @@ class TrialProgress:
         if pruned_at_epoch(trial) is not None:
             value += f", pruned at epoch {human_epoch(pruned_at_epoch(trial))}"
         seconds = trial.duration.total_seconds() if trial.duration else 0.0
-        params = ", ".join(f"{k}={_short(v)}" for k, v in trial.params.items())
+        params = ", ".join(f"{k}={_short(v)}" for k, v in shown_params(trial.params).items())
         self.console.print(f"trial {trial.number:>3} {state.lower():<8} {value:<28} {seconds:6.1f}s  {params}  "
                            f"| {self._best_text()}")
         if state in ("COMPLETE", "PRUNED"):

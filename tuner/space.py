@@ -96,6 +96,16 @@ def zero_param(name: str) -> str:
     return f"{name}.zero"
 
 
+def shown_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """A trial's params as people read them: a range's `<name>.zero` companion folded into `<name>` (0 when it
+    said yes), so a line never shows a strength that was not applied."""
+    shown = {k: v for k, v in params.items() if not k.endswith(".zero")}
+    for key, value in params.items():
+        if key.endswith(".zero") and key.removesuffix(".zero") in shown and value is True:
+            shown[key.removesuffix(".zero")] = 0
+    return shown
+
+
 DEFAULT_SPACE: dict[str, Spec] = {
     "embedding_dim": Choices((8, 16, 32)),
     "deep_hidden_units": Choices(((64, 32), (128, 64, 32), (256, 128, 64), (256, 256))),
