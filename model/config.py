@@ -132,6 +132,9 @@ class TrainConfig:
     threads: int | None = None  # torch intra-op threads; None = torch's default
     eval_batch_size: int = 8192  # cache-sized on CPU; larger batches only add transient memory
     shuffle: str = "auto"  # full | block (permute inside ~256 MiB blocks) | auto: block when the split outgrows memory
+    eval_every: float | None = None  # also validate every this fraction of an epoch (0.25: 4 points per epoch, the
+    #   epoch's end included) on a fixed validation sample; a tuner reports and prunes there. None (or 1) = per epoch
+    eval_sample_rows: int = 65536  # rows of that fixed sample (drawn once with `seed`); the whole split if smaller
 
     def __post_init__(self) -> None:
         _int(self.batch_size, "training.batch_size", 1)
@@ -154,6 +157,19 @@ class TrainConfig:
         if self.shuffle not in SHUFFLES:
             raise ConfigError(f"training.shuffle: unknown value {self.shuffle!r}{did_you_mean(str(self.shuffle), SHUFFLES)}; "
                               f"use one of {', '.join(SHUFFLES)}")
+        if self.eval_every is not None:
+            every = self.eval_every
+            if isinstance(every, bool) or not isinstance(every, (int, float)) or not 0 < every <= 1:
+                raise ConfigError(f"training.eval_every must be a fraction of an epoch in (0, 1] such as 0.25 (4 "
+                                  f"evaluations per epoch), or null for per-epoch only; got {every!r}")
+            object.__setattr__(self, "eval_every", float(every))
+        _int(self.eval_sample_rows, "training.eval_sample_rows", 1)
+
+    @property
+    def evals_per_epoch(self) -> int:
+        """Evaluation points per epoch on the validation sample: ceil(1 / eval_every), the epoch's end being the
+        last (0.25: 4; 0.3: 4, at 0.3, 0.6, 0.9 and 1); 1 without eval_every."""
+        return 1 if self.eval_every is None else math.ceil(1 / self.eval_every - 1e-9)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> "TrainConfig":

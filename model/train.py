@@ -1,7 +1,9 @@
 """One readable training loop: shuffle indices, slice tensors, step; evaluate every epoch; stop early; keep the best.
 
 The `on_epoch` hook sees each epoch's metrics; returning True stops training (a tuner may also raise from it,
-e.g. to prune a trial). Nothing here knows about Optuna or MLflow.
+e.g. to prune a trial). With `training.eval_every`, the `on_eval` hook also sees a fixed validation sample's
+metrics every that fraction of an epoch (the epoch's end included), so a tuner can prune before an epoch ends;
+the kept epoch is still chosen on the full validation split. Nothing here knows about Optuna or MLflow.
 """
 
 from __future__ import annotations
@@ -35,6 +37,24 @@ class EpochMetrics:
     val_logloss: float
     seconds: float  # training time of the epoch (evaluation excluded)
     samples_per_second: float
+    samples: int  # training rows processed by the end of this epoch, all epochs
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class StepMetrics:
+    """One evaluation point on the fixed validation sample: every `training.eval_every` of an epoch, the epoch's
+    end included (eval_every 0.25: 4 points per epoch, steps 0-3 in the first epoch, 4-7 in the second)."""
+
+    step: int  # 0-based over the run: epoch * evals_per_epoch + point in the epoch (the tuner's report step)
+    epoch: int  # 0-based epoch the point falls in
+    epochs: float  # epochs of training done: samples / training rows (1.5: half-way through the second epoch)
+    samples: int  # training rows processed so far, all epochs
+    train_loss: float  # mean training loss over this epoch's rows so far
+    val_auc: float  # on the validation sample, not the full split
+    val_logloss: float
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -47,6 +67,7 @@ class TrainResult:
     best_epoch: int = -1
     stop_reason: str = ""
     train_seconds: float = 0.0
+    samples: int = 0  # training rows processed, all epochs (a stopped epoch's rows up to the stop included)
 
     @property
     def best(self) -> EpochMetrics:
@@ -103,6 +124,28 @@ def evaluate(model: DeepFM, data: TensorData, batch_size: int = EVAL_BATCH) -> t
     if not torch.isfinite(logits).all():
         raise TrainingDiverged("the model's outputs are NaN or infinite; lower learning_rate or add weight_decay")
     return classification_metrics(data.labels.cpu().numpy(), torch.sigmoid(logits).cpu().numpy())
+
+
+def validation_sample(val: TensorData, rows: int, seed: int) -> TensorData:
+    """`rows` rows of the validation split drawn with `seed`, in split order: the same rows for every run on the
+    same data and seed, so runs are compared on one sample; the whole split if it is not larger."""
+    if len(val) <= rows:
+        return val
+    generator = torch.Generator(device="cpu").manual_seed(seed)  # its own: the training RNG streams are untouched
+    return val.rows(torch.randperm(len(val), generator=generator)[:rows].sort().values)
+
+
+def eval_rows(n: int, control: TrainConfig) -> list[int]:
+    """Rows into an epoch of `n` rows after which the validation sample is evaluated: round(k * eval_every * n) for
+    k = 1, 2, ... and n, the epoch's end. Row counts, not step counts, so runs with different batch sizes share
+    their points (each is taken after the batch that reaches it)."""
+    points = control.evals_per_epoch
+    return [min(n, round(k * control.eval_every * n)) for k in range(1, points)] + [n]
+
+
+def _diverged(train_loss: float, epoch: int, policy: PolicyConfig) -> TrainingDiverged:
+    return TrainingDiverged(f"training loss became {train_loss} in epoch {epoch + 1}; lower learning_rate "
+                            f"(now {policy.learning_rate}) or raise weight_decay")
 
 
 def _autocast(device_type: str):
@@ -201,9 +244,15 @@ def train(
     control: TrainConfig,
     on_epoch: Callable[[EpochMetrics], bool | None] | None = None,
     select: str = "val_auc",
+    on_eval: Callable[[StepMetrics], bool | None] | None = None,
 ) -> TrainResult:
     """Train a DeepFM on `prepared.train`; keep the epoch with the best `select` metric (val_auc, higher is
-    better; val_logloss, lower is better), which also drives early stopping; return it restored."""
+    better; val_logloss, lower is better), which also drives early stopping; return it restored.
+
+    `on_eval` (called only with `control.eval_every` set) sees each evaluation point on the validation sample;
+    at an epoch's end it comes after `on_epoch`. Returning True stops training there: a stop mid-epoch ends that
+    epoch early (evaluated on the full split, kept if best, passed to `on_epoch`). Evaluation changes nothing in
+    training: the same seed gives the same epochs with or without it."""
     if select not in SELECT_METRICS:
         raise ValueError(f"select must be one of {', '.join(SELECT_METRICS)}, got {select!r}")
     sign = SELECT_METRICS[select]  # +1: higher is better
@@ -228,11 +277,31 @@ def train(
     result = TrainResult(model=model)
     best_score, best_state, stale = -math.inf, None, 0
     n = len(prepared.train)
+    # -- the sub-epoch evaluation points and the fixed validation sample (drawn once) ------------------------
+    points = eval_rows(n, control) if on_eval is not None and control.eval_every is not None else []
+    if points:
+        sample = validation_sample(prepared.val, control.eval_sample_rows, control.seed)
+        sample = val_data if sample is prepared.val else sample.to(device) if device != "cpu" else sample
+
+    def evaluate_points(epoch: int, rows: int, samples: int, loss_sum: torch.Tensor, first: int,
+                        last: int) -> int | None:
+        """Evaluate the sample once and pass it to `on_eval` as points first..last-1 of the epoch (one batch may
+        reach more than one); the step at which the hook asked to stop, else None."""
+        train_loss = float(loss_sum) / rows
+        if not math.isfinite(train_loss):
+            raise _diverged(train_loss, epoch, policy)
+        val_auc, val_logloss = evaluate(model, sample, control.eval_batch_size)  # no_grad, model.eval(): no RNG
+        model.train()
+        for step in range(epoch * len(points) + first, epoch * len(points) + last):
+            if on_eval(StepMetrics(step, epoch, samples / n, samples, train_loss, val_auc, val_logloss)):
+                return step
+        return None
 
     for epoch in range(control.max_epochs):
         # -- one pass over shuffled rows ------------------------------------------------------------
         model.train()
         started = time.perf_counter()
+        eval_seconds, rows, done, stop_at = 0.0, 0, 0, None  # done: points of this epoch evaluated
         loss_sum = torch.zeros((), device=device)
         for step, index in enumerate(epoch_batches(n, control.batch_size, generator, block_rows)):
             if train_data is not None:
@@ -250,22 +319,34 @@ def train(
             for optimizer in optimizers:
                 optimizer.step()
             loss_sum += loss.detach() * len(logits)
+            rows += len(logits)
             if step % NAN_CHECK_EVERY == 0 and not torch.isfinite(loss_sum):
                 break
+            # -- sub-epoch evaluation on the sample (the epoch's end point comes after the full evaluation) ---
+            reached = done
+            while reached < len(points) - 1 and rows >= points[reached]:
+                reached += 1
+            if reached > done:
+                if device == "cuda":
+                    torch.cuda.synchronize()  # the queued steps are training time, not evaluation time
+                began = time.perf_counter()
+                stop_at = evaluate_points(epoch, rows, result.samples + rows, loss_sum, done, reached)
+                eval_seconds += time.perf_counter() - began
+                done = reached
+                if stop_at is not None:
+                    break
         if device == "cuda":
             torch.cuda.synchronize()
-        seconds = time.perf_counter() - started
+        seconds = time.perf_counter() - started - eval_seconds
         result.train_seconds += seconds
-        train_loss = float(loss_sum) / n
+        result.samples += rows
+        train_loss = float(loss_sum) / rows
         if not math.isfinite(train_loss):
-            raise TrainingDiverged(
-                f"training loss became {train_loss} in epoch {epoch + 1}; lower learning_rate "
-                f"(now {policy.learning_rate}) or raise weight_decay"
-            )
+            raise _diverged(train_loss, epoch, policy)
 
         # -- evaluate, remember the best epoch ----------------------------------------------------------
         val_auc, val_logloss = evaluate(model, val_data, control.eval_batch_size)
-        metrics = EpochMetrics(epoch, train_loss, val_auc, val_logloss, seconds, n / seconds)
+        metrics = EpochMetrics(epoch, train_loss, val_auc, val_logloss, seconds, rows / seconds, result.samples)
         result.history.append(metrics)
         score = sign * getattr(metrics, select)
         if score > best_score or best_state is None:
@@ -275,7 +356,14 @@ def train(
             stale += 1
 
         # -- hooks and stopping ------------------------------------------------------------------------
-        if on_epoch is not None and on_epoch(metrics):
+        stop_epoch = on_epoch is not None and on_epoch(metrics)
+        if points and stop_at is None:
+            stop_at = evaluate_points(epoch, rows, result.samples, loss_sum, done, len(points))
+        if stop_at is not None:
+            result.stop_reason = (f"stopped by callback at step {stop_at} "
+                                  f"({result.samples / n:.2f} epochs)")
+            break
+        if stop_epoch:
             result.stop_reason = f"stopped by callback after epoch {epoch + 1}"
             break
         if control.patience and stale >= control.patience:  # patience 0: no early stopping

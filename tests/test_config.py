@@ -96,3 +96,19 @@ def test_training_rejects_unknown_key_and_bad_device():
         TrainConfig.from_dict({"batchsize": 10})
     with pytest.raises(ConfigError, match="training.device"):
         TrainConfig(device="tpu")
+
+
+@pytest.mark.parametrize("value", [0, -0.5, 1.5, "quarter", True, float("nan")])
+def test_eval_every_outside_zero_to_one_is_a_one_line_error_naming_the_fix(value):
+    with pytest.raises(ConfigError) as info:
+        TrainConfig(eval_every=value)
+    text = str(info.value)
+    assert "training.eval_every must be a fraction of an epoch in (0, 1]" in text and "null" in text
+    assert "\n" not in text
+
+
+@pytest.mark.parametrize("every, points", [(None, 1), (1, 1), (0.5, 2), (0.25, 4), (0.3, 4), (0.1, 10), (1 / 3, 3)])
+def test_evaluation_points_per_epoch_count_the_epoch_end(every, points):
+    assert TrainConfig(eval_every=every).evals_per_epoch == points
+    with pytest.raises(ConfigError, match="training.eval_sample_rows must be an integer >= 1"):
+        TrainConfig(eval_every=every, eval_sample_rows=0)

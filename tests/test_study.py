@@ -130,3 +130,20 @@ def test_bad_promotion_and_warm_start_blocks_are_one_line_errors(tmp_path, secti
     with pytest.raises(ConfigError) as info:
         load_study(study_file(tmp_path, **sections))
     assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_pruners_count_reports_hyperband_from_one_report_to_all_of_them(tmp_path):
+    """With eval_every 0.25 a trial reports 4 times an epoch: hyperband's resource is one report, its maximum
+    max_epochs x 4; the median pruner's warm-up counts reports and takes n_min_trials."""
+    from tuner.study import PrunerSpec
+
+    spec = load_study(study_file(tmp_path, study={"n_trials": 3, "pruner": {"type": "hyperband"}},
+                                 training={"max_epochs": 3, "eval_every": 0.25}))
+    assert spec.training.evals_per_epoch == 4
+    hyperband = spec.pruner.build(spec.training.max_epochs, spec.training.evals_per_epoch)
+    assert (hyperband._min_resource, hyperband._max_resource) == (1, 12)
+    assert PrunerSpec("hyperband").build(3)._max_resource == 3  # per-epoch reports: as before
+    median = PrunerSpec("median", n_startup_trials=2, n_warmup_steps=4, n_min_trials=3).build(3, 4)
+    assert (median._n_warmup_steps, median._n_min_trials, median._n_startup_trials) == (4, 3, 2)
+    with pytest.raises(ConfigError, match="study.pruner.n_min_trials must be an integer >= 1"):
+        load_study(study_file(tmp_path, study={"n_trials": 3, "pruner": {"type": "median", "n_min_trials": 0}}))

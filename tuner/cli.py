@@ -381,7 +381,7 @@ def status(study_path, storage, tracking_uri) -> None:
     from .objective import ATTR_SKIPPED, ATTR_TRAINING, ATTR_WARM_START, score_name
     from .progress import human_epoch
     from .space import shown_params
-    from .tune import best_trial, pruned_at_epoch, trial_counts, trial_score
+    from .tune import best_trial, pruned_where, trial_counts, trial_score
 
     spec = _load_spec(study_path)
     study = _existing_study(spec, storage, study_path)
@@ -397,8 +397,8 @@ def status(study_path, storage, tracking_uri) -> None:
         seconds = f"{t.duration.total_seconds():.1f}" if t.duration else ""
         params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown_params(t.params).items())
         state = "skipped" if t.user_attrs.get(ATTR_SKIPPED) else t.state.name.lower()
-        if pruned_at_epoch(t) is not None:
-            state = f"pruned at epoch {human_epoch(pruned_at_epoch(t))}"
+        if pruned_where(t) is not None:
+            state = pruned_where(t)
         origin = " (V1 baseline)" if is_baseline(t) else (
             f" (from {t.user_attrs[ATTR_WARM_START]})" if t.user_attrs.get(ATTR_WARM_START) else "")
         table.add_row(str(t.number), state + origin, "" if value is None else f"{value:.4f}", best_epoch, seconds,
@@ -423,13 +423,14 @@ def report(study_path, storage, tracking_uri, out) -> None:
     Example: deepfm report studies/quick.yaml --out quick.html
     """
     from .console import out as console
+    from .objective import curve_name
     from .report import write_report
 
     spec = _load_spec(study_path)
     out = out or f"outputs/{spec.name}-report.html"
     check_writable(Path(out).parent, "pass --out with a file on a writable disk")
     study = _existing_study(spec, storage, study_path)
-    path = write_report(study, out, spec.metric)
+    path = write_report(study, out, spec.metric, curve_name(spec.metric, spec.training))
     console.print(f"wrote {path}")
 
 

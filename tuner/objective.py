@@ -1,4 +1,5 @@
-"""trial -> V1 policy -> train -> validation metric, with every epoch reported to Optuna and MLflow.
+"""trial -> V1 policy -> train -> validation metric, with every epoch reported to Optuna and MLflow (with
+`training.eval_every`: every evaluation point on the fixed validation sample, so pruning acts within epochs).
 
 The objective is a closure over the study spec, the data (encoded once per process) and the tracker, in the
 manner of Optuna's examples; `model/` never sees a Trial.
@@ -20,7 +21,7 @@ from model.config import PolicyConfig, TrainConfig
 from model.dataset import PreparedData
 from model.errors import TrainingDiverged
 from model.policy import ScoringPolicy
-from model.train import EpochMetrics, train
+from model.train import EpochMetrics, StepMetrics, train
 
 from . import interrupts
 from .records import record_failure, record_trained
@@ -28,18 +29,34 @@ from .space import suggest_policy, suggest_training
 from .study import StudySpec
 from .names import (ATTR_BASELINE, ATTR_BASELINE_NOTE, ATTR_CHECKPOINT, ATTR_RETRY_OF, ATTR_RUN_ID,  # noqa: F401
                     ATTR_SKIPPED, ATTR_TRAINING, ATTR_WARM_START, ATTR_WORKER, TAG_FAILURE, TAG_PRUNED_AT,
-                    TAG_STATE)
+                    TAG_PRUNED_AT_STEP, TAG_STATE)
 from .tracking import StudyTracker, git_commit
 
 CHECKPOINT_PATH = "checkpoint"
 EPOCH_PREFIX = "epoch_"  # per-epoch curves: epoch_val_auc, epoch_val_logloss, epoch_train_loss, ... (one per step)
 PRUNED_AT_EPOCH = "pruned_at_epoch"  # metric: 0-based step the trial was pruned at (as MLflow steps)
+STEP_PREFIX = "step_"  # with eval_every, curves on the validation sample at the Optuna report steps: step_val_auc,
+#   step_val_logloss, step_train_loss (this epoch's rows so far), step_samples (training rows so far)
+PRUNED_AT_STEP = "pruned_at_step"  # with eval_every: metric, the 0-based report step the trial was pruned at
+SAMPLES_TRAINED = "samples_trained"  # metric: training rows a trial processed (complete or pruned), all epochs
 
 
 def score_name(metric: str) -> str:
     """The one name of a trial's score everywhere (MLflow runs table, parent run, status, report, registry tags):
     `score_<metric>`, the study metric at the trial's best epoch (for a pruned trial: its best epoch so far)."""
     return f"score_{metric}"
+
+
+def sub_epoch(control: TrainConfig) -> bool:
+    """Trials report (and are pruned) at every evaluation point on the validation sample, not every epoch:
+    `training.eval_every` below 1."""
+    return control.evals_per_epoch > 1
+
+
+def curve_name(metric: str, control: TrainConfig) -> str:
+    """The MLflow curve holding a trial's Optuna intermediate values, at the same steps: `step_<metric>` with
+    eval_every below 1, else `epoch_<metric>`."""
+    return f"{STEP_PREFIX if sub_epoch(control) else EPOCH_PREFIX}{metric}"
 
 
 class TotalReached(Exception):
@@ -114,6 +131,8 @@ def make_objective(
         started = time.perf_counter()
         score = score_name(spec.metric)
         best_so_far: dict[str, EpochMetrics] = {}  # best (chosen as train() chooses: val AUC) and last epoch so far
+        by_step = sub_epoch(control)  # Optuna sees the sample's evaluation points, not the epochs
+        last_step: dict[str, StepMetrics] = {}
         try:
             reporting = {"seconds": 0.0}  # time spent logging inside the training loop is platform overhead
 
@@ -125,15 +144,28 @@ def make_objective(
                 if "best" not in best_so_far or metrics.val_auc > best_so_far["best"].val_auc:
                     best_so_far["best"] = metrics
                 best_so_far["last"] = metrics
-                trial.report(getattr(metrics, spec.metric), metrics.epoch)
+                if not by_step:
+                    trial.report(getattr(metrics, spec.metric), metrics.epoch)
                 if on_epoch is not None:
                     on_epoch(trial, metrics)
                 reporting["seconds"] += time.perf_counter() - began
-                if not baseline and trial.should_prune():  # the baseline runs to the end: it is the reference
+                # the baseline runs to the end: it is the reference
+                if not by_step and not baseline and trial.should_prune():
                     raise optuna.TrialPruned(f"pruned after epoch {metrics.epoch + 1}")
 
+            def report_step(metrics: StepMetrics) -> None:
+                began = time.perf_counter()
+                tracker.log_epoch(run_id, metrics.step, {f"{STEP_PREFIX}{k}": getattr(metrics, k) for k in (
+                    "val_auc", "val_logloss", "train_loss", "samples")})
+                last_step["last"] = metrics
+                trial.report(getattr(metrics, spec.metric), metrics.step)
+                reporting["seconds"] += time.perf_counter() - began
+                if not baseline and trial.should_prune():  # never the baseline, as above
+                    raise optuna.TrialPruned(f"pruned at step {metrics.step} ({metrics.epochs:.2f} epochs)")
+
             train_started = time.perf_counter()
-            result = train(prepared, policy, control, on_epoch=report, select=spec.metric)
+            result = train(prepared, policy, control, on_epoch=report, select=spec.metric,
+                           on_eval=report_step if by_step else None)
             train_wall = time.perf_counter() - train_started - reporting["seconds"]
             value = getattr(result.best, spec.metric)
             overhead = time.perf_counter() - started - train_wall
@@ -141,7 +173,8 @@ def make_objective(
                 score: value, **{f"best_epoch_{m}": getattr(result.best, m) for m in ("val_auc", "val_logloss")
                                  if m != spec.metric},
                 "best_epoch": result.best_epoch, "train_seconds": result.train_seconds,
-                "epochs_trained": len(result.history), "platform_overhead_seconds": overhead}, tags={
+                "epochs_trained": len(result.history), SAMPLES_TRAINED: result.samples,
+                "platform_overhead_seconds": overhead}, tags={
                 "deepfm.stop_reason": result.stop_reason, TAG_STATE: "COMPLETE"})
             # the baseline keeps its checkpoint too: promotion compares the champion-to-be with it
             if baseline or _better(value, _study_best(trial.study), spec.direction):
@@ -151,17 +184,31 @@ def make_objective(
                     "history": [m.to_dict() for m in result.history]}))
                 trial.set_user_attr(ATTR_CHECKPOINT, f"runs:/{run_id}/{CHECKPOINT_PATH}")
             trial.set_user_attr(ATTR_TRAINING, {  # one write: each attribute is a round trip to the storage
-                "seconds": result.train_seconds, "wall_seconds": train_wall, "best_epoch": result.best_epoch})
+                "seconds": result.train_seconds, "wall_seconds": train_wall, "best_epoch": result.best_epoch,
+                "samples": result.samples})
             status, state = "FINISHED", "COMPLETE"
             return value
         except optuna.TrialPruned:
             status, state = "KILLED", "PRUNED"
             training = {"wall_seconds": time.perf_counter() - train_started - reporting["seconds"]}
+            summary, tags = {}, {}
+            if by_step and "last" in last_step:  # where it stopped: a report step, possibly mid-epoch
+                step = last_step["last"]
+                training.update(pruned_at_step=step.step, epochs_trained=round(step.epochs, 6))
+                summary.update({PRUNED_AT_STEP: step.step, "epochs_trained": step.epochs})
+                tags[TAG_PRUNED_AT_STEP] = str(step.step)
+            samples = max([m.samples for m in (*best_so_far.values(), *last_step.values())], default=0)
+            training["samples"] = summary[SAMPLES_TRAINED] = samples
             if "best" in best_so_far:  # its score so far, so no view ranks a pruned trial by a missing value
-                best, pruned_at = best_so_far["best"], best_so_far["last"].epoch
-                training.update(score=getattr(best, spec.metric), best_epoch=best.epoch, pruned_at_epoch=pruned_at)
-                tracker.log_summary(run_id, {score: training["score"], "best_epoch": best.epoch,
-                                             PRUNED_AT_EPOCH: pruned_at}, tags={TAG_PRUNED_AT: str(pruned_at)})
+                best = best_so_far["best"]
+                training.update(score=getattr(best, spec.metric), best_epoch=best.epoch)
+                summary.update({score: training["score"], "best_epoch": best.epoch})
+                if not by_step:
+                    pruned_at = best_so_far["last"].epoch
+                    training["pruned_at_epoch"] = summary[PRUNED_AT_EPOCH] = pruned_at
+                    tags[TAG_PRUNED_AT] = str(pruned_at)
+            # pruned before its first epoch ended (eval_every): no full-validation score, so none is written
+            tracker.log_summary(run_id, summary, tags=tags)
             trial.set_user_attr(ATTR_TRAINING, training)  # pruned trials trained too: overhead accounting needs it
             raise
         except TrainingDiverged as exc:

@@ -76,12 +76,12 @@ class TrialProgress:
         if state == "COMPLETE" and (self.best is None or (trial.value > self.best[1] if self.direction == "maximize"
                                                           else trial.value < self.best[1])):
             self.best = (trial.number, trial.value)
-        from .tune import pruned_at_epoch, trial_score
+        from .tune import pruned_where, trial_score
 
         score = trial_score(trial, self.direction)
         value = f"score_{self.metric} {score:.4f}" if score is not None else ""
-        if pruned_at_epoch(trial) is not None:
-            value += f", pruned at epoch {human_epoch(pruned_at_epoch(trial))}"
+        if pruned_where(trial) is not None:
+            value = f"{value}, {pruned_where(trial)}" if value else pruned_where(trial)
         seconds = trial.duration.total_seconds() if trial.duration else 0.0
         params = ", ".join(f"{k}={_short(v)}" for k, v in shown_params(trial.params).items())
         self.console.print(f"trial {trial.number:>3} {state.lower():<8} {value:<28} {seconds:6.1f}s  {params}  "

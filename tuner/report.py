@@ -1,7 +1,8 @@
 """The study report: Optuna's plotly figures in one self-contained HTML file (plotly.js embedded once).
 
-Axes name the metric as everywhere else: the trials' score is `score_<metric>` (best epoch), the per-epoch
-curves are `epoch_<metric>` (see tuner.objective.score_name)."""
+Axes name the metric as everywhere else: the trials' score is `score_<metric>` (best epoch), the intermediate
+values are the per-epoch curves `epoch_<metric>`, or with training.eval_every the validation sample's
+`step_<metric>` (see tuner.objective.score_name, curve_name)."""
 
 from __future__ import annotations
 
@@ -16,14 +17,14 @@ from .objective import EPOCH_PREFIX, score_name
 
 FIGURES = (  # (title, plot, takes target_name): the per-epoch plot has no target, its y axis is renamed instead
     ("Optimization history", vis.plot_optimization_history, True),
-    ("Intermediate values (per-epoch validation metric)", vis.plot_intermediate_values, False),
+    ("Intermediate values (the validation metric each trial reported)", vis.plot_intermediate_values, False),
     ("Hyperparameter importances", vis.plot_param_importances, True),
     ("Parallel coordinates", vis.plot_parallel_coordinate, True),
     ("Slice plot", vis.plot_slice, True),
 )
 
 
-def _figures(study: optuna.Study, metric: str) -> list[str]:
+def _figures(study: optuna.Study, metric: str, curve: str) -> list[str]:
     """One HTML section per figure the study's trials allow; the others say why they are not available yet."""
     sections, plotly_included = [], False
     for title, plot, takes_target in FIGURES:
@@ -34,7 +35,7 @@ def _figures(study: optuna.Study, metric: str) -> list[str]:
                     figure = plot(study, target_name=score_name(metric))
                 else:
                     figure = plot(study)
-                    figure.update_layout(yaxis_title=f"{EPOCH_PREFIX}{metric}")
+                    figure.update_layout(yaxis_title=curve)
         except (ValueError, RuntimeError, ZeroDivisionError) as exc:
             sections.append(f"<h2>{html.escape(title)}</h2><p>not available yet: {html.escape(str(exc))}</p>")
             continue
@@ -44,15 +45,16 @@ def _figures(study: optuna.Study, metric: str) -> list[str]:
     return sections
 
 
-def write_report(study: optuna.Study, path: str | Path, metric: str = "val_auc") -> Path:
+def write_report(study: optuna.Study, path: str | Path, metric: str = "val_auc", curve: str | None = None) -> Path:
     """Write every figure the study's trials allow (importances need 2+ complete trials with varied params);
-    `metric` is the study metric, named on the axes (`score_<metric>`, per-epoch `epoch_<metric>`)."""
+    `metric` is the study metric, named on the axes (`score_<metric>`); `curve` names the intermediate values
+    (default: per-epoch `epoch_<metric>`; `curve_name` gives `step_<metric>` for studies with eval_every)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # "no complete trials" is said in the page, not on stderr
     try:
-        sections = _figures(study, metric)
+        sections = _figures(study, metric, curve or f"{EPOCH_PREFIX}{metric}")
     finally:
         optuna.logging.set_verbosity(verbosity)
     states = {}

@@ -187,7 +187,7 @@ def init_study(spec: StudySpec, storage_url: str | None = None, tracking_uri: st
             warm = plan_warm_start(spec, storage_url, probe)
     tracker = StudyTracker(tracking_uri, spec.experiment_name, spec.name)
     storage = open_storage(storage_url, tracker)
-    sampler, pruner = spec.sampler.build(), spec.pruner.build(spec.training.max_epochs)
+    sampler, pruner = spec.sampler.build(), spec.pruner.build(spec.training.max_epochs, spec.training.evals_per_epoch)
     try:
         study = retry(optuna.create_study, storage=storage, study_name=spec.name, direction=spec.direction,
                       sampler=sampler, pruner=pruner, load_if_exists=False)

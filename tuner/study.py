@@ -66,24 +66,35 @@ class SamplerSpec:
 
 @dataclass(frozen=True)
 class PrunerSpec:
+    """How weak trials are stopped, at each report: every epoch, or with `training.eval_every` every evaluation
+    point on the validation sample (eval_every 0.25: 4 reports per epoch). median: below the median of earlier
+    trials at the same report, after `n_warmup_steps` reports (epochs without eval_every; 4 = one epoch at 0.25),
+    once `n_startup_trials` trials completed and `n_min_trials` trials reported that step. hyperband: brackets
+    from 1 report up to all of them (max_epochs x reports per epoch); the median settings do not apply."""
+
     type: str = "median"
     n_startup_trials: int = 3  # trials that run to the end before pruning starts
-    n_warmup_steps: int = 1  # epochs a trial always gets
+    n_warmup_steps: int = 1  # reports a trial always gets (epochs without training.eval_every)
+    n_min_trials: int = 1  # trials that must have reported a step before a trial is judged at it
 
     def __post_init__(self) -> None:
         if self.type not in PRUNERS:
             raise ConfigError(f"study.pruner.type: unknown pruner {self.type!r}{did_you_mean(str(self.type), PRUNERS)}; "
                               f"use one of {', '.join(PRUNERS)}")
-        for name in ("n_startup_trials", "n_warmup_steps"):
+        for name, minimum in (("n_startup_trials", 0), ("n_warmup_steps", 0), ("n_min_trials", 1)):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ConfigError(f"study.pruner.{name} must be an integer >= 0, got {value!r}")
+            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+                raise ConfigError(f"study.pruner.{name} must be an integer >= {minimum}, got {value!r}")
 
-    def build(self, max_epochs: int) -> optuna.pruners.BasePruner:
+    def build(self, max_epochs: int, reports_per_epoch: int = 1) -> optuna.pruners.BasePruner:
+        """The Optuna pruner; a trial reports `reports_per_epoch` times an epoch (TrainConfig.evals_per_epoch
+        with eval_every, else 1), so hyperband's resource is one report and its maximum every report."""
         if self.type == "median":
-            return optuna.pruners.MedianPruner(n_startup_trials=self.n_startup_trials, n_warmup_steps=self.n_warmup_steps)
+            return optuna.pruners.MedianPruner(n_startup_trials=self.n_startup_trials,
+                                               n_warmup_steps=self.n_warmup_steps, n_min_trials=self.n_min_trials)
         if self.type == "hyperband":
-            return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max_epochs, reduction_factor=3)
+            return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max_epochs * reports_per_epoch,
+                                                  reduction_factor=3)
         return optuna.pruners.NopPruner()
 
 

@@ -15,7 +15,8 @@ from model.dataset import PreparedData
 from model.train import EpochMetrics
 
 from .baseline import is_baseline, lift_over_baseline
-from .objective import ATTR_CHECKPOINT, ATTR_RUN_ID, ATTR_SKIPPED, ATTR_TRAINING, prune_checkpoints, score_name
+from .objective import (ATTR_CHECKPOINT, ATTR_RUN_ID, ATTR_SKIPPED, ATTR_TRAINING, curve_name, prune_checkpoints,
+                        score_name)
 from . import interrupts
 from .outcome import SummaryArtifacts, end_parent
 from .records import best_trial, trained_config  # noqa: F401 - best_trial: importable from here
@@ -48,12 +49,14 @@ def trial_counts(study: optuna.Study) -> dict[str, int]:
 
 def trial_score(trial: optuna.trial.FrozenTrial, direction: str) -> float | None:
     """A trial's score (`score_<metric>`): a complete trial's value; a pruned trial's best epoch so far (Optuna
-    stores its LAST reported value as its value, which is not the score); None for a trial that never scored."""
+    stores its LAST reported value as its value, which is not the score); None for a trial that never scored
+    (e.g. pruned by eval_every before its first epoch ended: its reports are on the validation sample)."""
     if trial.state == optuna.trial.TrialState.COMPLETE:
         return trial.value
     if trial.state == optuna.trial.TrialState.PRUNED:
-        stored = trial.user_attrs.get(ATTR_TRAINING, {}).get("score")
-        if stored is not None:
+        training = trial.user_attrs.get(ATTR_TRAINING, {})
+        stored = training.get("score")
+        if stored is not None or "pruned_at_step" in training:
             return stored
         if trial.intermediate_values:  # a study from before scores were stored: the best reported value
             return (max if direction == "maximize" else min)(trial.intermediate_values.values())
@@ -61,11 +64,29 @@ def trial_score(trial: optuna.trial.FrozenTrial, direction: str) -> float | None
 
 
 def pruned_at_epoch(trial: optuna.trial.FrozenTrial) -> int | None:
-    """The 0-based step after which a pruned trial stopped (its last report), else None."""
+    """The 0-based epoch after which a pruned trial stopped (its last report), else None; None too for a trial
+    pruned at a sub-epoch report step (training.eval_every: see `pruned_where`)."""
     if trial.state != optuna.trial.TrialState.PRUNED:
         return None
-    stored = trial.user_attrs.get(ATTR_TRAINING, {}).get("pruned_at_epoch")
+    training = trial.user_attrs.get(ATTR_TRAINING, {})
+    if "pruned_at_step" in training:
+        return None
+    stored = training.get("pruned_at_epoch")
     return stored if stored is not None else max(trial.intermediate_values, default=None)
+
+
+def pruned_where(trial: optuna.trial.FrozenTrial) -> str | None:
+    """Where a pruned trial stopped, as people read it: "pruned at epoch 2" (1-based), or with eval_every
+    "pruned after 1.25 epochs" (training done when a sub-epoch report pruned it); None if not pruned."""
+    from .progress import human_epoch
+
+    if trial.state != optuna.trial.TrialState.PRUNED:
+        return None
+    training = trial.user_attrs.get(ATTR_TRAINING, {})
+    if "pruned_at_step" in training:
+        return f"pruned after {training.get('epochs_trained', float('nan')):.2f} epochs"
+    epoch = pruned_at_epoch(trial)
+    return "pruned" if epoch is None else f"pruned at epoch {human_epoch(epoch)}"
 
 
 def summarise(handle: StudyHandle, status: str = "FINISHED") -> optuna.trial.FrozenTrial | None:
@@ -104,7 +125,7 @@ def summarise(handle: StudyHandle, status: str = "FINISHED") -> optuna.trial.Fro
             prune_checkpoints(tracker, keep, with_ckpt)
         else:
             tracker.log_summary(handle.parent_run_id, metrics)
-        write_report(study, Path(tmp) / "report.html", spec.metric)
+        write_report(study, Path(tmp) / "report.html", spec.metric, curve_name(spec.metric, spec.training))
         artifacts.log(Path(tmp) / "report.html", "report")
     end_parent(handle, status, artifacts)  # FAILED with the reason (and one error line) after a disk error
     return best

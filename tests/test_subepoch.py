@@ -1,0 +1,191 @@
+"""Sub-epoch evaluation (training.eval_every): a fixed validation sample every fraction of an epoch, reported to
+Optuna and MLflow at the same steps, pruning before an epoch ends; the kept epoch is still chosen on the full
+validation split, and evaluating changes nothing in training."""
+
+import os
+
+import optuna
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from model.config import PolicyConfig
+from model.train import eval_rows, train, validation_sample
+from tests.conftest import TINY_POLICY, TINY_TRAINING
+
+QUARTERS = TINY_TRAINING.replace(eval_every=0.25, max_epochs=2, patience=0)
+
+
+def test_a_quarter_epoch_gives_four_points_per_epoch_the_last_at_its_end(tiny_prepared):
+    points = []
+    result = train(tiny_prepared, TINY_POLICY, QUARTERS, on_eval=points.append)
+    n, batch = len(tiny_prepared.train), QUARTERS.batch_size
+    assert [p.step for p in points] == list(range(8)) and [p.epoch for p in points] == [0] * 4 + [1] * 4
+    samples = [p.samples for p in points]
+    assert samples == sorted(set(samples))  # strictly increasing
+    assert samples[3] == n and samples[7] == 2 * n == result.samples == result.history[-1].samples
+    for k, p in enumerate(points):  # each point is taken after the batch that reaches k/4 of the epoch's rows
+        target = (p.epoch + ((k % 4) + 1) / 4) * n
+        assert target <= p.samples < target + batch and p.epochs == pytest.approx(p.samples / n)
+    assert [m.samples for m in result.history] == [n, 2 * n]
+
+
+def test_sub_epoch_evaluation_does_not_change_training(tiny_prepared):
+    """Same seed, with and without on_eval: identical epochs (evaluation runs under no_grad in eval mode and
+    draws its sample from its own generator, so dropout's and the shuffle's random streams are untouched)."""
+    policy = PolicyConfig(embedding_dim=4, deep_hidden_units=(16, 8), dropout=0.3, learning_rate=0.01)
+    plain = train(tiny_prepared, policy, QUARTERS)
+    evaluated = train(tiny_prepared, policy, QUARTERS, on_eval=lambda m: None)
+    key = [(m.train_loss, m.val_auc, m.val_logloss, m.samples) for m in plain.history]
+    assert [(m.train_loss, m.val_auc, m.val_logloss, m.samples) for m in evaluated.history] == key
+    assert plain.best_epoch == evaluated.best_epoch
+    for a, b in zip(plain.model.state_dict().values(), evaluated.model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_the_sample_is_fixed_and_the_whole_split_when_smaller(tiny_prepared):
+    val = tiny_prepared.val
+    a, b = validation_sample(val, 100, seed=7), validation_sample(val, 100, seed=7)
+    assert len(a) == 100 and torch.equal(a.labels, b.labels) and torch.equal(a.categorical, b.categorical)
+    assert not torch.equal(validation_sample(val, 100, seed=8).categorical, a.categorical)
+    assert validation_sample(val, len(val), seed=7) is val
+    # a sample as large as the split: the epoch's end point equals the epoch's full validation
+    points = []
+    result = train(tiny_prepared, TINY_POLICY, QUARTERS.replace(eval_sample_rows=len(val)), on_eval=points.append)
+    for epoch in result.history:
+        end = points[epoch.epoch * 4 + 3]
+        assert (end.val_auc, end.val_logloss) == (epoch.val_auc, epoch.val_logloss)
+    points = []
+    train(tiny_prepared, TINY_POLICY, QUARTERS.replace(eval_sample_rows=50, max_epochs=1), on_eval=points.append)
+    assert points[3].val_auc != result.history[0].val_auc  # 50 rows, not the full split (same training)
+
+
+def test_points_line_up_across_batch_sizes(tiny_prepared):
+    """Points are row fractions, not step counts: batch sizes 100 and 256 report the same steps, each within
+    a batch of the same row count."""
+    n = len(tiny_prepared.train)
+    control = TINY_TRAINING.replace(eval_every=0.3, max_epochs=1)
+    assert eval_rows(n, control) == [round(0.3 * n), round(0.6 * n), round(0.9 * n), n]
+    for batch in (100, 256):
+        points = []
+        train(tiny_prepared, TINY_POLICY, control.replace(batch_size=batch), on_eval=points.append)
+        assert [p.step for p in points] == [0, 1, 2, 3]
+        assert all(t <= p.samples < t + batch for t, p in zip(eval_rows(n, control), points))
+
+
+def test_a_point_that_asks_to_stop_ends_the_epoch_there(tiny_prepared):
+    seen = []
+    result = train(tiny_prepared, TINY_POLICY, QUARTERS, on_eval=lambda m: m.step == 1,
+                   on_epoch=seen.append)
+    n = len(tiny_prepared.train)
+    assert result.stop_reason.startswith("stopped by callback at step 1")
+    assert n / 2 <= result.samples < n and len(result.history) == 1 and seen == result.history
+    assert result.best_epoch == 0
+
+
+def test_without_eval_every_on_eval_is_never_called(tiny_prepared):
+    calls = []
+    train(tiny_prepared, TINY_POLICY, TINY_TRAINING.replace(max_epochs=1), on_eval=calls.append)
+    assert calls == []
+
+
+# -- tuning: Optuna's steps are MLflow's, pruning acts within the first epoch ---------------------------------
+FAKE = {"embedding_dim": 4, "deep_hidden_units": "16-8", "learning_rate": 0.01}
+FAKE_DISTRIBUTIONS = {
+    "embedding_dim": optuna.distributions.CategoricalDistribution([4, 8]),
+    "deep_hidden_units": optuna.distributions.CategoricalDistribution(["16", "16-8"]),
+    "learning_rate": optuna.distributions.FloatDistribution(1e-4, 3e-2, log=True)}
+
+
+@pytest.fixture(scope="module")
+def half_epochs(tmp_path_factory):
+    """A 5-trial study reporting every half epoch (2 epochs: steps 0-3): the V1 baseline, two earlier trials
+    at 0.99 on every step (so the median pruner stops any real trial at its first report), two real trials."""
+    from tests.test_tune import write_study
+    from tuner.runner import init_study
+    from tuner.study import load_study
+    from tuner.tune import tune
+
+    folder = tmp_path_factory.mktemp("subepoch")
+    old = os.getcwd()
+    os.chdir(folder)
+    try:
+        path = write_study(folder, study__n_trials=5,
+                           study__pruner={"type": "median", "n_startup_trials": 1, "n_warmup_steps": 0},
+                           training__max_epochs=2, training__eval_every=0.5)
+        spec = load_study(path)
+        study = init_study(spec).study
+        for _ in range(2):
+            study.add_trial(optuna.trial.create_trial(value=0.99, params=FAKE, distributions=FAKE_DISTRIBUTIONS,
+                                                      intermediate_values={s: 0.99 for s in range(4)}))
+        yield folder, spec, tune(spec)
+    finally:
+        os.chdir(old)
+
+
+def _runs(folder):
+    client = MlflowClient(f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("deepfm-tiny")
+    runs = client.search_runs([exp.experiment_id], filter_string="tags.`deepfm.role` = 'trial'")
+    return client, {int(r.data.tags["deepfm.trial_number"]): r for r in runs}
+
+
+@pytest.mark.slow
+def test_sub_epoch_steps_match_between_optuna_and_mlflow(half_epochs):
+    folder, spec, result = half_epochs
+    client, runs = _runs(folder)
+    trained = [t for t in result.handle.study.get_trials() if t.number in runs]
+    assert len(trained) == 3
+    for trial in trained:
+        curve = client.get_metric_history(runs[trial.number].info.run_id, "step_val_auc")
+        assert sorted(trial.intermediate_values) == sorted(m.step for m in curve) and curve
+        assert {m.step: m.value for m in curve} == pytest.approx(trial.intermediate_values)
+        samples = client.get_metric_history(runs[trial.number].info.run_id, "step_samples")
+        assert sorted(m.step for m in samples) == sorted(trial.intermediate_values)
+    baseline = result.handle.study.trials[0]
+    assert baseline.state.name == "COMPLETE" and sorted(baseline.intermediate_values) == [0, 1, 2, 3]
+    epochs = client.get_metric_history(runs[0].info.run_id, "epoch_val_auc")  # still per epoch, not reported
+    assert sorted(m.step for m in epochs) == [0, 1]
+    assert baseline.value == pytest.approx(max(m.value for m in epochs))  # the score: full split, best epoch
+
+
+@pytest.mark.slow
+def test_a_clearly_worse_trial_is_pruned_before_its_first_epoch_ends(half_epochs, monkeypatch):
+    from tuner.tune import load_data, pruned_at_epoch, pruned_where, trial_score
+
+    folder, spec, result = half_epochs
+    monkeypatch.chdir(folder)  # the study's encoded dataset, mapped again
+    client, runs = _runs(folder)
+    n = len(load_data(spec).train)
+    pruned = [t for t in result.handle.study.get_trials() if t.state.name == "PRUNED"]
+    assert pruned, "a trial below 0.99 at its first half epoch should have been pruned"
+    for trial in pruned:
+        training = trial.user_attrs["training"]
+        assert list(trial.intermediate_values) == [0] and training["pruned_at_step"] == 0
+        assert n / 2 <= training["samples"] < n and training["epochs_trained"] == pytest.approx(training["samples"] / n)
+        assert "score" not in training and trial_score(trial, "maximize") is None  # no full-validation score yet
+        assert pruned_at_epoch(trial) is None and pruned_where(trial).startswith("pruned after 0.5")
+        metrics, tags = runs[trial.number].data.metrics, runs[trial.number].data.tags
+        assert metrics["pruned_at_step"] == 0 and tags["deepfm.pruned_at_step"] == "0"
+        assert metrics["samples_trained"] == training["samples"]
+        assert not {"score_val_auc", "pruned_at_epoch", "best_epoch"} & set(metrics)
+    baseline = result.handle.study.trials[0]
+    assert baseline.user_attrs["training"]["samples"] == 2 * n
+    assert runs[0].data.metrics["samples_trained"] == 2 * n
+
+
+@pytest.mark.slow
+def test_status_and_report_read_a_sub_epoch_study(half_epochs, monkeypatch):
+    from click.testing import CliRunner
+
+    from tuner.cli import main
+    from tuner.report import write_report
+    from tuner.objective import curve_name
+
+    folder, spec, result = half_epochs
+    monkeypatch.chdir(folder)
+    out = CliRunner().invoke(main, ["status", str(folder / "tiny.yaml")])
+    assert out.exit_code == 0, out.output
+    assert "pruned after 0.5" in out.output
+    page = write_report(result.handle.study, folder / "r.html", spec.metric, curve_name(spec.metric, spec.training))
+    assert '"yaxis":{"title":{"text":"step_val_auc"}}' in page.read_text()
