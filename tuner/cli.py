@@ -334,6 +334,7 @@ def _print_tune_result(console, spec, result, tracking_uri) -> None:
         console.print("training: " + ", ".join(f"{k}: {v:g}" if isinstance(v, float) else f"{k}: {v}"
                                                for k, v in chosen.items()), markup=False, highlight=False)
     console.print(describe_lift(result.handle.study, spec.metric))
+    _print_finalists(console, result.finalists)
     if result.promotion is not None:
         _print_promotion(console, spec.model_name, result.promotion)
     uri = result.handle.tracking_uri
@@ -342,6 +343,14 @@ def _print_tune_result(console, spec, result, tracking_uri) -> None:
     else:
         console.print(f"browse the trials: deepfm ui {spec.source}{' --tracking-uri ' + uri if tracking_uri else ''}  "
                       f"(MLflow UI on http://127.0.0.1:5000, 'Model training' view)")
+
+
+def _print_finalists(console, result) -> None:
+    from .finalists import table_lines
+
+    if result is not None:
+        for line in table_lines(result):
+            console.print(line, markup=False, highlight=False)
 
 
 @main.command()
@@ -411,6 +420,14 @@ def status(study_path, storage, tracking_uri) -> None:
         _print_trained(console, best, spec)
     if study.trials:
         console.print(describe_lift(study, spec.metric))
+    if spec.finalists is not None:
+        from .finalists import current_result
+
+        finalists = current_result(study, spec)
+        _print_finalists(console, finalists)
+        if finalists is None and best is not None:
+            console.print("finalists: not run yet for the current best trials ('deepfm tune' or 'deepfm promote' "
+                          "re-trains them)")
 
 
 @main.command()
@@ -442,6 +459,9 @@ def report(study_path, storage, tracking_uri, out) -> None:
 def promote(study_path, storage, tracking_uri, name, force) -> None:
     """Register the study's best trial and move alias 'champion' to it if it passes the gate.
 
+    With study.finalists, the candidate is the configuration with the best mean over its re-seeded runs (its
+    best retrain is registered); retrains not recorded yet are trained first.
+
     The gate is DeLong's paired AUC test against the current champion on the same test rows (study file
     'promotion: {require: not_worse|better, alpha: 0.05}'); the V1 baseline trial is compared the same way.
 
@@ -457,6 +477,10 @@ def promote(study_path, storage, tracking_uri, name, force) -> None:
     check_stores(spec, storage, tracking_uri)
     handle = existing_handle(spec, storage, tracking_uri, study_path)  # a wrong name creates nothing
     data = load_data(spec, _log_to_stderr)  # only the test rows are read: from the encoded dataset
+    if spec.finalists is not None:  # finalist retrains not recorded yet (an interrupted tune, team mode) train here
+        from .finalists import run_finalists
+
+        _print_finalists(console, run_finalists(handle, data, log=_log_to_stderr))
     _print_promotion(console, name or spec.model_name,
                      promote_study(handle, test_frame=data.test_frame(), force=force, name=name))
 

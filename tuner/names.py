@@ -15,9 +15,14 @@ ATTR_TRAINED, ATTR_FAILURE = "trained", "failure"  # the exact config trained; w
 
 # -- Optuna study user attributes ------------------------------------------------------------------------------
 ATTR_PARENT_RUN, ATTR_EXPERIMENT, ATTR_TRACKING_URI = "mlflow_parent_run_id", "mlflow_experiment_id", "mlflow_tracking_uri"
+ATTR_FINALISTS = "finalists"  # the finalists' retrains, per-candidate mean/std and the choice (tuner.finalists)
 
 # -- MLflow tags -------------------------------------------------------------------------------------------------
 TAG_STUDY, TAG_ROLE, TAG_TRIAL = "deepfm.study", "deepfm.role", "deepfm.trial_number"
 TAG_FAILURE, TAG_STATE = "deepfm.failure_reason", "deepfm.trial_state"
 TAG_PRUNED_AT = "deepfm.pruned_at_epoch"  # 0-based step of the epoch after which the trial was pruned
 TAG_PRUNED_AT_STEP = "deepfm.pruned_at_step"  # with training.eval_every: the 0-based report step it was pruned at
+# a finalist retrain's run (role "finalist"): the trial whose configuration it repeats, that trial's run, its seed
+TAG_FINALIST_OF_TRIAL, TAG_FINALIST_OF_RUN = "deepfm.finalist_of_trial", "deepfm.finalist_of_run_id"
+TAG_FINALIST_SEED = "deepfm.finalist_seed"
+TAG_FINALISTS_CHOSEN = "deepfm.finalists.chosen_trial"  # on the parent run: the trial whose configuration won

@@ -1,7 +1,7 @@
 """The study file: search space, data, training control, sampler, pruner, budget, stores. Validated once.
 
     study:     {name, n_trials, timeout, metric, sampler, pruner, storage, tracking_uri, experiment,
-                registered_model, promote, warm_start: {from, top_k, storage}}
+                registered_model, promote, warm_start: {from, top_k, storage}, finalists: {top_k, seeds}}
     data:      see model.datasource.DataSpec (files or `synthetic: {rows: N}`)
     training:  see model.config.TrainConfig (batch_size, max_epochs, patience, ...); embedding_l2, weight_decay
                and batch_size may be tunable specs, as in the policy (tuner.space)
@@ -149,6 +149,28 @@ class WarmStartSpec:
 
 
 @dataclass(frozen=True)
+class FinalistsSpec:
+    """After the trials: re-train the `top_k` best complete trials with `seeds` more seeds each and choose the
+    champion candidate by the mean of those retrains (tuner.finalists). top_k 1 re-seeds the winner alone."""
+
+    top_k: int = 3
+    seeds: int = 3
+
+    KEYS = ("top_k", "seeds")
+
+    @classmethod
+    def from_dict(cls, block: Any) -> "FinalistsSpec":
+        if not isinstance(block, Mapping):
+            raise ConfigError(f"study.finalists must be a mapping such as {{top_k: 3, seeds: 3}}, got {block!r}")
+        _check_keys(block, cls.KEYS, "study.finalists")
+        values = {key: block.get(key, getattr(cls, key)) for key in cls.KEYS}
+        for key, value in values.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"study.finalists.{key} must be an integer >= 1, got {value!r}")
+        return cls(**values)
+
+
+@dataclass(frozen=True)
 class StudySpec:
     name: str
     space: Mapping[str, Spec]
@@ -167,6 +189,7 @@ class StudySpec:
     promotion: PromotionSpec = field(default_factory=PromotionSpec)
     warm_start: WarmStartSpec | None = None
     training_space: Mapping[str, Spec] = field(default_factory=dict)  # tuned training knobs, `training.<knob>`
+    finalists: FinalistsSpec | None = None  # None: the best single trial is the champion candidate
     source: str = ""
 
     @property
@@ -186,7 +209,7 @@ class StudySpec:
 
 
 STUDY_KEYS = ("name", "n_trials", "timeout", "metric", "sampler", "pruner", "storage", "tracking_uri", "experiment",
-              "registered_model", "promote", "warm_start")
+              "registered_model", "promote", "warm_start", "finalists")
 
 
 def _sub(block: Any, cls, where: str, scalar_key: str = "type"):
@@ -256,6 +279,7 @@ def parse_study(document: Any, source: str, default_name: str) -> StudySpec:
             promote=promote,
             promotion=_sub(document.get("promotion"), PromotionSpec, "promotion", scalar_key="require"),
             warm_start=None if study.get("warm_start") is None else WarmStartSpec.from_dict(study["warm_start"]),
+            finalists=None if study.get("finalists") is None else FinalistsSpec.from_dict(study["finalists"]),
             source=source,
         )
     except TypeError as exc:  # e.g. a wrong type passed through to a dataclass

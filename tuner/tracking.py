@@ -26,7 +26,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from model.errors import ConfigError
 
-from .names import TAG_ROLE, TAG_STUDY, TAG_TRIAL  # noqa: F401 - importable from here as before
+from .names import TAG_FINALIST_OF_TRIAL, TAG_FINALIST_SEED, TAG_ROLE, TAG_STUDY, TAG_TRIAL  # noqa: F401
 from .env import DISK_ERRNOS, check_writable, is_disk_error, quiet_defaults, redact
 
 from .locks import mlflow_schema_lock  # noqa: E402
@@ -313,6 +313,16 @@ class StudyTracker:
         all_tags = {MLFLOW_PARENT_RUN_ID: parent_run_id, TAG_STUDY: self.study_name, TAG_ROLE: "trial",
                     TAG_TRIAL: str(trial_number), **tags}
         run = retry(self.client.create_run, self.experiment_id, run_name=f"trial-{trial_number}", tags=all_tags)
+        retry(self.client.log_batch, run.info.run_id, params=_params(params))
+        return run.info.run_id
+
+    def start_finalist_run(self, parent_run_id: str, trial_number: int, seed: int, params: Mapping[str, Any],
+                           tags: Mapping[str, str]) -> str:
+        """A finalist retrain: role `finalist` (never counted among the trial runs), tagged with its trial and seed."""
+        all_tags = {MLFLOW_PARENT_RUN_ID: parent_run_id, TAG_STUDY: self.study_name, TAG_ROLE: "finalist",
+                    TAG_FINALIST_OF_TRIAL: str(trial_number), TAG_FINALIST_SEED: str(seed), **tags}
+        run = retry(self.client.create_run, self.experiment_id, run_name=f"finalist-{trial_number}-seed-{seed}",
+                    tags=all_tags)
         retry(self.client.log_batch, run.info.run_id, params=_params(params))
         return run.info.run_id
 

@@ -1,5 +1,5 @@
-"""`deepfm tune` as a library call: map the encoded data (built once), init the study, run trials, summarise,
-promote."""
+"""`deepfm tune` as a library call: map the encoded data (built once), init the study, run trials, re-seed the
+finalists (if the study file asks), summarise, promote."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from .baseline import is_baseline, lift_over_baseline
 from .objective import (ATTR_CHECKPOINT, ATTR_RUN_ID, ATTR_SKIPPED, ATTR_TRAINING, curve_name, prune_checkpoints,
                         score_name)
 from . import interrupts
+from .finalists import run_finalists
 from .outcome import SummaryArtifacts, end_parent
 from .records import best_trial, trained_config  # noqa: F401 - best_trial: importable from here
 from .report import write_report
@@ -36,6 +37,7 @@ class TuneResult:
     best_trial: optuna.trial.FrozenTrial | None
     counts: dict[str, int] = field(default_factory=dict)
     promotion: Any = None
+    finalists: Any = None  # tuner.finalists.FinalistsResult when the study has a finalists block
 
 
 def trial_counts(study: optuna.Study) -> dict[str, int]:
@@ -146,24 +148,28 @@ def tune(
     failure_injector=None,
     summary: bool = True,
 ) -> TuneResult:
-    """Create or resume the study and run this worker's share of its trials; then summarise on the parent run
-    (unless `summary` is False: a local worker whose coordinator summarises once, after every worker)."""
+    """Create or resume the study and run this worker's share of its trials; then re-train the finalists and
+    summarise on the parent run (unless `summary` is False: a local worker whose coordinator does both once,
+    after every worker)."""
     check_stores(spec, storage, tracking_uri)  # a wrong URI fails in seconds, not after the data step
     data = data or load_data(spec, log)  # bad data fails here, before any study or run exists
     handle = init_study(spec, storage, tracking_uri)
     control: TrainConfig = spec.training.replace(threads=threads) if threads else spec.training
     if on_ready is not None:
         on_ready(handle, data)
+    finalists = None
     try:
         run_trials(handle, data, control, on_epoch=on_epoch, on_trial=on_trial,
                    failure_injector=failure_injector)
+        if summary:  # before the summary, so the parent run is still open; a Ctrl-C here ends it KILLED too
+            finalists = run_finalists(handle, data, threads=threads, log=log)
     except KeyboardInterrupt:
         interrupts.handled()
         if summary:
             summarise(handle, status="KILLED")
         raise
     best = summarise(handle) if summary else best_trial(handle.study)
-    result = TuneResult(handle, best, trial_counts(handle.study))
+    result = TuneResult(handle, best, trial_counts(handle.study), finalists=finalists)
     if (spec.promote if promote is None else promote) and best is not None:
         from .promotion import promote_study
 

@@ -2,11 +2,12 @@
 
 The parent process creates the study, its MLflow experiment and parent run once (`init_study`), starts N
 `deepfm tune STUDY --workers 1 --no-promote --no-summary` processes over the same storage and tracking URIs
-(passed in the environment, so passwords never show in `ps`), forwards Ctrl-C to them, and then summarises and
-promotes once. Each worker is what an independent machine would run, less the summary (the report and the
-parent run's end state are written once, after every worker), so local and multi-machine runs behave alike;
-Optuna's RDB storage is the only coordination (trials are claimed in the database, heartbeats catch dead
-workers). `n_trials` is the study's total over all workers.
+(passed in the environment, so passwords never show in `ps`), forwards Ctrl-C to them, and then re-trains the
+finalists (if the study file asks), summarises and promotes once. Each worker is what an independent machine
+would run, less the summary (the finalists, the report and the parent run's end state are written once, after
+every worker), so local and multi-machine runs behave alike; Optuna's RDB storage is the only coordination
+(trials are claimed in the database, heartbeats catch dead workers). `n_trials` is the study's total over all
+workers.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import IO, Callable
 from model.errors import UserInputError
 
 from . import interrupts
+from .finalists import run_finalists
 from .runner import StudyHandle, check_stores, init_study, redact
 from .study import StudySpec
 from .tune import TuneResult, load_data, summarise, trial_counts
@@ -157,6 +159,7 @@ def run_local_workers(
     check_stores(spec, storage, tracking_uri)
     data = load_data(spec, echo or (lambda message: None))
     handle = init_study(spec, storage, tracking_uri)
+    finalist_threads = threads or available_cores()  # the finalists run here, after every worker has exited
     threads = threads or threads_per_worker(workers)
     if echo is not None:
         echo(f"study '{spec.name}' ({redact(handle.storage_url)}): {workers} local workers x {threads} "
@@ -185,8 +188,15 @@ def run_local_workers(
         last = "\n".join(list(failed[0].tail)[-8:])
         raise WorkersFailed(f"all {len(running)} workers failed (worker 1 exit code {failed[0].process.returncode});"
                             f" its last lines:\n{last}")
+    try:
+        with _sigterm_as_interrupt():
+            finalists = run_finalists(handle, data, threads=finalist_threads, log=echo or (lambda message: None))
+    except KeyboardInterrupt:
+        interrupts.handled()
+        summarise(handle, status="KILLED")
+        raise
     best = summarise(handle)
-    result = TuneResult(handle, best, trial_counts(handle.study))
+    result = TuneResult(handle, best, trial_counts(handle.study), finalists=finalists)
     if (spec.promote if promote is None else promote) and best is not None:
         result.promotion = _promote(handle, data.test_frame())
     return result
