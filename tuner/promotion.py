@@ -5,7 +5,10 @@ With `study.finalists`, the candidate is instead the configuration chosen by the
 
 The gate (`promotion: {require, alpha}` in the study file) is DeLong's paired AUC test against the current
 champion on the same test rows; the study's V1 baseline trial, when its checkpoint exists, is compared the same
-way to say whether tuning helped at all."""
+way to say whether tuning helped at all. The baseline guard: a tuned candidate that is significantly worse than
+the V1 baseline on the test rows (DeLong, the gate's alpha) is not registered; the baseline trial is the candidate
+instead (tags `chosen_by=baseline_guard`, `guard.*`), so a study never promotes a model worse than the default.
+`--force` skips the guard with the gate."""
 
 from __future__ import annotations
 
@@ -41,16 +44,7 @@ def promote_study(handle: StudyHandle, *, test_frame: pd.DataFrame, force: bool 
                              f"(checkpoints are kept for the best trial only)")
     with tempfile.TemporaryDirectory(prefix="deepfm-promote-") as tmp:
         policy_dir = download_checkpoint(handle.tracking_uri, checkpoint, Path(tmp))
-        metrics = json.loads((policy_dir / "metrics.json").read_text())
-        tags = {
-            "study": spec.name,
-            "trial_number": str(best.number),
-            score_name(spec.metric): f"{value:.6f}",  # the promoted run's score, under the name its run uses
-            **finalist_tags,
-            **{f"best_epoch_{m}": f"{metrics[m]:.6f}" for m in ("val_auc", "val_logloss") if m != spec.metric},
-            "best_epoch": str(metrics.get("best_epoch", "")),  # 0-based, as the runs' best_epoch metric
-            "data_fingerprint": str(metrics.get("data_fingerprint", "")),
-        }
+        tags = _version_tags(spec, best.number, value, policy_dir, finalist_tags)
         baseline_dir, note = None, ""
         base = baseline_trial(study)
         if base is None:
@@ -67,6 +61,19 @@ def promote_study(handle: StudyHandle, *, test_frame: pd.DataFrame, force: bool 
                 tags["baseline.trial_number"] = str(base.number)
             except Exception as exc:  # noqa: BLE001 - the comparison informs; it never blocks a promotion
                 note = f"could not download the V1 baseline's checkpoint ({str(exc).splitlines()[0][:200]})"
+        guard = None
+        if baseline_dir is not None and baseline_dir != policy_dir and not force:
+            guard = _baseline_guard(policy_dir, baseline_dir, test_frame, spec.promotion.alpha)
+        if guard is not None:  # the tuned candidate is significantly worse than the default: promote the default
+            tags = _version_tags(spec, base.number, base.value, baseline_dir, {
+                "chosen_by": "baseline_guard", "guard.tuned_trial": str(best.number),
+                "guard.auc_diff": f"{guard.diff:.6f}", "guard.p_value": f"{guard.p_value:.3g}",
+                "baseline.trial_number": str(base.number)})
+            policy_dir, run_id = baseline_dir, base.user_attrs[ATTR_RUN_ID]
+            note = (f"baseline guard: the tuned candidate (trial {best.number}) is significantly worse than the V1 "
+                    f"baseline on the test rows ({guard.describe()}); registered the V1 baseline trial "
+                    f"{base.number} instead")
+            best = base
         result = promote_policy(run_id=run_id, policy_dir=policy_dir, test_frame=test_frame,
                                 registered_name=name or spec.model_name, tags=tags, force=force,
                                 client=handle.tracker.client, require=spec.promotion.require,
@@ -75,6 +82,41 @@ def promote_study(handle: StudyHandle, *, test_frame: pd.DataFrame, force: bool 
             result = dataclasses.replace(result, baseline_message=(
                 f"no significant gain over the V1 baseline: the best trial ({best.number}) is the baseline itself"))
         return dataclasses.replace(result, baseline_message=note) if note else result
+
+
+def _version_tags(spec, trial_number: int, value: float, policy_dir: Path, extra: dict) -> dict[str, str]:
+    metrics = json.loads((policy_dir / "metrics.json").read_text())
+    return {
+        "study": spec.name,
+        "trial_number": str(trial_number),
+        score_name(spec.metric): f"{value:.6f}",  # the promoted run's score, under the name its run uses
+        **extra,
+        **{f"best_epoch_{m}": f"{metrics[m]:.6f}" for m in ("val_auc", "val_logloss") if m != spec.metric},
+        "best_epoch": str(metrics.get("best_epoch", "")),  # 0-based, as the runs' best_epoch metric
+        "data_fingerprint": str(metrics.get("data_fingerprint", "")),
+    }
+
+
+def _baseline_guard(candidate_dir: Path, baseline_dir: Path, test_frame: pd.DataFrame, alpha: float):
+    """DeLong's comparison of candidate vs V1 baseline on the test rows when the candidate is significantly worse
+    (diff < 0, p < alpha), else None (also when either cannot be scored: the guard informs the choice, the
+    registry's own checks still run on what is registered)."""
+    import numpy as np
+
+    from model.data import check_labels
+    from model.policy import ScoringPolicy
+
+    from .stats import delong_test
+
+    try:
+        candidate = ScoringPolicy.load(candidate_dir)
+        labels = check_labels(test_frame, candidate.encoder.schema.label, "promotion test frame")
+        comparison = delong_test(labels, np.asarray(candidate.predict(test_frame), dtype=np.float64).reshape(-1),
+                                 np.asarray(ScoringPolicy.load(baseline_dir).predict(test_frame),
+                                            dtype=np.float64).reshape(-1))
+    except Exception:  # noqa: BLE001 - e.g. one class in the test rows: promote_policy reports that itself
+        return None
+    return comparison if comparison.diff < 0 and comparison.p_value < alpha else None
 
 
 def _finalist_candidate(study, spec):
