@@ -75,7 +75,7 @@ def main() -> None:
         rows = [run(prepared, l2, seed, args) for l2 in values for seed in range(args.seeds)]
         entry: dict[str, object] = {"data": prepared.summary(), "runs": rows}
         if name == "synthetic":
-            truth = read_truth(next((workdir / "generated").glob("*")))
+            truth = read_truth(next(p for p in (workdir / "generated").iterdir() if p.is_dir()))
             entry["bayes_test_auc"] = truth and truth.get("test_bayes_auc")
         results["sets"][name] = entry  # type: ignore[index]
         for row in rows:
