@@ -129,6 +129,7 @@ def pays(args) -> None:
     from model.synth import read_truth
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="deepfm-bench-pays-")).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
     os.chdir(workdir)
     data_block = {"synthetic": {"rows": args.rows, "seed": 0}, "synthetic_dir": str(workdir / "generated"),
                   "encoded_dir": str(workdir / "encoded")}

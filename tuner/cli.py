@@ -297,8 +297,8 @@ def tune(study_path, storage, tracking_uri, n_trials, timeout, threads, workers,
                               log=_log_to_stderr)
     except KeyboardInterrupt:
         interrupts.handled()
-        err.print("interrupted: the running trial was marked failed and its MLflow run closed; "
-                  "run the same command to resume")
+        err.print("interrupted: the running trial was marked failed (a finalist retrain: killed) and its MLflow run "
+                  "closed; run the same command to resume")
         sys.exit(130)
     _print_tune_result(console, spec, result, tracking_uri)
 
