@@ -76,7 +76,6 @@ PAYS_VARIANTS = {  # name -> (tuned training knobs, eval_every)
 
 
 def pays_document(name: str, data: dict, args, knobs: dict, eval_every: float | None) -> dict:
-    reports_per_epoch = round(1 / eval_every) if eval_every else 1
     training = {"batch_size": 4096, "max_epochs": args.epochs, "patience": 1, "seed": 0, "device": "cpu",
                 "threads": args.threads, **knobs}
     if eval_every:
@@ -84,10 +83,10 @@ def pays_document(name: str, data: dict, args, knobs: dict, eval_every: float | 
     return {
         "study": {"name": name, "n_trials": args.trials, "metric": "val_auc", "registered_model": f"bench-{name}",
                   "sampler": {"type": "tpe", "seed": args.seed, "n_startup_trials": args.startup},
-                  # the same pruning rule at both granularities: trials get half an epoch (sub-epoch) or one
-                  # epoch (epoch-granular) before the median rule may stop them
+                  # the median rule may stop a trial from report subepoch_warmup (sub-epoch; 2: at 0.75 epoch)
+                  # or from its report after epoch 1 + epoch_warmup (epoch-granular)
                   "pruner": {"type": "median", "n_startup_trials": 5,
-                             "n_warmup_steps": max(1, reports_per_epoch // 2) if eval_every else 1}},
+                             "n_warmup_steps": args.subepoch_warmup if eval_every else args.epoch_warmup}},
         "data": data, "training": training, "policy_configs": {"scoring_policy": {}},
     }
 
@@ -142,7 +141,8 @@ def pays(args) -> None:
     for name, (knobs, eval_every) in PAYS_VARIANTS.items():
         if args.only and name not in args.only.split(","):
             continue
-        studies[name] = run_pays_study(pays_document(name, data_block, args, knobs, eval_every), workdir / name, data)
+        document = pays_document(name + args.suffix, data_block, args, knobs, eval_every)
+        studies[name] = run_pays_study(document, workdir / (name + args.suffix), data)
         studies[name]["gap_to_bayes"] = bayes - studies[name]["champion_test_auc"]
         print(f"{name}: champion test AUC {studies[name]['champion_test_auc']:.4f} (Bayes {bayes:.4f}, gap "
               f"{studies[name]['gap_to_bayes']:.4f}); {studies[name]['baseline_message']}", flush=True)
@@ -157,6 +157,9 @@ def pays(args) -> None:
         study.pop("_trials")
     results["studies"] = studies
 
+    results["workdir"] = str(workdir)
+    if args.skip_real:
+        return write_json(results, "tuning_pays.json", args.out)
     # the shipped real sample, split by time: the gate must hold whatever tuning finds
     real_block = {"train": str(ROOT / "data/open-bandit/men.csv"), "order_by": "timestamp", "val_fraction": 0.2,
                   "test_fraction": 0.3, "encoded_dir": str(workdir / "encoded"),
@@ -184,6 +187,13 @@ def main() -> None:
         parser.add_argument("--startup", type=int, default=8)
         parser.add_argument("--seed", type=int, default=42)
         parser.add_argument("--threads", type=int, default=2)
+        parser.add_argument("--epoch-warmup", type=int, default=1,
+                            help="n_warmup_steps of the epoch-granular study (1, the project default: pruning from "
+                                 "the 2nd epoch's report; 0: from the 1st)")
+        parser.add_argument("--subepoch-warmup", type=int, default=2,
+                            help="n_warmup_steps of the sub-epoch studies, in reports (2: pruning from 0.75 epoch)")
+        parser.add_argument("--suffix", default="", help="appended to the study names (a second run in one workdir)")
+        parser.add_argument("--skip-real", action="store_true", help="skip the real-sample study")
         parser.add_argument("--only", default=None, help="comma-separated variants (five,knobs,knobs_epoch)")
         parser.add_argument("--workdir", default=None, help="reused: data, stores")
         parser.add_argument("--out", default=None)
