@@ -189,3 +189,4 @@ def test_status_and_report_read_a_sub_epoch_study(half_epochs, monkeypatch):
     assert "pruned after 0.5" in out.output
     page = write_report(result.handle.study, folder / "r.html", spec.metric, curve_name(spec.metric, spec.training))
     assert '"yaxis":{"title":{"text":"step_val_auc"}}' in page.read_text()
+

@@ -70,7 +70,9 @@ class PrunerSpec:
     point on the validation sample (eval_every 0.25: 4 reports per epoch). median: below the median of earlier
     trials at the same report, after `n_warmup_steps` reports (epochs without eval_every; 4 = one epoch at 0.25),
     once `n_startup_trials` trials completed and `n_min_trials` trials reported that step. hyperband: brackets
-    from 1 report up to all of them (max_epochs x reports per epoch); the median settings do not apply."""
+    from 1 report up to all of them (max_epochs x reports per epoch); the median settings do not apply. Optuna
+    takes a report's step (0-based) as the resource used, so hyperband's first rung is at the 2nd report (half an
+    epoch at eval_every 0.25; the 2nd epoch without it), and which trials it compares depends on its brackets."""
 
     type: str = "median"
     n_startup_trials: int = 3  # trials that run to the end before pruning starts
