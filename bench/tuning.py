@@ -80,13 +80,18 @@ def pays_document(name: str, data: dict, args, knobs: dict, eval_every: float | 
                 "threads": args.threads, **knobs}
     if eval_every:
         training["eval_every"] = eval_every
+    finalists = {}
+    if args.finalists:  # "3x3": re-train the 3 best configurations with 3 more seeds each (resumes a finished study)
+        top_k, seeds = (int(v) for v in args.finalists.split("x"))
+        finalists = {"finalists": {"top_k": top_k, "seeds": seeds}}
     return {
         "study": {"name": name, "n_trials": args.trials, "metric": "val_auc", "registered_model": f"bench-{name}",
                   "sampler": {"type": "tpe", "seed": args.seed, "n_startup_trials": args.startup},
                   # the median rule may stop a trial from report subepoch_warmup (sub-epoch; 2: at 0.75 epoch)
                   # or from its report after epoch 1 + epoch_warmup (epoch-granular)
                   "pruner": {"type": "median", "n_startup_trials": 5,
-                             "n_warmup_steps": args.subepoch_warmup if eval_every else args.epoch_warmup}},
+                             "n_warmup_steps": args.subepoch_warmup if eval_every else args.epoch_warmup},
+                  **finalists},
         "data": data, "training": training, "policy_configs": {"scoring_policy": {}},
     }
 
@@ -118,6 +123,8 @@ def run_pays_study(document: dict, root: Path, data) -> dict:
         "samples": sum(t.user_attrs.get("training", {}).get("samples", 0) for t in trials),
         "best_trial": best.number, "best_val_auc": best.value, "best_params": best.params,
         "champion_test_auc": promotion.test_auc, "baseline_comparison": promotion.baseline,
+        "finalists": {k: v for k, v in result.handle.study.user_attrs.get("finalists", {}).items()
+                      if k in ("results", "chosen")},
         "baseline_message": promotion.baseline_message, "promotion_reason": promotion.reason,
         "_trials": trials,
     }
@@ -192,6 +199,7 @@ def main() -> None:
                                  "the 2nd epoch's report; 0: from the 1st)")
         parser.add_argument("--subepoch-warmup", type=int, default=2,
                             help="n_warmup_steps of the sub-epoch studies, in reports (2: pruning from 0.75 epoch)")
+        parser.add_argument("--finalists", default=None, help="TOPxSEEDS, e.g. 3x3: study.finalists for every study")
         parser.add_argument("--suffix", default="", help="appended to the study names (a second run in one workdir)")
         parser.add_argument("--skip-real", action="store_true", help="skip the real-sample study")
         parser.add_argument("--only", default=None, help="comma-separated variants (five,knobs,knobs_epoch)")
