@@ -190,3 +190,31 @@ def test_status_and_report_read_a_sub_epoch_study(half_epochs, monkeypatch):
     page = write_report(result.handle.study, folder / "r.html", spec.metric, curve_name(spec.metric, spec.training))
     assert '"yaxis":{"title":{"text":"step_val_auc"}}' in page.read_text()
 
+
+
+@pytest.mark.slow
+def test_a_pruned_trial_of_a_logloss_study_is_scored_by_its_lowest_logloss(tmp_path, monkeypatch):
+    """One meaning per metric: a pruned trial's score_val_logloss is its best epoch by the study metric (lowest
+    logloss), as a complete trial's is, not the logloss of its best-AUC epoch."""
+    from tests.test_tune import write_study
+    from tuner.runner import init_study
+    from tuner.study import load_study
+    from tuner.tune import tune
+
+    monkeypatch.chdir(tmp_path)
+    path = write_study(tmp_path, study__n_trials=4, study__metric="val_logloss",
+                       study__pruner={"type": "median", "n_startup_trials": 1, "n_warmup_steps": 1},
+                       training__max_epochs=3, training__patience=0)
+    spec = load_study(path)
+    study = init_study(spec).study
+    for _ in range(2):  # far better earlier trials: every real one is pruned after its 2nd epoch
+        study.add_trial(optuna.trial.create_trial(value=0.01, params=FAKE, distributions=FAKE_DISTRIBUTIONS,
+                                                  intermediate_values={s: 0.01 for s in range(3)}))
+    result = tune(spec)
+    client, runs = _runs(tmp_path)
+    pruned = [t for t in result.handle.study.get_trials() if t.state.name == "PRUNED"]
+    assert pruned
+    for trial in pruned:
+        curve = [m.value for m in client.get_metric_history(runs[trial.number].info.run_id, "epoch_val_logloss")]
+        assert trial.user_attrs["training"]["score"] == pytest.approx(min(curve))
+        assert trial.user_attrs["training"]["best_epoch"] == curve.index(min(curve))

@@ -21,7 +21,7 @@ from model.config import PolicyConfig, TrainConfig
 from model.dataset import PreparedData
 from model.errors import TrainingDiverged
 from model.policy import ScoringPolicy
-from model.train import EpochMetrics, StepMetrics, train
+from model.train import SELECT_METRICS, EpochMetrics, StepMetrics, train
 
 from . import interrupts
 from .records import record_failure, record_trained
@@ -130,7 +130,8 @@ def make_objective(
         status, state = "FAILED", "FAIL"
         started = time.perf_counter()
         score = score_name(spec.metric)
-        best_so_far: dict[str, EpochMetrics] = {}  # best (chosen as train() chooses: val AUC) and last epoch so far
+        best_so_far: dict[str, EpochMetrics] = {}  # best (by the study metric, as train() chooses) and last epoch
+        sign = SELECT_METRICS[spec.metric]  # +1: higher is better
         by_step = sub_epoch(control)  # Optuna sees the sample's evaluation points, not the epochs
         last_step: dict[str, StepMetrics] = {}
         try:
@@ -141,7 +142,8 @@ def make_objective(
                 tracker.log_epoch(run_id, metrics.epoch, {f"{EPOCH_PREFIX}{k}": v for k, v in {
                     "val_auc": metrics.val_auc, "val_logloss": metrics.val_logloss, "train_loss": metrics.train_loss,
                     "seconds": metrics.seconds, "samples_per_second": metrics.samples_per_second}.items()})
-                if "best" not in best_so_far or metrics.val_auc > best_so_far["best"].val_auc:
+                if "best" not in best_so_far or sign * getattr(metrics, spec.metric) > sign * getattr(
+                        best_so_far["best"], spec.metric):
                     best_so_far["best"] = metrics
                 best_so_far["last"] = metrics
                 if not by_step:
