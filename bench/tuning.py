@@ -183,17 +183,24 @@ def pays(args) -> None:
     write_json(results, "tuning_pays.json", args.out)
 
 
+def _parser(rows: int, epochs: int, startup: int) -> argparse.ArgumentParser:
+    """The options both modes share; each sets its own defaults for rows, epochs and start-up trials."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=rows)
+    parser.add_argument("--trials", type=int, default=30)
+    parser.add_argument("--epochs", type=int, default=epochs)
+    parser.add_argument("--startup", type=int, default=startup)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", default=None)
+    return parser
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "pays":
-        parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        parser = _parser(rows=1_000_000, epochs=3, startup=8)
         parser.add_argument("mode")
-        parser.add_argument("--rows", type=int, default=1_000_000)
-        parser.add_argument("--trials", type=int, default=30)
         parser.add_argument("--real-trials", type=int, default=15)
-        parser.add_argument("--epochs", type=int, default=3)
-        parser.add_argument("--startup", type=int, default=8)
-        parser.add_argument("--seed", type=int, default=42)
-        parser.add_argument("--threads", type=int, default=2)
         parser.add_argument("--epoch-warmup", type=int, default=1,
                             help="n_warmup_steps of the epoch-granular study (1, the project default: pruning from "
                                  "the 2nd epoch's report; 0: from the 1st)")
@@ -204,19 +211,11 @@ def main() -> None:
         parser.add_argument("--skip-real", action="store_true", help="skip the real-sample study")
         parser.add_argument("--only", default=None, help="comma-separated variants (five,knobs,knobs_epoch)")
         parser.add_argument("--workdir", default=None, help="reused: data, stores")
-        parser.add_argument("--out", default=None)
         os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
         return pays(parser.parse_args())
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, default=50_000)
+    parser = _parser(rows=50_000, epochs=6, startup=5)
     parser.add_argument("--cardinality", type=int, default=10_000)
-    parser.add_argument("--trials", type=int, default=30)
-    parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--batch-size", type=int, default=1024)
-    parser.add_argument("--startup", type=int, default=5)
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", default=None)
     args = parser.parse_args()
 
     os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"

@@ -80,11 +80,11 @@ def data_spec_from_options(data_path, valid_path, test_path, fmt, label, synthet
 
     if (data_path is None) == (synthetic is None):
         raise UserInputError("give either --data FILE or --synthetic ROWS")
+    if schema_path and synthetic is not None:
+        raise UserInputError("--schema describes files given with --data; synthetic data has its own schema")
     schema = read_schema_file(schema_path) if schema_path else {}
     if label:
         schema["label"] = label  # --label wins over the file's label
-    if schema_path and synthetic is not None:
-        raise UserInputError("--schema describes files given with --data; synthetic data has its own schema")
     if schema_path:
         try:
             return DataSpec(train=data_path, valid=valid_path, test=test_path, format=fmt, schema=schema)
@@ -318,6 +318,7 @@ def _print_tune_result(console, spec, result, tracking_uri) -> None:
 
     from .baseline import describe_lift
     from .records import trained_config
+    from .space import tuned_training
 
     counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(result.counts.items()))
     console.print(f"study '{spec.name}': {counts}")
@@ -329,8 +330,7 @@ def _print_tune_result(console, spec, result, tracking_uri) -> None:
     console.print(f"best trial {best.number}: score_{spec.metric} {best.value:.4f}; its V1 config:")
     console.print(policy_to_v1_yaml(policy).rstrip())
     if spec.training_space and training is not None:  # the tuned training knobs, as the training: block spells them
-        chosen = {name.removeprefix("training."): getattr(training, name.removeprefix("training."))
-                  for name in spec.training_space}
+        chosen = tuned_training(training, spec.training_space)
         console.print("training: " + ", ".join(f"{k}: {v:g}" if isinstance(v, float) else f"{k}: {v}"
                                                for k, v in chosen.items()), markup=False, highlight=False)
     console.print(describe_lift(result.handle.study, spec.metric))

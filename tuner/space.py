@@ -278,6 +278,12 @@ def suggest_policy(trial: optuna.Trial, space: Mapping[str, Spec]) -> PolicyConf
     return PolicyConfig(**{name: spec.suggest(trial, name) for name, spec in space.items()})
 
 
+def tuned_training(control: TrainConfig, training_space: Mapping[str, Spec]) -> dict[str, Any]:
+    """The tuned knobs' values in `control`, by knob name (embedding_l2, ...)."""
+    return {name.removeprefix(TRAINING_PREFIX): getattr(control, name.removeprefix(TRAINING_PREFIX))
+            for name in training_space}
+
+
 def suggest_training(trial: optuna.Trial, training_space: Mapping[str, Spec], control: TrainConfig) -> TrainConfig:
     """`control` with each tuned training knob replaced by the trial's suggestion."""
     if not training_space:

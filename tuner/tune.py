@@ -23,6 +23,7 @@ from .outcome import SummaryArtifacts, end_parent
 from .records import best_trial, trained_config  # noqa: F401 - best_trial: importable from here
 from .report import write_report
 from .runner import StudyHandle, check_stores, init_study, run_trials
+from .space import tuned_training
 from .study import StudySpec
 
 
@@ -114,8 +115,7 @@ def summarise(handle: StudyHandle, status: str = "FINISHED") -> optuna.trial.Fro
                 tags["deepfm.baseline_trial"] = str(lift[1].number)
             best_params = policy.to_dict()
             if control is not None:  # the tuned training knobs too: best.training.embedding_l2, ...
-                best_params.update({name: getattr(control, name.removeprefix("training."))
-                                    for name in spec.training_space})
+                best_params.update({f"training.{k}": v for k, v in tuned_training(control, spec.training_space).items()})
             tracker.log_summary(handle.parent_run_id, metrics, params=best_params, tags=tags)
             # the V1 config, with the training control it was trained with beside it (tuned knobs included)
             (Path(tmp) / "best_policy.yaml").write_text(policy_with_training_yaml(policy, control))
