@@ -28,7 +28,7 @@ SEED = 0
 def ensure_data(train_rows: int = TRAIN_ROWS, val_rows: int = VAL_ROWS, test_rows: int = TEST_ROWS,
                 directory: Path | None = None) -> Path:
     """The benchmark's Criteo TSVs (no header): generated on first use, then reused."""
-    from model.synth import SynthSpec, bayes_metrics, generate, write_criteo_tsv
+    from deepfm_tuner.model.data.synth import SynthSpec, bayes_metrics, generate, write_criteo_tsv
 
     if directory is None:
         directory = DATA_DIR if train_rows == TRAIN_ROWS else DATA_DIR.with_name(f"bench-{train_rows}")
@@ -57,9 +57,9 @@ def ensure_data(train_rows: int = TRAIN_ROWS, val_rows: int = VAL_ROWS, test_row
 def load_prepared(directory: Path):
     """Read all.tsv, split it by position (train, val, test as written), fit the encoder on train, encode once:
     (PreparedData, seconds)."""
-    from model.data import Split, read_table
-    from model.dataset import prepare
-    from model.schema import criteo_schema
+    from deepfm_tuner.model.data.frames import Split, read_table
+    from deepfm_tuner.model.data.tensors import prepare
+    from deepfm_tuner.model.data.schema import criteo_schema
 
     started = time.perf_counter()
     rows = json.loads((directory / "info.json").read_text())["rows"]

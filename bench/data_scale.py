@@ -52,7 +52,7 @@ def child(code: str, *args: str, cgroup: str | None = None, cwd: Path = ROOT) ->
 
 
 def spec_code(data: str, encoded: str) -> str:
-    return (f"from model.datasource import DataSpec\n"
+    return (f"from deepfm_tuner.model.data.source import DataSpec\n"
             f"spec = DataSpec(train={data + '/train.tsv'!r}, test={data + '/test.tsv'!r}, format='criteo', "
             f"encoded_dir={encoded!r})\n")
 
@@ -76,8 +76,8 @@ def cmd_prepare(args) -> dict:
 
 
 OLD_PATH_CODE = (
-    "import sys, time\nfrom model.data import concat_frames, read_table, split_rows\n"
-    "from model.encoder import FeatureEncoder\nfrom model.schema import criteo_schema\n"
+    "import sys, time\nfrom deepfm_tuner.model.data.frames import concat_frames, read_table, split_rows\n"
+    "from deepfm_tuner.model.data.encoder import FeatureEncoder\nfrom deepfm_tuner.model.data.schema import criteo_schema\n"
     "t = time.perf_counter()\n"
     "frame = concat_frames([read_table(f, 'criteo') for f in (spec.train, spec.test)])\n"
     "split = split_rows(len(frame), 0.1, 0.0, 42)\n"
@@ -110,8 +110,8 @@ def cmd_second_start(args) -> dict:
     encoded = str(ENCODED / f"prepare-{Path(args.data[0]).name}")
     folder = Path(tempfile.mkdtemp(prefix="deepfm-second-start-"))
     code = (
-        "import sys, time\nfrom model.dataset import PreparedData\n"
-        "import tuner.objective as objective\nfrom tuner.study import load_study\nfrom tuner.tune import load_data, tune\n"
+        "import sys, time\nfrom deepfm_tuner.model.data.tensors import PreparedData\n"
+        "import deepfm_tuner.tuner.trials.objective as objective\nfrom deepfm_tuner.tuner.spec.study import load_study\nfrom deepfm_tuner.tuner.pipeline.tune import load_data, tune\n"
         "marks = {}\n"
         "class FirstTrial(Exception): pass\n"
         "def first_train(*a, **k):\n    marks['first_trial'] = time.perf_counter(); raise FirstTrial\n"
@@ -136,11 +136,11 @@ def cmd_second_start(args) -> dict:
 
 TRAIN_CODE = (
     "import json, sys, time, numpy as np, torch\n"
-    "from model.config import PolicyConfig, TrainConfig\nfrom model.train import train, evaluate\n"
+    "from deepfm_tuner.model.config import PolicyConfig, TrainConfig\nfrom deepfm_tuner.model.train import train, evaluate\n"
     "mode, threads, epochs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])\n"
     "p = spec.prepare()\n"
     "if mode == 'memory':\n"
-    "    from model.data import Split, read_table, concat_frames\n    from model.dataset import prepare\n"
+    "    from deepfm_tuner.model.data.frames import Split, read_table, concat_frames\n    from deepfm_tuner.model.data.tensors import prepare\n"
     "    frame = concat_frames([read_table(f, 'criteo') for f in (spec.train, spec.test)])\n"
     "    codes = np.load(p.folder / 'split.npy')\n"
     "    p = prepare(frame, p.encoder.schema, Split(*(np.flatnonzero(codes == i) for i in range(3))))\n"
@@ -148,7 +148,7 @@ TRAIN_CODE = (
     "control = TrainConfig(batch_size=4096, max_epochs=epochs, patience=epochs, seed=0, device='cpu', threads=threads)\n"
     "r = train(p, PolicyConfig(), control)\n"
     "auc, logloss = evaluate(r.model, p.test)\n"
-    "from model.dataset import shuffle_block_rows\n"
+    "from deepfm_tuner.model.data.tensors import shuffle_block_rows\n"
     "emit({'mode': mode, 'train_rows': len(p.train), 'samples_per_second': len(p.train) * len(r.history)"
     " / r.train_seconds, 'train_seconds': r.train_seconds, 'test_auc': auc, 'test_logloss': logloss,"
     " 'block_rows': shuffle_block_rows(p.train)})")
@@ -250,7 +250,7 @@ def worker_pids(root: int, workers: int) -> list[int]:
     proc = psutil.Process(root)
     if workers == 1:
         return [root]
-    return [c.pid for c in proc.children(recursive=True) if "tuner.cli" in " ".join(c.cmdline())]
+    return [c.pid for c in proc.children(recursive=True) if "deepfm_tuner.tuner.cli" in " ".join(c.cmdline())]
 
 
 def main() -> None:

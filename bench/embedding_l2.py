@@ -28,8 +28,8 @@ DEFAULT_VALUES = "0,1e-4,1e-3,1e-2,3e-2,1e-1,3e-1,1,3"
 def run(prepared, l2: float, seed: int, args) -> dict[str, float]:
     import torch
 
-    from model.config import PolicyConfig, TrainConfig
-    from model.train import evaluate, train
+    from deepfm_tuner.model.config import PolicyConfig, TrainConfig
+    from deepfm_tuner.model.train import evaluate, train
 
     control = TrainConfig(batch_size=args.batch_size, max_epochs=args.epochs, patience=1, seed=seed, device="cpu",
                           threads=args.threads, embedding_l2=l2)
@@ -55,8 +55,8 @@ def main() -> None:
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
 
-    from model.datasource import DataSpec
-    from model.synth import read_truth
+    from deepfm_tuner.model.data.source import DataSpec
+    from deepfm_tuner.model.data.synth import read_truth
 
     root = Path(__file__).resolve().parents[1]
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="deepfm-bench-l2-"))

@@ -21,9 +21,9 @@ def main() -> None:
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
 
-    from model.data import read_table
-    from model.encoder import FeatureEncoder
-    from model.schema import criteo_schema
+    from deepfm_tuner.model.data.frames import read_table
+    from deepfm_tuner.model.data.encoder import FeatureEncoder
+    from deepfm_tuner.model.data.schema import criteo_schema
 
     path = ensure_data() / "train.tsv"
     runs = []

@@ -32,12 +32,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, write_json  # noqa: E402
 
-from model.config import PolicyConfig, TrainConfig  # noqa: E402
-from model.dataset import PreparedData, TensorData  # noqa: E402
-from model.deepfm import DeepFM  # noqa: E402
-from model.schema import CRITEO_CATEGORICAL, CRITEO_NUMERIC, FeatureSchema, criteo_schema  # noqa: E402
-from model.synth import SynthSpec, _cardinalities, _zipf_ids  # noqa: E402
-from model.train import evaluate, train  # noqa: E402
+from deepfm_tuner.model.config import PolicyConfig, TrainConfig  # noqa: E402
+from deepfm_tuner.model.data.tensors import PreparedData, TensorData  # noqa: E402
+from deepfm_tuner.model.deepfm import DeepFM  # noqa: E402
+from deepfm_tuner.model.data.schema import CRITEO_CATEGORICAL, CRITEO_NUMERIC, FeatureSchema, criteo_schema  # noqa: E402
+from deepfm_tuner.model.data.synth import SynthSpec, _cardinalities, _zipf_ids  # noqa: E402
+from deepfm_tuner.model.train import evaluate, train  # noqa: E402
 
 BATCHES = (4096, 16384, 65536)
 FP32_TOLERANCE = dict(rtol=1e-4, atol=1e-4)

@@ -47,13 +47,13 @@ def main() -> None:
     import mlflow
     import pandas as pd
 
-    from model.config import PolicyConfig, TrainConfig
-    from model.data import read_table
-    from model.encoder import FeatureEncoder
-    from model.policy import ScoringPolicy
-    from model.schema import CRITEO_COLUMNS, criteo_schema
-    from tuner.pyfunc import conform, log_policy_model
-    from tuner.registry import score_file
+    from deepfm_tuner.model.config import PolicyConfig, TrainConfig
+    from deepfm_tuner.model.data.frames import read_table
+    from deepfm_tuner.model.data.encoder import FeatureEncoder
+    from deepfm_tuner.model.policy import ScoringPolicy
+    from deepfm_tuner.model.data.schema import CRITEO_COLUMNS, criteo_schema
+    from deepfm_tuner.tuner.serving.pyfunc import conform, log_policy_model
+    from deepfm_tuner.tuner.registry.promotion import score_file
 
     directory = ensure_data()
     started = time.perf_counter()

@@ -45,8 +45,8 @@ from common import ensure_data, load_prepared, machine, max_rss_mib, write_json
 
 def mlp_bound(width: int, batch: int, steps: int = 60) -> float:
     """Samples/s of the policy's MLP alone: fwd + bwd + fused Adam on random input, BCE loss."""
-    from model.config import PolicyConfig
-    from model.deepfm import multilayer_perceptron
+    from deepfm_tuner.model.config import PolicyConfig
+    from deepfm_tuner.model.deepfm import multilayer_perceptron
 
     policy = PolicyConfig()
     torch.manual_seed(0)
@@ -73,8 +73,8 @@ def mlp_bound(width: int, batch: int, steps: int = 60) -> float:
 
 
 def run_ours(prepared, epochs: int, batch: int, threads: int) -> dict:
-    from model.config import PolicyConfig, TrainConfig
-    from model.train import evaluate, train
+    from deepfm_tuner.model.config import PolicyConfig, TrainConfig
+    from deepfm_tuner.model.train import evaluate, train
 
     control = TrainConfig(batch_size=batch, max_epochs=epochs, patience=2, device="cpu", threads=threads, seed=42)
     result = train(prepared, PolicyConfig(), control)
@@ -124,8 +124,8 @@ def deepctr_own_inputs(directory) -> tuple[dict[str, tuple[dict, np.ndarray]], l
 
     from sklearn.preprocessing import MinMaxScaler
 
-    from model.data import read_table
-    from model.schema import CRITEO_CATEGORICAL, CRITEO_NUMERIC
+    from deepfm_tuner.model.data.frames import read_table
+    from deepfm_tuner.model.data.schema import CRITEO_CATEGORICAL, CRITEO_NUMERIC
 
     rows = json.loads((directory / "info.json").read_text())["rows"]
     n_train = rows["train"]
@@ -154,7 +154,7 @@ def run_deepctr(parts: dict[str, tuple[dict, np.ndarray]], sparse_sizes: list[in
     from deepctr_torch.models import DeepFM as DeepCTRDeepFM
     from sklearn.metrics import log_loss, roc_auc_score
 
-    from model.config import PolicyConfig
+    from deepfm_tuner.model.config import PolicyConfig
 
     policy = PolicyConfig()
     columns = [SparseFeat(f"C{i + 1}", vocabulary_size=v, embedding_dim=policy.embedding_dim)

@@ -39,10 +39,10 @@ from bench.common import ROOT, machine, write_json  # noqa: E402
 
 
 def make_spec(name, sampler, pruner, args):
-    from model.config import TrainConfig
-    from model.datasource import DataSpec
-    from tuner.space import parse_space
-    from tuner.study import PrunerSpec, SamplerSpec, StudySpec
+    from deepfm_tuner.model.config import TrainConfig
+    from deepfm_tuner.model.data.source import DataSpec
+    from deepfm_tuner.tuner.spec.space import parse_space
+    from deepfm_tuner.tuner.spec.study import PrunerSpec, SamplerSpec, StudySpec
 
     return StudySpec(
         name=name, space=parse_space({}),  # every hyperparameter over its default range
@@ -58,7 +58,7 @@ def epochs_of(trial) -> int:
 
 
 def run_study(spec, data, root: Path):
-    from tuner.tune import tune
+    from deepfm_tuner.tuner.pipeline.tune import tune
 
     started = time.perf_counter()
     result = tune(spec, storage=f"sqlite:///{root}/optuna.db", tracking_uri=f"sqlite:///{root}/mlflow.db",
@@ -107,8 +107,8 @@ def samples_until(trials, target: float) -> int | None:
 
 
 def run_pays_study(document: dict, root: Path, data) -> dict:
-    from tuner.study import parse_study
-    from tuner.tune import tune
+    from deepfm_tuner.tuner.spec.study import parse_study
+    from deepfm_tuner.tuner.pipeline.tune import tune
 
     spec = parse_study(document, f"bench:{document['study']['name']}", document["study"]["name"])
     root.mkdir(parents=True, exist_ok=True)
@@ -131,8 +131,8 @@ def run_pays_study(document: dict, root: Path, data) -> dict:
 
 
 def pays(args) -> None:
-    from model.datasource import DataSpec
-    from model.synth import read_truth
+    from deepfm_tuner.model.data.source import DataSpec
+    from deepfm_tuner.model.data.synth import read_truth
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="deepfm-bench-pays-")).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -219,7 +219,7 @@ def main() -> None:
     args = parser.parse_args()
 
     os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
-    from tuner.tune import load_data
+    from deepfm_tuner.tuner.pipeline.tune import load_data
 
     workdir = Path(tempfile.mkdtemp(prefix="deepfm-bench-tuning-"))
     os.chdir(workdir)  # synthetic data and stores stay out of the checkout

@@ -50,8 +50,8 @@ STUDY = {
 
 
 def run_study(folder: Path):
-    from tuner.study import load_study
-    from tuner.tune import tune
+    from deepfm_tuner.tuner.spec.study import load_study
+    from deepfm_tuner.tuner.pipeline.tune import tune
 
     path = folder / "uicheck.yaml"
     path.write_text(yaml.safe_dump(STUDY))

@@ -62,7 +62,7 @@ def run(workdir: Path, name: str, workers: int, threads: int, args, storage: str
 
     study_path = workdir / f"{name}.yaml"
     study_path.write_text(STUDY.format(name=name, trials=args.trials, rows=args.rows, epochs=args.epochs))
-    cmd = [sys.executable, "-m", "tuner.cli", "tune", str(study_path), "--workers", str(workers), "--no-promote",
+    cmd = [sys.executable, "-m", "deepfm_tuner.tuner.cli", "tune", str(study_path), "--workers", str(workers), "--no-promote",
            "--threads", str(threads)]
     if storage:
         cmd += ["--storage", storage, "--tracking-uri", tracking]

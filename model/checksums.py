@@ -13,7 +13,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from .errors import DataError
+from deepfm_tuner.model.errors import DataError
 
 CHECKSUMS_FILE = "checksums.json"
 _CHUNK = 1 << 20

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from .errors import ConfigError, did_you_mean
+from deepfm_tuner.model.errors import ConfigError, did_you_mean
 
 ACTIVATIONS = ("relu", "leaky_relu", "elu", "selu", "gelu", "silu", "tanh", "sigmoid")
 POLICY_TYPES = ("deepfm",)

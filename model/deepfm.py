@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import PolicyConfig
-from .errors import ConfigError
+from deepfm_tuner.model.config import PolicyConfig
+from deepfm_tuner.model.errors import ConfigError
 
 # float32 copies of every parameter while training: weights, gradients, Adam's two moments, the best-epoch copy
 TRAINING_COPIES = 5

@@ -22,13 +22,13 @@ import pandas as pd
 import torch
 import yaml
 
-from .config import PolicyConfig, TrainConfig, read_policy_yaml, write_policy_yaml
-from .deepfm import DeepFM
-from .dataset import TensorData
-from .checksums import CorruptPolicyError, verify_checksums, write_checksums
-from .encoder import FeatureEncoder
-from .errors import DataError
-from .parallel import scoring_pool
+from deepfm_tuner.model.config import PolicyConfig, TrainConfig, read_policy_yaml, write_policy_yaml
+from deepfm_tuner.model.deepfm import DeepFM
+from deepfm_tuner.model.data.tensors import TensorData
+from deepfm_tuner.model.checksums import CorruptPolicyError, verify_checksums, write_checksums
+from deepfm_tuner.model.data.encoder import FeatureEncoder
+from deepfm_tuner.model.errors import DataError
+from deepfm_tuner.model.parallel import scoring_pool
 
 POLICY_FILE, TRAINING_FILE, ENCODER_FILE, WEIGHTS_FILE, METRICS_FILE = (
     "policy.yaml", "training.yaml", "encoder.json", "weights.pt", "metrics.json")
@@ -92,9 +92,9 @@ class ScoringPolicy:
     def evaluate_file(self, path: str | Path, fmt: str | None = None) -> dict[str, float]:
         """AUC, logloss and click rate on a labelled file, streamed in record batches (memory stays one batch
         whatever the file's size)."""
-        from .data import check_file
-        from .ingest import as_frame, batch_labels, read_types, sample_frame, stream_batches
-        from .train import classification_metrics
+        from deepfm_tuner.model.data.frames import check_file
+        from deepfm_tuner.model.data.reader import as_frame, batch_labels, read_types, sample_frame, stream_batches
+        from deepfm_tuner.model.train import classification_metrics
 
         path, fmt = check_file(path, fmt)
         schema = self.encoder.schema

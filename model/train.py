@@ -19,10 +19,10 @@ import torch
 from sklearn.metrics import log_loss, roc_auc_score
 from torch import nn
 
-from .config import PolicyConfig, TrainConfig
-from .dataset import PreparedData, TensorData, epoch_batches, release_free_memory, shuffle_block_rows
-from .deepfm import DeepFM
-from .errors import ConfigError, TrainingDiverged
+from deepfm_tuner.model.config import PolicyConfig, TrainConfig
+from deepfm_tuner.model.data.tensors import PreparedData, TensorData, epoch_batches, release_free_memory, shuffle_block_rows
+from deepfm_tuner.model.deepfm import DeepFM
+from deepfm_tuner.model.errors import ConfigError, TrainingDiverged
 
 SELECT_METRICS = {"val_auc": 1, "val_logloss": -1}  # metric -> sign that makes higher better
 NAN_CHECK_EVERY = 50  # steps between finite-loss checks (each one syncs a GPU)

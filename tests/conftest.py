@@ -11,11 +11,11 @@ import pytest
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 
-from model.config import PolicyConfig, TrainConfig  # noqa: E402
-from model.data import split_rows  # noqa: E402
-from model.dataset import prepare  # noqa: E402
-from model.schema import criteo_schema  # noqa: E402
-from model.synth import SynthSpec, generate, write_dataset  # noqa: E402
+from deepfm_tuner.model.config import PolicyConfig, TrainConfig  # noqa: E402
+from deepfm_tuner.model.data.frames import split_rows  # noqa: E402
+from deepfm_tuner.model.data.tensors import prepare  # noqa: E402
+from deepfm_tuner.model.data.schema import criteo_schema  # noqa: E402
+from deepfm_tuner.model.data.synth import SynthSpec, generate, write_dataset  # noqa: E402
 
 TINY_POLICY = PolicyConfig(embedding_dim=4, deep_hidden_units=(16, 8), dropout=0.0, learning_rate=0.01)
 TINY_TRAINING = TrainConfig(batch_size=256, max_epochs=3, patience=2, seed=0, device="cpu", threads=1)

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from tuner.promotion import promote_study
-from tuner.study import load_study
-from tuner.tune import tune
+from deepfm_tuner.tuner.pipeline.promotion import promote_study
+from deepfm_tuner.tuner.spec.study import load_study
+from deepfm_tuner.tuner.pipeline.tune import tune
 
 
 @pytest.mark.slow

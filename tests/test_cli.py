@@ -6,7 +6,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from tuner.cli import main
+from deepfm_tuner.tuner.cli import main
 
 POLICY = """policy_configs:
   scoring_policy:

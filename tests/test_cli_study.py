@@ -12,7 +12,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from tuner.cli import main
+from deepfm_tuner.tuner.cli import main
 
 pytestmark = pytest.mark.slow
 

@@ -85,7 +85,7 @@ def test_worker_runs_the_same_deepfm_tune_command_as_the_native_team_mode_tests(
 
 
 def test_the_default_study_file_is_a_valid_study():
-    from tuner.study import load_study
+    from deepfm_tuner.tuner.spec.study import load_study
 
     spec = load_study(ROOT / env_example()["STUDY"])
     assert spec.n_trials
@@ -160,5 +160,7 @@ def test_image_contains_what_pip_install_needs():
     before_install = text[:text.index("RUN pip install .")]
     copied = {token.rstrip("/").removeprefix("./") for line in before_install.splitlines()
               if line.startswith("COPY") for token in line.split()[1:-1]}
-    needed = {project["project"]["readme"], "pyproject.toml", *project["tool"]["setuptools"]["packages"]}
+    folders = set(project["tool"]["setuptools"]["package-dir"].values())  # the packages' folders in the repo
+    assert all(package.split(".")[1] in folders for package in project["tool"]["setuptools"]["packages"])
+    needed = {project["project"]["readme"], "pyproject.toml", *folders}
     assert needed <= copied, f"copy {sorted(needed - copied)} before 'pip install .'"

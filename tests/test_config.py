@@ -2,9 +2,9 @@
 
 import pytest
 
-from model.config import (ACTIVATIONS, PolicyConfig, TrainConfig, policy_to_v1_yaml, read_policy_yaml,
+from deepfm_tuner.model.config import (ACTIVATIONS, PolicyConfig, TrainConfig, policy_to_v1_yaml, read_policy_yaml,
                           write_policy_yaml)
-from model.errors import ConfigError
+from deepfm_tuner.model.errors import ConfigError
 
 SEED_V1 = """policy_configs:
   scoring_policy:

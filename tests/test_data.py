@@ -4,10 +4,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from model.data import check_labels, read_table, split_rows
-from model.datasource import DataSpec
-from model.errors import ConfigError, DataError
-from model.schema import CRITEO_COLUMNS, FeatureSchema, infer_schema
+from deepfm_tuner.model.data.frames import check_labels, read_table, split_rows
+from deepfm_tuner.model.data.source import DataSpec
+from deepfm_tuner.model.errors import ConfigError, DataError
+from deepfm_tuner.model.data.schema import CRITEO_COLUMNS, FeatureSchema, infer_schema
 
 OPEN_BANDIT = "data/open-bandit"
 

@@ -4,8 +4,8 @@ import itertools
 
 import torch
 
-from model.config import PolicyConfig
-from model.deepfm import DeepFM, fm_interaction
+from deepfm_tuner.model.config import PolicyConfig
+from deepfm_tuner.model.deepfm import DeepFM, fm_interaction
 
 POLICY = PolicyConfig(embedding_dim=4, deep_hidden_units=(8, 4), dropout=0.0)
 

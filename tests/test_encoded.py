@@ -12,12 +12,14 @@ import pytest
 import torch
 
 from conftest import TINY_POLICY, TINY_TRAINING
-from model import dataset, encoded, ingest
-from model.data import Split, read_table
-from model.dataset import epoch_batches, prepare
-from model.datasource import DataSpec
-from model.errors import DataError
-from model.train import train
+from deepfm_tuner.model.data import tensors as dataset
+from deepfm_tuner.model.data import cache as encoded
+from deepfm_tuner.model.data import reader as ingest
+from deepfm_tuner.model.data.frames import Split, read_table
+from deepfm_tuner.model.data.tensors import epoch_batches, prepare
+from deepfm_tuner.model.data.source import DataSpec
+from deepfm_tuner.model.errors import DataError
+from deepfm_tuner.model.train import train
 
 
 def criteo_spec(directory: Path, tmp_path: Path, **extra) -> DataSpec:

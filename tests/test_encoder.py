@@ -4,9 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from model.encoder import MISSING, OOV, FeatureEncoder
-from model.errors import DataError
-from model.schema import FeatureSchema
+from deepfm_tuner.model.data.encoder import MISSING, OOV, FeatureEncoder
+from deepfm_tuner.model.errors import DataError
+from deepfm_tuner.model.data.schema import FeatureSchema
 
 SCHEMA = FeatureSchema(label="y", categorical=("c",), multivalued=("t",), numeric=("n",), min_count=1)
 
@@ -139,7 +139,7 @@ def test_a_few_rows_of_a_large_category_set_encode_like_their_strings():
 def test_a_null_inside_an_arrow_dictionary_is_missing_on_both_lookup_paths():
     import pyarrow as pa
 
-    from model.encoder import _Vocabulary
+    from deepfm_tuner.model.data.encoder import _Vocabulary
 
     vocabulary = _Vocabulary([f"t{i}" for i in range(16)])
     encoded = pa.DictionaryArray.from_arrays(pa.array([0, 1, 2, 0], type=pa.int32()), pa.array(["t3", None, "zz"]))

@@ -56,7 +56,7 @@ def full_artifact_root(in_tmp):
 def test_a_full_artifact_disk_fails_the_trials_and_the_parent_run_with_the_reason(in_tmp, full_artifact_root):
     write_study(in_tmp)
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    done = subprocess.run([sys.executable, "-m", "tuner.cli", "tune", "s.yaml"], cwd=in_tmp, env=env,
+    done = subprocess.run([sys.executable, "-m", "deepfm_tuner.tuner.cli", "tune", "s.yaml"], cwd=in_tmp, env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 2, done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("Error:")]

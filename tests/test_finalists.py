@@ -12,13 +12,13 @@ import yaml
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
-from model.config import PolicyConfig, TrainConfig
-from model.errors import ConfigError
-from tuner import finalists as finalists_module
-from tuner.cli import main
-from tuner.finalists import candidates, current_result, finalist_seeds, table_lines
-from tuner.study import FinalistsSpec, load_study
-from tuner.tune import load_data, tune
+from deepfm_tuner.model.config import PolicyConfig, TrainConfig
+from deepfm_tuner.model.errors import ConfigError
+from deepfm_tuner.tuner.trials import finalists as finalists_module
+from deepfm_tuner.tuner.cli import main
+from deepfm_tuner.tuner.trials.finalists import candidates, current_result, finalist_seeds, table_lines
+from deepfm_tuner.tuner.spec.study import FinalistsSpec, load_study
+from deepfm_tuner.tuner.pipeline.tune import load_data, tune
 
 STUDY = {
     "study": {"name": "fin", "n_trials": 3, "sampler": {"type": "random", "seed": 3},
@@ -250,7 +250,7 @@ def test_ctrl_c_during_finalists_leaves_no_running_run_and_resume_finishes_them(
 
 def test_local_workers_leave_the_finalists_to_their_coordinator(in_tmp):
     """`--workers 2`: the workers run no finalists (they do not summarise); the coordinator runs them once."""
-    from tuner.workers import run_local_workers
+    from deepfm_tuner.tuner.pipeline.workers import run_local_workers
 
     path = write_study(in_tmp, {"finalists": {"top_k": 1, "seeds": 2}, "n_trials": 2})
     result = run_local_workers(load_study(path), str(path), workers=2, threads=1, echo=None)

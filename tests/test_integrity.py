@@ -12,14 +12,14 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import TINY_POLICY, TINY_TRAINING
-from model.checksums import CHECKSUMS_FILE, CorruptPolicyError, file_sha256
-from model.data import split_rows
-from model.policy import ScoringPolicy
-from model.train import train
+from deepfm_tuner.model.checksums import CHECKSUMS_FILE, CorruptPolicyError, file_sha256
+from deepfm_tuner.model.data.frames import split_rows
+from deepfm_tuner.model.policy import ScoringPolicy
+from deepfm_tuner.model.train import train
 from test_cli import assert_one_line_error
-from tuner import registry
-from tuner.cli import main
-from tuner.registry import PromotionCheckError, promote_policy
+from deepfm_tuner.tuner.registry import promotion as registry
+from deepfm_tuner.tuner.cli import main
+from deepfm_tuner.tuner.registry.promotion import PromotionCheckError, promote_policy
 
 from mlflow import MlflowClient  # noqa: E402
 
@@ -118,7 +118,7 @@ def test_pull_refuses_checksums_that_differ_from_the_registered_digest(store, po
                    client=client)
     stored = _version_policy_dir(client, "ctr", "1")
     truncate(stored / "weights.pt")  # and the checksums rewritten to match: only the registry's digest can tell
-    from model.checksums import write_checksums
+    from deepfm_tuner.model.checksums import write_checksums
 
     write_checksums(stored)
     result = run("pull", "ctr/1", "--out", tmp_path / "pulled", "--tracking-uri", uri)

@@ -60,7 +60,7 @@ def test_an_interrupt_lost_in_a_callback_is_delivered_again_without_a_traceback(
     lands there must still stop the run, and print nothing of its own."""
     code = """
 import os, signal, time, weakref
-from tuner import interrupts
+from deepfm_tuner.tuner.trials import interrupts
 interrupts.install()
 class Thing: pass
 def callback(ref):

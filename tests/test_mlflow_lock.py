@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import multiprocessing
 
-from tuner.tracking import StudyTracker, resolve_tracking_uri
+from deepfm_tuner.tuner.stores.tracking import StudyTracker, resolve_tracking_uri
 
 
 def _open_tracker(uri, barrier, results) -> None:

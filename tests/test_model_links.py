@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 
 from conftest import TINY_POLICY, TINY_TRAINING
-from model.data import split_rows
-from model.policy import ScoringPolicy
-from model.train import train
-from tuner.registry import promote_policy
+from deepfm_tuner.model.data.frames import split_rows
+from deepfm_tuner.model.policy import ScoringPolicy
+from deepfm_tuner.model.train import train
+from deepfm_tuner.tuner.registry.promotion import promote_policy
 
 from mlflow import MlflowClient  # noqa: E402  (after tuner: quiet defaults)
 from mlflow.entities import Metric  # noqa: E402

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 import subprocess
 import sys
 
@@ -12,12 +13,12 @@ import pandas as pd
 import pytest
 
 from conftest import TINY_POLICY, TINY_TRAINING
-from model.data import read_table, split_rows
-from model.errors import DataError
-from model.policy import ScoringPolicy
-from model.schema import CRITEO_CATEGORICAL, CRITEO_NUMERIC
-from model.train import train
-from tuner.pyfunc import OUTPUT_COLUMN, MissingColumns, ScoringPolicyModel, conform, log_policy_model, policy_signature
+from deepfm_tuner.model.data.frames import read_table, split_rows
+from deepfm_tuner.model.errors import DataError
+from deepfm_tuner.model.policy import ScoringPolicy
+from deepfm_tuner.model.data.schema import CRITEO_CATEGORICAL, CRITEO_NUMERIC
+from deepfm_tuner.model.train import train
+from deepfm_tuner.tuner.serving.pyfunc import OUTPUT_COLUMN, MissingColumns, ScoringPolicyModel, conform, log_policy_model, policy_signature
 
 import mlflow  # noqa: E402  (after tuner.pyfunc: quiet defaults)
 from mlflow import MlflowClient  # noqa: E402
@@ -64,7 +65,7 @@ def test_pyfunc_scores_in_a_fresh_process_equal_in_memory_policy(registered, pol
     test_frame.to_parquet(path)
     script = (
         "import json, sys, mlflow, pandas as pd\n"
-        "from tuner.pyfunc import conform\n"
+        "from deepfm_tuner.tuner.serving.pyfunc import conform\n"
         f"m = mlflow.pyfunc.load_model('models:/{NAME}@champion')\n"
         f"frame = conform(pd.read_parquet(sys.argv[1]), m.metadata.get_input_schema())\n"
         "print(json.dumps(m.predict(frame).tolist()))\n"
@@ -125,7 +126,15 @@ def test_signature_types_every_feature_string_or_double(registered, tiny_prepare
 
 def test_model_package_travels_with_the_logged_model(registered, tmp_path):
     local = mlflow.artifacts.download_artifacts(artifact_uri=registered[1].model_uri, dst_path=str(tmp_path))
-    names = set(os.listdir(os.path.join(local, "code")))
-    assert {"model", "tuner"} <= names
+    code = Path(local) / "code"
+    assert os.listdir(code) == ["deepfm_tuner"]
+    assert sorted(p.name for p in (code / "deepfm_tuner").iterdir()) == ["model", "tuner"]
+    assert sorted(p.name for p in (code / "deepfm_tuner" / "tuner").iterdir()) == ["__init__.py", "serving"]
+    # serving code only: nothing that imports Optuna, click or the study pipeline travels with the model
+    for source in code.rglob("*.py"):
+        text = source.read_text()
+        for banned in ("import optuna", "from optuna", "import click", "from click", "tuner.pipeline",
+                       "tuner.trials", "tuner.cli"):
+            assert banned not in text, f"{source.relative_to(code)} mentions {banned!r}"
     requirements = open(os.path.join(local, "requirements.txt")).read()
     assert "torch" in requirements and "deepfm" not in requirements

@@ -14,14 +14,14 @@ import torch
 from click.testing import CliRunner
 
 from conftest import TINY_POLICY, TINY_TRAINING
-from model.config import read_policy_yaml
-from model.data import read_table, split_rows
-from model.errors import DataError, UserInputError
-from model.policy import ScoringPolicy
-from model.train import train
-from tuner import registry
-from tuner.cli import main
-from tuner.registry import (
+from deepfm_tuner.model.config import read_policy_yaml
+from deepfm_tuner.model.data.frames import read_table, split_rows
+from deepfm_tuner.model.errors import DataError, UserInputError
+from deepfm_tuner.model.policy import ScoringPolicy
+from deepfm_tuner.model.train import train
+from deepfm_tuner.tuner.registry import promotion as registry
+from deepfm_tuner.tuner.cli import main
+from deepfm_tuner.tuner.registry.promotion import (
     ModelNotFoundError, PromotionCheckError, RegistryError, parse_model_ref, promote_policy, pull_model, score_file,
 )
 
@@ -94,7 +94,7 @@ def test_first_promotion_becomes_champion_with_tags_and_keeps_run_status(store, 
     assert (result.version, result.alias, result.model_uri) == (1, "champion", "models:/ctr@champion")
     assert result.previous_champion_auc is None and "first champion" in result.reason
     expected = ScoringPolicy.load(good_dir).predict(test_frame)
-    from model.train import classification_metrics
+    from deepfm_tuner.model.train import classification_metrics
 
     auc, logloss = classification_metrics(test_frame["label"].to_numpy(np.float32), expected)
     assert result.test_auc == pytest.approx(auc, abs=1e-6) and result.test_logloss == pytest.approx(logloss, abs=1e-6)

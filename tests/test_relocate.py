@@ -8,11 +8,11 @@ import shutil
 import pytest
 from click.testing import CliRunner
 
-from model.policy import ScoringPolicy
+from deepfm_tuner.model.policy import ScoringPolicy
 from test_tune import write_study
-from tuner.cli import main
-from tuner.study import load_study
-from tuner.tune import tune
+from deepfm_tuner.tuner.cli import main
+from deepfm_tuner.tuner.spec.study import load_study
+from deepfm_tuner.tuner.pipeline.tune import tune
 
 from mlflow import MlflowClient  # noqa: E402  (after tuner: quiet defaults)
 

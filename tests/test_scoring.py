@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-import model.policy as policy_module
-from model.dataset import TensorData
-from model.policy import ScoringPolicy
-from model.train import train
+import deepfm_tuner.model.policy as policy_module
+from deepfm_tuner.model.data.tensors import TensorData
+from deepfm_tuner.model.policy import ScoringPolicy
+from deepfm_tuner.model.train import train
 from tests.conftest import TINY_POLICY, TINY_TRAINING
 
 
@@ -79,9 +79,9 @@ def test_warm_up_scores_a_row_of_missing_values_for_every_field_kind():
     """`load_context` warms the policy up, so a server's first request does not build the lookups."""
     import pandas as pd
 
-    from model.config import PolicyConfig, TrainConfig
-    from model.encoder import FeatureEncoder
-    from model.schema import FeatureSchema
+    from deepfm_tuner.model.config import PolicyConfig, TrainConfig
+    from deepfm_tuner.model.data.encoder import FeatureEncoder
+    from deepfm_tuner.model.data.schema import FeatureSchema
 
     schema = FeatureSchema(label="y", categorical=("c",), multivalued=("t",), numeric=("n",), min_count=1)
     frame = pd.DataFrame({"y": [0, 1, 0], "c": ["a", "b", "a"], "t": ["x|y", "y", ""], "n": [1.0, None, 3.0]})

@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 
 from conftest import TINY_POLICY, TINY_TRAINING
-from model.data import split_rows
-from model.policy import ScoringPolicy
-from model.train import train
-from tuner.registry import promote_policy
+from deepfm_tuner.model.data.frames import split_rows
+from deepfm_tuner.model.policy import ScoringPolicy
+from deepfm_tuner.model.train import train
+from deepfm_tuner.tuner.registry.promotion import promote_policy
 
 from mlflow import MlflowClient  # noqa: E402  (after tuner: quiet defaults)
 

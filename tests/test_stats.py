@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from tuner.stats import Z_95, delong_test, gate, midranks
+from deepfm_tuner.tuner.registry.gate import Z_95, delong_test, gate, midranks
 
 
 def brute_force(labels, a, b):

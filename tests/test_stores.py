@@ -9,10 +9,10 @@ import pytest
 from click.testing import CliRunner
 
 from test_cli import assert_one_line_error, run
-from tuner.cli import main
-from tuner.env import DEFAULT_OPTUNA_STORAGE, DEFAULT_TRACKING_URI
-from tuner.runner import resolve_storage
-from tuner.stores import resolve_stores
+from deepfm_tuner.tuner.cli import main
+from deepfm_tuner.tuner.stores.disks import DEFAULT_OPTUNA_STORAGE, DEFAULT_TRACKING_URI
+from deepfm_tuner.tuner.pipeline.runner import resolve_storage
+from deepfm_tuner.tuner.stores.locations import resolve_stores
 
 FLAG_S, ENV_S, FILE_S = "sqlite:///flag/o.db", "sqlite:///env/o.db", "sqlite:///file/o.db"
 FLAG_T, ENV_T, FILE_T, MLF_T = "sqlite:///flag/m.db", "sqlite:///env/m.db", "sqlite:///file/m.db", "http://mlflow:5000"

@@ -6,9 +6,9 @@ import optuna
 import pytest
 import yaml
 
-from model.errors import ConfigError
-from tuner.space import DEFAULT_SPACE, Choices, Fixed, Layers, Range, parse_space, suggest_policy
-from tuner.study import load_study
+from deepfm_tuner.model.errors import ConfigError
+from deepfm_tuner.tuner.spec.space import DEFAULT_SPACE, Choices, Fixed, Layers, Range, parse_space, suggest_policy
+from deepfm_tuner.tuner.spec.study import load_study
 
 BASE = {"study": {"n_trials": 3}, "data": {"synthetic": {"rows": 1000}}}
 
@@ -31,7 +31,7 @@ def test_shipped_study_files_are_valid(path):
 
 
 def test_shipped_policy_file_is_the_seed_v1_config():
-    from model.config import PolicyConfig, read_policy_yaml
+    from deepfm_tuner.model.config import PolicyConfig, read_policy_yaml
 
     assert read_policy_yaml(STUDIES / "policy.yaml")[0] == PolicyConfig()
 
@@ -107,7 +107,7 @@ def test_missing_data_block_says_what_to_write(tmp_path):
 
 
 def test_promotion_and_warm_start_blocks_parse_with_defaults(tmp_path):
-    from tuner.study import PromotionSpec, WarmStartSpec
+    from deepfm_tuner.tuner.spec.study import PromotionSpec, WarmStartSpec
 
     spec = load_study(study_file(tmp_path))
     assert spec.promotion == PromotionSpec("not_worse", 0.05) and spec.warm_start is None
@@ -135,7 +135,7 @@ def test_bad_promotion_and_warm_start_blocks_are_one_line_errors(tmp_path, secti
 def test_pruners_count_reports_hyperband_from_one_report_to_all_of_them(tmp_path):
     """With eval_every 0.25 a trial reports 4 times an epoch: hyperband's resource is one report, its maximum
     max_epochs x 4; the median pruner's warm-up counts reports and takes n_min_trials."""
-    from tuner.study import PrunerSpec
+    from deepfm_tuner.tuner.spec.study import PrunerSpec
 
     spec = load_study(study_file(tmp_path, study={"n_trials": 3, "pruner": {"type": "hyperband"}},
                                  training={"max_epochs": 3, "eval_every": 0.25}))

@@ -9,8 +9,8 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from model.config import PolicyConfig
-from model.train import eval_rows, train, validation_sample
+from deepfm_tuner.model.config import PolicyConfig
+from deepfm_tuner.model.train import eval_rows, train, validation_sample
 from tests.conftest import TINY_POLICY, TINY_TRAINING
 
 QUARTERS = TINY_TRAINING.replace(eval_every=0.25, max_epochs=2, patience=0)
@@ -102,9 +102,9 @@ def half_epochs(tmp_path_factory):
     """A 5-trial study reporting every half epoch (2 epochs: steps 0-3): the V1 baseline, two earlier trials
     at 0.99 on every step (so the median pruner stops any real trial at its first report), two real trials."""
     from tests.test_tune import write_study
-    from tuner.runner import init_study
-    from tuner.study import load_study
-    from tuner.tune import tune
+    from deepfm_tuner.tuner.pipeline.runner import init_study
+    from deepfm_tuner.tuner.spec.study import load_study
+    from deepfm_tuner.tuner.pipeline.tune import tune
 
     folder = tmp_path_factory.mktemp("subepoch")
     old = os.getcwd()
@@ -151,7 +151,7 @@ def test_sub_epoch_steps_match_between_optuna_and_mlflow(half_epochs):
 
 @pytest.mark.slow
 def test_a_clearly_worse_trial_is_pruned_before_its_first_epoch_ends(half_epochs, monkeypatch):
-    from tuner.tune import load_data, pruned_at_epoch, pruned_where, trial_score
+    from deepfm_tuner.tuner.pipeline.tune import load_data, pruned_at_epoch, pruned_where, trial_score
 
     folder, spec, result = half_epochs
     monkeypatch.chdir(folder)  # the study's encoded dataset, mapped again
@@ -178,9 +178,9 @@ def test_a_clearly_worse_trial_is_pruned_before_its_first_epoch_ends(half_epochs
 def test_status_and_report_read_a_sub_epoch_study(half_epochs, monkeypatch):
     from click.testing import CliRunner
 
-    from tuner.cli import main
-    from tuner.report import write_report
-    from tuner.objective import curve_name
+    from deepfm_tuner.tuner.cli import main
+    from deepfm_tuner.tuner.pipeline.report import write_report
+    from deepfm_tuner.tuner.trials.objective import curve_name
 
     folder, spec, result = half_epochs
     monkeypatch.chdir(folder)
@@ -197,9 +197,9 @@ def test_a_pruned_trial_of_a_logloss_study_is_scored_by_its_lowest_logloss(tmp_p
     """One meaning per metric: a pruned trial's score_val_logloss is its best epoch by the study metric (lowest
     logloss), as a complete trial's is, not the logloss of its best-AUC epoch."""
     from tests.test_tune import write_study
-    from tuner.runner import init_study
-    from tuner.study import load_study
-    from tuner.tune import tune
+    from deepfm_tuner.tuner.pipeline.runner import init_study
+    from deepfm_tuner.tuner.spec.study import load_study
+    from deepfm_tuner.tuner.pipeline.tune import tune
 
     monkeypatch.chdir(tmp_path)
     path = write_study(tmp_path, study__n_trials=4, study__metric="val_logloss",

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from model.errors import DataError
-from model.synth import SynthSpec, bayes_metrics, generate, write_criteo_tsv, write_dataset
-from model.train import classification_metrics
-from tuner.cli import main
+from deepfm_tuner.model.errors import DataError
+from deepfm_tuner.model.data.synth import SynthSpec, bayes_metrics, generate, write_criteo_tsv, write_dataset
+from deepfm_tuner.model.train import classification_metrics
+from deepfm_tuner.tuner.cli import main
 
 
 def test_criteo_shape_missing_values_and_click_rate():
@@ -68,7 +68,7 @@ def test_same_seed_same_files_whatever_the_chunk_size(tmp_path):
 
 def _race(out, counter, barrier, result):
     """One of two processes writing the same folder at once; counts the generations it starts."""
-    import model.synth as synth
+    import deepfm_tuner.model.data.synth as synth
 
     generate_files = synth._write_files
 

@@ -48,7 +48,7 @@ def launcher(tmp_path):
         env = {**os.environ, **FAST_HEARTBEAT, **(extra_env or {}), "PYTHONUNBUFFERED": "1"}
         env.pop("MLFLOW_TRACKING_URI", None)
         log = open(tmp_path / f"{name}.log", "wb")
-        proc = subprocess.Popen([sys.executable, "-m", "tuner.cli", *args], cwd=tmp_path, env=env,
+        proc = subprocess.Popen([sys.executable, "-m", "deepfm_tuner.tuner.cli", *args], cwd=tmp_path, env=env,
                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True)
         proc.log_path = tmp_path / f"{name}.log"
@@ -265,7 +265,7 @@ def test_two_workers_started_at_once_on_a_new_database_share_one_study(services,
 
 
 def _open_storage_at_once(url: str, barrier, results) -> None:
-    from tuner.runner import open_storage
+    from deepfm_tuner.tuner.pipeline.runner import open_storage
 
     barrier.wait()
     try:
@@ -326,7 +326,7 @@ def test_ctrl_c_stops_local_workers_and_closes_their_runs_on_sqlite(launcher, tm
 
 
 def test_threads_are_split_between_local_workers():
-    from tuner.workers import threads_per_worker
+    from deepfm_tuner.tuner.pipeline.workers import threads_per_worker
 
     assert threads_per_worker(1, cores=2) == 2
     assert threads_per_worker(3, cores=2) == 1
@@ -334,10 +334,10 @@ def test_threads_are_split_between_local_workers():
 
 
 def test_a_local_worker_runs_the_same_command_as_a_remote_one():
-    from tuner.workers import worker_command
+    from deepfm_tuner.tuner.pipeline.workers import worker_command
 
     cmd = worker_command("studies/quick.yaml", threads=2, n_trials=12)
-    assert cmd[1:3] == ["-m", "tuner.cli"]
+    assert cmd[1:3] == ["-m", "deepfm_tuner.tuner.cli"]
     assert cmd[3:] == ["tune", "studies/quick.yaml", "--workers", "1", "--no-promote", "--no-summary", "--threads", "2",
                        "--n-trials", "12"]
     template = worker_args("studies/quick.yaml", "DB", "URI")
@@ -350,8 +350,8 @@ def test_a_local_worker_runs_the_same_command_as_a_remote_one():
     ({"DEEPFM_HEARTBEAT_SECONDS": "5", "DEEPFM_GRACE_SECONDS": "5"}, "must be larger than DEEPFM_HEARTBEAT_SECONDS"),
 ])
 def test_bad_heartbeat_settings_name_the_variable(monkeypatch, env, message):
-    from model.errors import ConfigError
-    from tuner.runner import heartbeat_settings
+    from deepfm_tuner.model.errors import ConfigError
+    from deepfm_tuner.tuner.pipeline.runner import heartbeat_settings
 
     for key, value in env.items():
         monkeypatch.setenv(key, value)
@@ -360,7 +360,7 @@ def test_bad_heartbeat_settings_name_the_variable(monkeypatch, env, message):
 
 
 def test_heartbeat_settings_come_from_the_environment(monkeypatch):
-    from tuner.runner import GRACE_SECONDS, HEARTBEAT_SECONDS, heartbeat_settings
+    from deepfm_tuner.tuner.pipeline.runner import GRACE_SECONDS, HEARTBEAT_SECONDS, heartbeat_settings
 
     monkeypatch.delenv("DEEPFM_HEARTBEAT_SECONDS", raising=False)
     monkeypatch.delenv("DEEPFM_GRACE_SECONDS", raising=False)

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from model.config import PolicyConfig
-from model.errors import TrainingDiverged
-from model.policy import ScoringPolicy
-from model.train import evaluate, train
+from deepfm_tuner.model.config import PolicyConfig
+from deepfm_tuner.model.errors import TrainingDiverged
+from deepfm_tuner.model.policy import ScoringPolicy
+from deepfm_tuner.model.train import evaluate, train
 from tests.conftest import TINY_POLICY, TINY_TRAINING
 
 
@@ -74,15 +74,17 @@ def test_policy_directory_round_trip_scores_identically(tmp_path, tiny_prepared,
 
 
 def test_model_package_never_imports_optuna_or_mlflow():
-    code = ("import sys, model.train, model.policy, model.synth, model.datasource;"
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('optuna', 'mlflow')))")
+    code = ("import importlib, pkgutil, sys, deepfm_tuner.model as m\n"
+            "for info in pkgutil.walk_packages(m.__path__, 'deepfm_tuner.model.'):\n"
+            "    importlib.import_module(info.name)\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('optuna', 'mlflow', 'click')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
 
 def test_row_sparse_adam_matches_torch_sparse_adam():
     """The fast embedding optimizer makes the same lazy-Adam update as torch.optim.SparseAdam."""
-    from model.train import RowSparseAdam
+    from deepfm_tuner.model.train import RowSparseAdam
 
     torch.manual_seed(0)
     ours, reference = torch.nn.Embedding(50, 4, sparse=True), torch.nn.Embedding(50, 4, sparse=True)

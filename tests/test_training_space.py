@@ -12,16 +12,16 @@ import torch
 import yaml
 from mlflow.artifacts import download_artifacts
 
-from model.config import TrainConfig, read_policy_yaml
-from model.errors import ConfigError
-from model.policy import ScoringPolicy
-from tuner.baseline import baseline_params
-from tuner.objective import download_checkpoint
-from tuner.records import trained_config
-from tuner.space import (TRAINING_DEFAULTS, Choices, Range, check_params, parse_space, parse_training,
+from deepfm_tuner.model.config import TrainConfig, read_policy_yaml
+from deepfm_tuner.model.errors import ConfigError
+from deepfm_tuner.model.policy import ScoringPolicy
+from deepfm_tuner.tuner.trials.baseline import baseline_params
+from deepfm_tuner.tuner.trials.objective import download_checkpoint
+from deepfm_tuner.tuner.trials.records import trained_config
+from deepfm_tuner.tuner.spec.space import (TRAINING_DEFAULTS, Choices, Range, check_params, parse_space, parse_training,
                          suggest_training)
-from tuner.study import load_study
-from tuner.tune import tune
+from deepfm_tuner.tuner.spec.study import load_study
+from deepfm_tuner.tuner.pipeline.tune import tune
 
 POLICY = {"embedding_dim": 8, "deep_hidden_units": [32], "activation_fn": "relu", "dropout": 0.0,
           "learning_rate": {"low": 1e-3, "high": 1e-2, "log": True}}
@@ -145,7 +145,7 @@ def test_train_reads_column_roles_from_a_schema_file(in_tmp):
     from pathlib import Path
 
     data = str(Path(__file__).resolve().parents[1] / "data/open-bandit/men.csv")
-    command = [sys.executable, "-m", "tuner.cli", "train", "--policy", "policy.yaml", "--data", data]
+    command = [sys.executable, "-m", "deepfm_tuner.tuner.cli", "train", "--policy", "policy.yaml", "--data", data]
     done = subprocess.run(command + ["--schema", "schema.yaml", "--out", "out"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     schema = json.loads((in_tmp / "out/encoder.json").read_text())["schema"]
@@ -159,7 +159,7 @@ def test_train_reads_column_roles_from_a_schema_file(in_tmp):
 
 
 def test_trial_lines_show_the_strength_that_was_applied():
-    from tuner.space import shown_params
+    from deepfm_tuner.tuner.spec.space import shown_params
 
     assert shown_params({"training.embedding_l2": 0.01, "training.embedding_l2.zero": True, "dropout": 0.1}) == {
         "training.embedding_l2": 0, "dropout": 0.1}

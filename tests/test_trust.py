@@ -12,12 +12,12 @@ import torch
 import yaml
 
 from conftest import TINY_POLICY, TINY_TRAINING
-from model.config import PolicyConfig, load_yaml
-from model.deepfm import DeepFM, estimate_parameters
-from model.errors import ConfigError, UserInputError
-from model.train import train
+from deepfm_tuner.model.config import PolicyConfig, load_yaml
+from deepfm_tuner.model.deepfm import DeepFM, estimate_parameters
+from deepfm_tuner.model.errors import ConfigError, UserInputError
+from deepfm_tuner.model.train import train
 from test_cli import POLICY, assert_one_line_error, run
-from tuner.study import load_study
+from deepfm_tuner.tuner.spec.study import load_study
 
 STUDY = {
     "study": {"name": "t", "n_trials": 1, "pruner": "none"},
@@ -80,7 +80,7 @@ def test_train_refuses_a_model_too_large_for_memory_before_allocating(in_tmp):
 
 
 def test_a_study_trial_too_large_fails_with_the_reason_and_the_study_ends(in_tmp, caplog):
-    from tuner.tune import tune
+    from deepfm_tuner.tuner.pipeline.tune import tune
 
     document = {**STUDY, "policy_configs": {"scoring_policy": {**STUDY["policy_configs"]["scoring_policy"],
                                                                "embedding_dim": 1024,
@@ -121,7 +121,7 @@ def test_patience_zero_means_no_early_stopping(tiny_prepared):
 
 
 def _study_with_a_skipped_trial(storage=None) -> optuna.Study:
-    from tuner.objective import ATTR_SKIPPED
+    from deepfm_tuner.tuner.trials.objective import ATTR_SKIPPED
 
     study = optuna.create_study(storage=storage, study_name="t", direction="maximize")
     study.add_trial(optuna.trial.create_trial(value=0.7))
@@ -132,13 +132,13 @@ def _study_with_a_skipped_trial(storage=None) -> optuna.Study:
 
 
 def test_skipped_trials_are_counted_as_skipped_not_failed():
-    from tuner.tune import trial_counts
+    from deepfm_tuner.tuner.pipeline.tune import trial_counts
 
     assert trial_counts(_study_with_a_skipped_trial()) == {"COMPLETE": 1, "SKIPPED": 1, "FAIL": 1}
 
 
 def test_status_shows_skipped_trials(in_tmp):
-    from tuner.runner import resolve_storage
+    from deepfm_tuner.tuner.pipeline.runner import resolve_storage
 
     write_study(in_tmp / "t.yaml")
     _study_with_a_skipped_trial(resolve_storage(None))
@@ -160,7 +160,7 @@ def test_train_prints_one_based_epochs(in_tmp):
 def test_callback_stop_reason_and_pruned_trial_lines_are_one_based(tiny_prepared):
     from rich.console import Console
 
-    from tuner.progress import TrialProgress
+    from deepfm_tuner.tuner.cli.progress import TrialProgress
 
     result = train(tiny_prepared, TINY_POLICY, TINY_TRAINING, on_epoch=lambda m: True)
     assert result.stop_reason == "stopped by callback after epoch 1"

@@ -7,10 +7,10 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from model.config import PolicyConfig, policy_to_v1_yaml, read_policy_yaml
-from tuner.space import policy_from_params
-from tuner.study import load_study
-from tuner.tune import load_data, tune
+from deepfm_tuner.model.config import PolicyConfig, policy_to_v1_yaml, read_policy_yaml
+from deepfm_tuner.tuner.spec.space import policy_from_params
+from deepfm_tuner.tuner.spec.study import load_study
+from deepfm_tuner.tuner.pipeline.tune import load_data, tune
 
 pytestmark = pytest.mark.slow
 
@@ -168,8 +168,8 @@ def test_the_score_has_one_name_in_every_run_pruned_trials_included(in_study):
 def test_status_names_the_score_and_shows_pruned_trials_best_so_far(in_study):
     from click.testing import CliRunner
 
-    from tuner.cli import main
-    from tuner.tune import trial_score
+    from deepfm_tuner.tuner.cli import main
+    from deepfm_tuner.tuner.pipeline.tune import trial_score
 
     folder, spec, result = in_study
     out = CliRunner().invoke(main, ["status", str(folder / "tiny.yaml")])
@@ -186,7 +186,7 @@ def test_status_names_the_score_and_shows_pruned_trials_best_so_far(in_study):
 
 
 def test_report_axes_name_the_score_and_the_epoch_curves(in_study, tmp_path):
-    from tuner.report import write_report
+    from deepfm_tuner.tuner.pipeline.report import write_report
 
     _, spec, result = in_study
     page = write_report(result.handle.study, tmp_path / "r.html", spec.metric).read_text()
@@ -299,7 +299,7 @@ def test_ctrl_c_leaves_no_running_trial_or_run(in_tmp):
 def test_a_worker_without_summary_leaves_the_parent_run_to_its_coordinator(in_tmp):
     """`--workers N` runs its workers with --no-summary: the parent run stays open with no report until the
     coordinator summarises once, after every worker."""
-    from tuner.tune import summarise
+    from deepfm_tuner.tuner.pipeline.tune import summarise
 
     path = write_study(in_tmp, study__n_trials=2)
     result = tune(load_study(path), summary=False)
@@ -314,7 +314,7 @@ def test_a_worker_without_summary_leaves_the_parent_run_to_its_coordinator(in_tm
 def test_the_baseline_is_never_pruned(in_tmp):
     """Two earlier trials far better at every epoch would make the median pruner stop any trial; the baseline
     still runs to the end, since it is the reference for the lift and the promotion comparison."""
-    from tuner.runner import init_study
+    from deepfm_tuner.tuner.pipeline.runner import init_study
 
     path = write_study(in_tmp, study__n_trials=3,
                        study__pruner={"type": "median", "n_startup_trials": 0, "n_warmup_steps": 0})

@@ -7,9 +7,9 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from model.errors import ConfigError
-from tuner.runner import init_study, open_storage, resolve_storage
-from tuner.study import load_study
+from deepfm_tuner.model.errors import ConfigError
+from deepfm_tuner.tuner.pipeline.runner import init_study, open_storage, resolve_storage
+from deepfm_tuner.tuner.spec.study import load_study
 
 OLD_SPACE = {
     "embedding_dim": optuna.distributions.CategoricalDistribution([8, 16, 32]),
@@ -91,7 +91,7 @@ def test_a_missing_source_storage_is_a_one_line_error(in_tmp):
 def test_cli_tune_runs_the_warm_started_configurations_and_status_shows_them(in_tmp):
     from click.testing import CliRunner
 
-    from tuner.cli import main
+    from deepfm_tuner.tuner.cli import main
 
     old_study("sqlite:///mlruns/optuna.db")
     path = new_study(in_tmp, {"from": "old", "top_k": 1}, n_trials=2, as_path=True)
@@ -109,7 +109,7 @@ def test_cli_tune_runs_the_warm_started_configurations_and_status_shows_them(in_
 def test_cli_missing_source_exits_2_with_one_line(in_tmp):
     from click.testing import CliRunner
 
-    from tuner.cli import main
+    from deepfm_tuner.tuner.cli import main
 
     path = new_study(in_tmp, {"from": "gone"}, as_path=True)
     result = CliRunner().invoke(main, ["init", str(path)])

@@ -1,0 +1,94 @@
+"""A rich progress bar over epochs that prints each epoch's metrics as it lands.
+
+Epoch numbers: every number a person reads (these lines, `deepfm train`'s result, stop reasons, pruned trials) is
+1-based, "epoch 1" being the first; MLflow steps, Optuna report steps and the `best_epoch` values stored in
+metrics stay 0-based (`EpochMetrics.epoch`), so `human_epoch(e) == e + 1`.
+"""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from deepfm_tuner.model.train import EpochMetrics
+from deepfm_tuner.tuner.spec.space import shown_params
+
+
+def human_epoch(epoch: int) -> int:
+    """A 0-based epoch index (MLflow step, Optuna step, best_epoch) as people count it: the first epoch is 1."""
+    return epoch + 1
+
+
+def format_epoch(m: EpochMetrics) -> str:
+    return (f"epoch {human_epoch(m.epoch)}: train_loss {m.train_loss:.4f}  val_auc {m.val_auc:.4f}  "
+            f"val_logloss {m.val_logloss:.4f}  {m.samples_per_second:,.0f} samples/s")
+
+
+class EpochProgress:
+    def __init__(self, epochs: int, console: Console):
+        self.progress = Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                                 console=console, transient=True)
+        self.task = self.progress.add_task("train", total=epochs)
+
+    def __enter__(self) -> "EpochProgress":
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.stop()
+
+    def update(self, metrics: EpochMetrics) -> None:
+        self.progress.console.print(format_epoch(metrics))
+        self.progress.advance(self.task)
+
+
+class TrialProgress:
+    """Live view of a study: trials done/total, the current trial's epoch and metric, the best so far."""
+
+    def __init__(self, console: Console, total: int | None, max_epochs: int, metric: str, direction: str):
+        self.console, self.metric, self.max_epochs, self.direction = console, metric, max_epochs, direction
+        self.progress = Progress(TextColumn("[bold]trials"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                                 TextColumn("{task.description}"), console=console, transient=True)
+        self.task = self.progress.add_task("", total=total)
+        self.best: tuple[int, float] | None = None
+
+    def __enter__(self) -> "TrialProgress":
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.stop()
+
+    def start(self, finished: int, best: tuple[int, float] | None) -> None:
+        self.best = best
+        self.progress.update(self.task, completed=finished)
+
+    def _best_text(self) -> str:
+        return f"best {self.best[1]:.4f} (#{self.best[0]})" if self.best else "best -"
+
+    def on_epoch(self, trial, metrics: EpochMetrics) -> None:
+        value = getattr(metrics, self.metric)
+        self.progress.update(self.task, description=f"trial {trial.number} epoch {human_epoch(metrics.epoch)}/{self.max_epochs} "
+                                                    f"{self.metric} {value:.4f} | {self._best_text()}")
+
+    def on_trial(self, study, trial) -> None:
+        state = trial.state.name
+        if state == "COMPLETE" and (self.best is None or (trial.value > self.best[1] if self.direction == "maximize"
+                                                          else trial.value < self.best[1])):
+            self.best = (trial.number, trial.value)
+        from deepfm_tuner.tuner.pipeline.tune import pruned_where, trial_score
+
+        score = trial_score(trial, self.direction)
+        value = f"score_{self.metric} {score:.4f}" if score is not None else ""
+        if pruned_where(trial) is not None:
+            value = f"{value}, {pruned_where(trial)}" if value else pruned_where(trial)
+        seconds = trial.duration.total_seconds() if trial.duration else 0.0
+        params = ", ".join(f"{k}={_short(v)}" for k, v in shown_params(trial.params).items())
+        self.console.print(f"trial {trial.number:>3} {state.lower():<8} {value:<28} {seconds:6.1f}s  {params}  "
+                           f"| {self._best_text()}")
+        if state in ("COMPLETE", "PRUNED"):
+            self.progress.advance(self.task)
+
+
+def _short(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

@@ -1,0 +1,142 @@
+"""Promote a study's best trial: its checkpoint -> registered model version -> `champion` (if it passes the gate).
+
+With `study.finalists`, the candidate is instead the configuration chosen by the mean over its re-seeded runs
+(tuner.finalists): its best retrain's checkpoint is registered, and the version's `finalist.*` tags say so.
+
+The gate (`promotion: {require, alpha}` in the study file) is DeLong's paired AUC test against the current
+champion on the same test rows; the study's V1 baseline trial, when its checkpoint exists, is compared the same
+way to say whether tuning helped at all. The baseline guard: a tuned candidate that is significantly worse than
+the V1 baseline on the test rows (DeLong, the gate's alpha) is not registered; the baseline trial is the candidate
+instead (tags `chosen_by=baseline_guard`, `guard.*`), so a study never promotes a model worse than the default.
+`--force` skips the guard with the gate."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from deepfm_tuner.model.errors import UserInputError
+
+from deepfm_tuner.tuner.trials.baseline import baseline_trial
+from deepfm_tuner.tuner.trials.objective import ATTR_CHECKPOINT, ATTR_RUN_ID, download_checkpoint, score_name
+from deepfm_tuner.tuner.pipeline.runner import StudyHandle
+from deepfm_tuner.tuner.trials.records import best_trial
+
+
+def promote_study(handle: StudyHandle, *, test_frame: pd.DataFrame, force: bool = False, name: str | None = None):
+    from deepfm_tuner.tuner.registry.promotion import promote_policy
+
+    study, spec = handle.study, handle.spec
+    best = best_trial(study)
+    if best is None:
+        raise UserInputError(f"study '{spec.name}' has no completed trial to promote; run 'deepfm tune' first")
+    run_id, value, finalist_tags = best.user_attrs.get(ATTR_RUN_ID), best.value, {}
+    checkpoint = best.user_attrs.get(ATTR_CHECKPOINT)
+    if spec.finalists is not None:
+        best, run_id, value, checkpoint, finalist_tags = _finalist_candidate(study, spec)
+    if not checkpoint:
+        which = f"the chosen finalist run of trial {best.number}" if finalist_tags else f"best trial {best.number}"
+        raise UserInputError(f"{which} of study '{spec.name}' has no saved checkpoint; re-run it with 'deepfm tune' "
+                             f"(checkpoints are kept for the best trial only)")
+    with tempfile.TemporaryDirectory(prefix="deepfm-promote-") as tmp:
+        policy_dir = download_checkpoint(handle.tracking_uri, checkpoint, Path(tmp))
+        tags = _version_tags(spec, best.number, value, policy_dir, finalist_tags)
+        baseline_dir, note = None, ""
+        base = baseline_trial(study)
+        if base is None:
+            note = "no V1 baseline trial in this study to compare with"
+        elif base.state.name != "COMPLETE" or not base.user_attrs.get(ATTR_CHECKPOINT):
+            note = f"V1 baseline trial {base.number} is {base.state.name.lower()} with no checkpoint; not compared"
+        elif base.number == best.number and not finalist_tags:  # a finalist retrain is not the baseline's model
+            baseline_dir = policy_dir
+            tags["baseline.trial_number"] = str(base.number)
+        else:
+            try:
+                baseline_dir = download_checkpoint(handle.tracking_uri, base.user_attrs[ATTR_CHECKPOINT],
+                                                   Path(tmp) / "baseline")
+                tags["baseline.trial_number"] = str(base.number)
+            except Exception as exc:  # noqa: BLE001 - the comparison informs; it never blocks a promotion
+                note = f"could not download the V1 baseline's checkpoint ({str(exc).splitlines()[0][:200]})"
+        guard = None
+        if baseline_dir is not None and baseline_dir != policy_dir and not force:
+            guard = _baseline_guard(policy_dir, baseline_dir, test_frame, spec.promotion.alpha)
+        if guard is not None:  # the tuned candidate is significantly worse than the default: promote the default
+            tags = _version_tags(spec, base.number, base.value, baseline_dir, {
+                "chosen_by": "baseline_guard", "guard.tuned_trial": str(best.number),
+                "guard.auc_diff": f"{guard.diff:.6f}", "guard.p_value": f"{guard.p_value:.3g}",
+                "baseline.trial_number": str(base.number)})
+            policy_dir, run_id = baseline_dir, base.user_attrs[ATTR_RUN_ID]
+            note = (f"baseline guard: the tuned candidate (trial {best.number}) is significantly worse than the V1 "
+                    f"baseline on the test rows ({guard.describe()}); registered the V1 baseline trial "
+                    f"{base.number} instead")
+            best = base
+        result = promote_policy(run_id=run_id, policy_dir=policy_dir, test_frame=test_frame,
+                                registered_name=name or spec.model_name, tags=tags, force=force,
+                                client=handle.tracker.client, require=spec.promotion.require,
+                                alpha=spec.promotion.alpha, baseline_dir=baseline_dir)
+        if base is not None and base.number == best.number and result.baseline is not None and not finalist_tags:
+            result = dataclasses.replace(result, baseline_message=(
+                f"no significant gain over the V1 baseline: the best trial ({best.number}) is the baseline itself"))
+        return dataclasses.replace(result, baseline_message=note) if note else result
+
+
+def _version_tags(spec, trial_number: int, value: float, policy_dir: Path, extra: dict) -> dict[str, str]:
+    metrics = json.loads((policy_dir / "metrics.json").read_text())
+    return {
+        "study": spec.name,
+        "trial_number": str(trial_number),
+        score_name(spec.metric): f"{value:.6f}",  # the promoted run's score, under the name its run uses
+        **extra,
+        **{f"best_epoch_{m}": f"{metrics[m]:.6f}" for m in ("val_auc", "val_logloss") if m != spec.metric},
+        "best_epoch": str(metrics.get("best_epoch", "")),  # 0-based, as the runs' best_epoch metric
+        "data_fingerprint": str(metrics.get("data_fingerprint", "")),
+    }
+
+
+def _baseline_guard(candidate_dir: Path, baseline_dir: Path, test_frame: pd.DataFrame, alpha: float):
+    """DeLong's comparison of candidate vs V1 baseline on the test rows when the candidate is significantly worse
+    (diff < 0, p < alpha), else None (also when either cannot be scored: the guard informs the choice, the
+    registry's own checks still run on what is registered)."""
+    import numpy as np
+
+    from deepfm_tuner.model.data.frames import check_labels
+    from deepfm_tuner.model.policy import ScoringPolicy
+
+    from deepfm_tuner.tuner.registry.gate import delong_test
+
+    try:
+        candidate = ScoringPolicy.load(candidate_dir)
+        labels = check_labels(test_frame, candidate.encoder.schema.label, "promotion test frame")
+        comparison = delong_test(labels, np.asarray(candidate.predict(test_frame), dtype=np.float64).reshape(-1),
+                                 np.asarray(ScoringPolicy.load(baseline_dir).predict(test_frame),
+                                            dtype=np.float64).reshape(-1))
+    except Exception:  # noqa: BLE001 - e.g. one class in the test rows: promote_policy reports that itself
+        return None
+    return comparison if comparison.diff < 0 and comparison.p_value < alpha else None
+
+
+def _finalist_candidate(study, spec):
+    """(the chosen configuration's trial, its best retrain's run id, that run's score, its checkpoint, version tags)
+    from the finalists recorded for the study's current top trials."""
+    from deepfm_tuner.tuner.trials.finalists import current_result
+
+    result = current_result(study, spec)
+    if result is None:
+        raise UserInputError(f"the finalists of study '{spec.name}' have not run for its current best trials; run "
+                             f"'deepfm tune' or 'deepfm promote' with the study file, which re-train them first")
+    chosen = result.chosen
+    if chosen is None:
+        raise UserInputError(f"no finalist retrain of study '{spec.name}' completed (see deepfm.failure_reason on "
+                             f"its finalist runs); remove study.finalists to promote the best single trial")
+    trial = next(t for t in study.get_trials(deepcopy=False) if t.number == chosen.trial)
+    score = score_name(spec.metric)
+    tags = {"chosen_by": "finalists_mean", "finalist.of_trial": str(chosen.trial),
+            "finalist.seed": str(chosen.best_seed), f"finalist.mean_{score}": f"{chosen.mean:.6f}",
+            "finalist.n": str(chosen.n), f"finalist.original_{score}": f"{chosen.original:.6f}"}
+    if chosen.std is not None:  # sample std: needs two retrains
+        tags[f"finalist.std_{score}"] = f"{chosen.std:.6f}"
+    return trial, chosen.best_run_id, chosen.best_value, chosen.checkpoint, tags

@@ -1,0 +1,68 @@
+"""The study report: Optuna's plotly figures in one self-contained HTML file (plotly.js embedded once).
+
+Axes name the metric as everywhere else: the trials' score is `score_<metric>` (best epoch), the intermediate
+values are the per-epoch curves `epoch_<metric>`, or with training.eval_every the validation sample's
+`step_<metric>` (see tuner.objective.score_name, curve_name)."""
+
+from __future__ import annotations
+
+import html
+import warnings
+from pathlib import Path
+
+import optuna
+from optuna import visualization as vis
+
+from deepfm_tuner.tuner.trials.objective import EPOCH_PREFIX, score_name
+
+FIGURES = (  # (title, plot, takes target_name): the per-epoch plot has no target, its y axis is renamed instead
+    ("Optimization history", vis.plot_optimization_history, True),
+    ("Intermediate values (the validation metric each trial reported)", vis.plot_intermediate_values, False),
+    ("Hyperparameter importances", vis.plot_param_importances, True),
+    ("Parallel coordinates", vis.plot_parallel_coordinate, True),
+    ("Slice plot", vis.plot_slice, True),
+)
+
+
+def _figures(study: optuna.Study, metric: str, curve: str) -> list[str]:
+    """One HTML section per figure the study's trials allow; the others say why they are not available yet."""
+    sections, plotly_included = [], False
+    for title, plot, takes_target in FIGURES:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                if takes_target:
+                    figure = plot(study, target_name=score_name(metric))
+                else:
+                    figure = plot(study)
+                    figure.update_layout(yaxis_title=curve)
+        except (ValueError, RuntimeError, ZeroDivisionError) as exc:
+            sections.append(f"<h2>{html.escape(title)}</h2><p>not available yet: {html.escape(str(exc))}</p>")
+            continue
+        body = figure.to_html(full_html=False, include_plotlyjs=not plotly_included)
+        plotly_included = True
+        sections.append(f"<h2>{html.escape(title)}</h2>{body}")
+    return sections
+
+
+def write_report(study: optuna.Study, path: str | Path, metric: str = "val_auc", curve: str | None = None) -> Path:
+    """Write every figure the study's trials allow (importances need 2+ complete trials with varied params);
+    `metric` is the study metric, named on the axes (`score_<metric>`); `curve` names the intermediate values
+    (default: per-epoch `epoch_<metric>`; `curve_name` gives `step_<metric>` for studies with eval_every)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # "no complete trials" is said in the page, not on stderr
+    try:
+        sections = _figures(study, metric, curve or f"{EPOCH_PREFIX}{metric}")
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    states = {}
+    for trial in study.get_trials(deepcopy=False):
+        states[trial.state.name] = states.get(trial.state.name, 0) + 1
+    summary = ", ".join(f"{n} {s.lower()}" for s, n in sorted(states.items()))
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>Study {html.escape(study.study_name)}</title>"
+            f"</head><body style='font-family:sans-serif'><h1>Study {html.escape(study.study_name)}</h1>"
+            f"<p>{len(study.trials)} trials: {html.escape(summary)}</p>{''.join(sections)}</body></html>")
+    path.write_text(page)
+    return path

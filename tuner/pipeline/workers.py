@@ -1,0 +1,213 @@
+"""Local team mode: `deepfm tune STUDY --workers N` as N worker processes sharing one study.
+
+The parent process creates the study, its MLflow experiment and parent run once (`init_study`), starts N
+`deepfm tune STUDY --workers 1 --no-promote --no-summary` processes over the same storage and tracking URIs
+(passed in the environment, so passwords never show in `ps`), forwards Ctrl-C to them, and then re-trains the
+finalists (if the study file asks), summarises and promotes once. Each worker is what an independent machine
+would run, less the summary (the finalists, the report and the parent run's end state are written once, after
+every worker), so local and multi-machine runs behave alike; Optuna's RDB storage is the only coordination
+(trials are claimed in the database, heartbeats catch dead workers). `n_trials` is the study's total over all
+workers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import IO, Callable
+
+from deepfm_tuner.model.errors import UserInputError
+
+from deepfm_tuner.tuner.trials import interrupts
+from deepfm_tuner.tuner.trials.finalists import run_finalists
+from deepfm_tuner.tuner.pipeline.runner import StudyHandle, check_stores, init_study, redact
+from deepfm_tuner.tuner.spec.study import StudySpec
+from deepfm_tuner.tuner.pipeline.tune import TuneResult, load_data, summarise, trial_counts
+
+STOP_GRACE_SECONDS = 60.0  # after Ctrl-C, how long workers get to close their trial and MLflow run
+
+
+class WorkersFailed(UserInputError):
+    """Every local worker exited with an error; the message carries the first one's last lines."""
+
+
+def available_cores() -> int:
+    """Cores this process may use (cgroup/affinity aware where the OS tells us)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def threads_per_worker(workers: int, cores: int | None = None) -> int:
+    """Split the cores between workers: oversubscribed torch threads run several times slower, not faster."""
+    return max(1, (cores or available_cores()) // max(1, workers))
+
+
+def worker_command(study_path: str, *, threads: int, n_trials: int | None = None,
+                   timeout: float | None = None) -> list[str]:
+    """The command one worker runs (the same `deepfm tune` a remote machine or a compose worker runs)."""
+    cmd = [sys.executable, "-m", "deepfm_tuner.tuner.cli", "tune", str(study_path), "--workers", "1", "--no-promote",
+           "--no-summary", "--threads", str(threads)]
+    if n_trials is not None:
+        cmd += ["--n-trials", str(n_trials)]
+    if timeout is not None:
+        cmd += ["--timeout", str(timeout)]
+    return cmd
+
+
+@dataclass
+class Worker:
+    index: int
+    process: subprocess.Popen
+    tail: deque  # the last lines it wrote, for error messages
+    pump: threading.Thread
+
+
+def _pump(stream: IO[bytes], prefix: str, tail: deque, sink: Callable[[str], None] | None) -> None:
+    for raw in iter(stream.readline, b""):
+        line = raw.decode(errors="replace").rstrip()
+        tail.append(line)
+        if sink is not None and line:
+            sink(f"{prefix}{line}")
+    stream.close()
+
+
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def start_workers(handle: StudyHandle, study_path: str, workers: int, threads: int, *, n_trials: int | None,
+                  timeout: float | None, env: dict[str, str] | None = None,
+                  echo: Callable[[str], None] | None = _to_stderr) -> list[Worker]:
+    child_env = {**os.environ, **(env or {}), "DEEPFM_STORAGE": handle.storage_url,
+                 "DEEPFM_TRACKING_URI": handle.tracking_uri, "PYTHONUNBUFFERED": "1"}
+    started = []
+    for index in range(1, workers + 1):
+        proc = subprocess.Popen(worker_command(study_path, threads=threads, n_trials=n_trials, timeout=timeout),
+                                env=child_env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, start_new_session=True)  # our Ctrl-C is forwarded once
+        tail: deque = deque(maxlen=40)
+        pump = threading.Thread(target=_pump, args=(proc.stderr, f"[worker {index}] ", tail, echo), daemon=True)
+        pump.start()
+        started.append(Worker(index, proc, tail, pump))
+    return started
+
+
+def _signal_all(workers: list[Worker], sig: int) -> None:
+    for w in workers:
+        if w.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(w.process.pid, sig)
+
+
+def stop_workers(workers: list[Worker], grace: float = STOP_GRACE_SECONDS) -> None:
+    """SIGINT each worker once (each marks its trial failed and closes its MLflow run), SIGKILL stragglers."""
+    _signal_all(workers, signal.SIGINT)
+    deadline = time.monotonic() + grace
+    for w in workers:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            w.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+    _signal_all(workers, signal.SIGKILL)
+    for w in workers:
+        w.process.wait()
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM to the parent (e.g. `kill`, a container stop) stops the workers like Ctrl-C does."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def raise_interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_local_workers(
+    spec: StudySpec,
+    study_path: str,
+    *,
+    workers: int,
+    storage: str | None = None,
+    tracking_uri: str | None = None,
+    threads: int | None = None,
+    promote: bool | None = None,
+    n_trials: int | None = None,
+    timeout: float | None = None,
+    env: dict[str, str] | None = None,
+    echo: Callable[[str], None] | None = _to_stderr,
+) -> TuneResult:
+    """Init the study once, run `workers` worker processes on it, then summarise and (optionally) promote once."""
+    if workers < 1:
+        raise UserInputError(f"--workers must be at least 1, got {workers}")
+    # the data step runs once, here, before any worker or run exists: bad data fails as in a single `tune`,
+    # and the workers map the encoded dataset instead of each reading and encoding the files
+    check_stores(spec, storage, tracking_uri)
+    data = load_data(spec, echo or (lambda message: None))
+    handle = init_study(spec, storage, tracking_uri)
+    finalist_threads = threads or available_cores()  # the finalists run here, after every worker has exited
+    threads = threads or threads_per_worker(workers)
+    if echo is not None:
+        echo(f"study '{spec.name}' ({redact(handle.storage_url)}): {workers} local workers x {threads} "
+             f"torch thread{'s' if threads > 1 else ''}, {spec.n_trials or 'unlimited'} trials in total; "
+             f"data: {data.summary()}")
+    running: list[Worker] = []
+    try:
+        with _sigterm_as_interrupt():
+            running = start_workers(handle, study_path, workers, threads, n_trials=n_trials, timeout=timeout,
+                                    env=env, echo=echo)
+            for w in running:
+                w.process.wait()
+    except KeyboardInterrupt:
+        interrupts.handled()
+        stop_workers(running)
+        summarise(handle, status="KILLED")
+        raise
+    for w in running:
+        w.pump.join(timeout=5)
+    failed = [w for w in running if w.process.returncode != 0]
+    if failed and echo is not None:
+        for w in failed:
+            echo(f"[worker {w.index}] exited with code {w.process.returncode}")
+    if failed and len(failed) == len(running):
+        summarise(handle, status="FAILED")
+        last = "\n".join(list(failed[0].tail)[-8:])
+        raise WorkersFailed(f"all {len(running)} workers failed (worker 1 exit code {failed[0].process.returncode});"
+                            f" its last lines:\n{last}")
+    try:
+        with _sigterm_as_interrupt():
+            finalists = run_finalists(handle, data, threads=finalist_threads, log=echo or (lambda message: None))
+    except KeyboardInterrupt:
+        interrupts.handled()
+        summarise(handle, status="KILLED")
+        raise
+    best = summarise(handle)
+    result = TuneResult(handle, best, trial_counts(handle.study), finalists=finalists)
+    if (spec.promote if promote is None else promote) and best is not None:
+        result.promotion = _promote(handle, data.test_frame())
+    return result
+
+
+def _promote(handle: StudyHandle, test_frame):
+    """Promote the study's best trial once, through the study's own client (its tracking store): MLflow's
+    process-wide settings are not touched here."""
+    from deepfm_tuner.tuner.pipeline.promotion import promote_study
+
+    return promote_study(handle, test_frame=test_frame)
+
+
+__all__ = ["run_local_workers", "threads_per_worker", "worker_command", "available_cores", "WorkersFailed"]
