@@ -8,8 +8,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+from deepfm_tuner.tuner.cli.logs import quiet_defaults, quiet_optuna  # noqa: E402
+
+quiet_defaults()  # the test session is an entry point, as `deepfm` is: it sets what the libraries may print
+quiet_optuna()
 
 from deepfm_tuner.model.config import PolicyConfig, TrainConfig  # noqa: E402
 from deepfm_tuner.model.data.frames import split_rows  # noqa: E402

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from test_cli import POLICY, assert_one_line_error, run
-from deepfm_tuner.tuner.stores.tracking import retry
+from deepfm_tuner.tuner.stores.retry import retry
 
 
 def _mount_tmpfs(path, options: str) -> None:

@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from deepfm_tuner.model.config import PolicyConfig, TrainConfig
 from deepfm_tuner.model.errors import ConfigError
-from deepfm_tuner.tuner.trials import finalists as finalists_module
+from deepfm_tuner.tuner.trials import finalist_runs
 from deepfm_tuner.tuner.cli import main
 from deepfm_tuner.tuner.trials.finalists import candidates, current_result, finalist_seeds, table_lines
 from deepfm_tuner.tuner.spec.study import FinalistsSpec, load_study
@@ -221,7 +221,7 @@ def test_more_trials_rerun_only_what_the_new_top_needs(in_tmp):
 
 def test_ctrl_c_during_finalists_leaves_no_running_run_and_resume_finishes_them(in_tmp, monkeypatch):
     path = write_study(in_tmp)
-    real_train, calls = finalists_module.train, {"n": 0}
+    real_train, calls = finalist_runs.train, {"n": 0}
 
     def interrupted(*args, **kwargs):
         calls["n"] += 1
@@ -229,7 +229,7 @@ def test_ctrl_c_during_finalists_leaves_no_running_run_and_resume_finishes_them(
             raise KeyboardInterrupt
         return real_train(*args, **kwargs)
 
-    monkeypatch.setattr(finalists_module, "train", interrupted)
+    monkeypatch.setattr(finalist_runs, "train", interrupted)
     data = load_data(load_study(path))
     with pytest.raises(KeyboardInterrupt):
         tune(load_study(path), data=data)
@@ -239,7 +239,7 @@ def test_ctrl_c_during_finalists_leaves_no_running_run_and_resume_finishes_them(
     assert parents[0].info.status == "KILLED"
     killed = next(r for r in finals if r.info.status == "KILLED")
     assert killed.data.tags["deepfm.failure_reason"].startswith("interrupted")
-    monkeypatch.setattr(finalists_module, "train", real_train)
+    monkeypatch.setattr(finalist_runs, "train", real_train)
     result = tune(load_study(path), data=data)
     _, finals = runs("finalist")
     finished = [r for r in finals if r.info.status == "FINISHED"]
@@ -250,10 +250,8 @@ def test_ctrl_c_during_finalists_leaves_no_running_run_and_resume_finishes_them(
 
 def test_local_workers_leave_the_finalists_to_their_coordinator(in_tmp):
     """`--workers 2`: the workers run no finalists (they do not summarise); the coordinator runs them once."""
-    from deepfm_tuner.tuner.pipeline.workers import run_local_workers
-
     path = write_study(in_tmp, {"finalists": {"top_k": 1, "seeds": 2}, "n_trials": 2})
-    result = run_local_workers(load_study(path), str(path), workers=2, threads=1, echo=None)
+    result = tune(load_study(path), workers=2, threads=1)
     _, finals = runs("finalist")
     assert len(finals) == 2 and result.finalists.trained == 2
     assert {r.data.tags["deepfm.finalist_of_trial"] for r in finals} == {str(result.finalists.chosen.trial)}

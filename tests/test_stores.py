@@ -10,8 +10,8 @@ from click.testing import CliRunner
 
 from test_cli import assert_one_line_error, run
 from deepfm_tuner.tuner.cli import main
-from deepfm_tuner.tuner.stores.disks import DEFAULT_OPTUNA_STORAGE, DEFAULT_TRACKING_URI
-from deepfm_tuner.tuner.pipeline.runner import resolve_storage
+from deepfm_tuner.tuner.stores.locations import DEFAULT_OPTUNA_STORAGE, DEFAULT_TRACKING_URI
+from deepfm_tuner.tuner.stores.optuna_storage import resolve_storage
 from deepfm_tuner.tuner.stores.locations import resolve_stores
 
 FLAG_S, ENV_S, FILE_S = "sqlite:///flag/o.db", "sqlite:///env/o.db", "sqlite:///file/o.db"
@@ -37,10 +37,10 @@ def test_one_precedence_for_every_store(flags, env, study, expected):
 
 
 def test_the_library_follows_the_same_order_as_the_cli(monkeypatch, tmp_path):
-    """init_study/resolve_storage called without a flag: DEEPFM_STORAGE beats the study file, as on the CLI."""
+    """init_study (and tune) called without stores resolve them as the CLI does: DEEPFM_STORAGE beats the study file."""
     monkeypatch.setenv("DEEPFM_STORAGE", f"sqlite:///{tmp_path}/env.db")
     spec = SimpleNamespace(storage=f"sqlite:///{tmp_path}/file.db", tracking_uri=None)
-    assert resolve_storage(None, spec) == f"sqlite:///{tmp_path}/env.db"
+    assert resolve_storage(resolve_stores(spec=spec).storage_url) == f"sqlite:///{tmp_path}/env.db"
 
 
 @pytest.mark.parametrize("command, variables", [

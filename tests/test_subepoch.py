@@ -102,7 +102,7 @@ def half_epochs(tmp_path_factory):
     """A 5-trial study reporting every half epoch (2 epochs: steps 0-3): the V1 baseline, two earlier trials
     at 0.99 on every step (so the median pruner stops any real trial at its first report), two real trials."""
     from tests.test_tune import write_study
-    from deepfm_tuner.tuner.pipeline.runner import init_study
+    from deepfm_tuner.tuner.pipeline.handle import init_study
     from deepfm_tuner.tuner.spec.study import load_study
     from deepfm_tuner.tuner.pipeline.tune import tune
 
@@ -151,7 +151,8 @@ def test_sub_epoch_steps_match_between_optuna_and_mlflow(half_epochs):
 
 @pytest.mark.slow
 def test_a_clearly_worse_trial_is_pruned_before_its_first_epoch_ends(half_epochs, monkeypatch):
-    from deepfm_tuner.tuner.pipeline.tune import load_data, pruned_at_epoch, pruned_where, trial_score
+    from deepfm_tuner.tuner.pipeline.tune import load_data
+    from deepfm_tuner.tuner.trials.record import pruned_at_epoch, pruned_where, trial_score
 
     folder, spec, result = half_epochs
     monkeypatch.chdir(folder)  # the study's encoded dataset, mapped again
@@ -180,7 +181,7 @@ def test_status_and_report_read_a_sub_epoch_study(half_epochs, monkeypatch):
 
     from deepfm_tuner.tuner.cli import main
     from deepfm_tuner.tuner.pipeline.report import write_report
-    from deepfm_tuner.tuner.trials.objective import curve_name
+    from deepfm_tuner.tuner.trials.names import curve_name
 
     folder, spec, result = half_epochs
     monkeypatch.chdir(folder)
@@ -197,7 +198,7 @@ def test_a_pruned_trial_of_a_logloss_study_is_scored_by_its_lowest_logloss(tmp_p
     """One meaning per metric: a pruned trial's score_val_logloss is its best epoch by the study metric (lowest
     logloss), as a complete trial's is, not the logloss of its best-AUC epoch."""
     from tests.test_tune import write_study
-    from deepfm_tuner.tuner.pipeline.runner import init_study
+    from deepfm_tuner.tuner.pipeline.handle import init_study
     from deepfm_tuner.tuner.spec.study import load_study
     from deepfm_tuner.tuner.pipeline.tune import tune
 

@@ -265,7 +265,7 @@ def test_two_workers_started_at_once_on_a_new_database_share_one_study(services,
 
 
 def _open_storage_at_once(url: str, barrier, results) -> None:
-    from deepfm_tuner.tuner.pipeline.runner import open_storage
+    from deepfm_tuner.tuner.stores.optuna_storage import open_storage
 
     barrier.wait()
     try:
@@ -351,7 +351,7 @@ def test_a_local_worker_runs_the_same_command_as_a_remote_one():
 ])
 def test_bad_heartbeat_settings_name_the_variable(monkeypatch, env, message):
     from deepfm_tuner.model.errors import ConfigError
-    from deepfm_tuner.tuner.pipeline.runner import heartbeat_settings
+    from deepfm_tuner.tuner.stores.optuna_storage import heartbeat_settings
 
     for key, value in env.items():
         monkeypatch.setenv(key, value)
@@ -360,7 +360,7 @@ def test_bad_heartbeat_settings_name_the_variable(monkeypatch, env, message):
 
 
 def test_heartbeat_settings_come_from_the_environment(monkeypatch):
-    from deepfm_tuner.tuner.pipeline.runner import GRACE_SECONDS, HEARTBEAT_SECONDS, heartbeat_settings
+    from deepfm_tuner.tuner.stores.optuna_storage import GRACE_SECONDS, HEARTBEAT_SECONDS, heartbeat_settings
 
     monkeypatch.delenv("DEEPFM_HEARTBEAT_SECONDS", raising=False)
     monkeypatch.delenv("DEEPFM_GRACE_SECONDS", raising=False)

@@ -121,7 +121,7 @@ def test_patience_zero_means_no_early_stopping(tiny_prepared):
 
 
 def _study_with_a_skipped_trial(storage=None) -> optuna.Study:
-    from deepfm_tuner.tuner.trials.objective import ATTR_SKIPPED
+    from deepfm_tuner.tuner.trials.names import ATTR_SKIPPED
 
     study = optuna.create_study(storage=storage, study_name="t", direction="maximize")
     study.add_trial(optuna.trial.create_trial(value=0.7))
@@ -132,16 +132,17 @@ def _study_with_a_skipped_trial(storage=None) -> optuna.Study:
 
 
 def test_skipped_trials_are_counted_as_skipped_not_failed():
-    from deepfm_tuner.tuner.pipeline.tune import trial_counts
+    from deepfm_tuner.tuner.trials.record import trial_counts
 
     assert trial_counts(_study_with_a_skipped_trial()) == {"COMPLETE": 1, "SKIPPED": 1, "FAIL": 1}
 
 
 def test_status_shows_skipped_trials(in_tmp):
-    from deepfm_tuner.tuner.pipeline.runner import resolve_storage
+    from deepfm_tuner.tuner.stores.locations import resolve_stores
+    from deepfm_tuner.tuner.stores.optuna_storage import resolve_storage
 
     write_study(in_tmp / "t.yaml")
-    _study_with_a_skipped_trial(resolve_storage(None))
+    _study_with_a_skipped_trial(resolve_storage(resolve_stores().storage_url))
     result = run("status", "t.yaml")
     assert result.exit_code == 0, result.output
     assert "1 complete, 1 fail, 1 skipped" in result.output

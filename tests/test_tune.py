@@ -45,7 +45,13 @@ def runs_of(experiment="deepfm-tiny"):
 
 
 def nan_on_trial(number):
-    def inject(trial, policy):
+    """A suggest_policy that gives trial `number` a learning rate that diverges (the test's failure injector)."""
+    from deepfm_tuner.tuner.trials import objective
+
+    suggest = objective.suggest_policy
+
+    def inject(trial, space):
+        policy = suggest(trial, space)
         return PolicyConfig(**{**policy.to_dict(), "learning_rate": 1e12}) if trial.number == number else policy
     return inject
 
@@ -60,7 +66,9 @@ def six_trials(tmp_path_factory):
     os.chdir(folder)
     try:
         spec = load_study(write_study(folder))
-        result = tune(spec, failure_injector=nan_on_trial(2))
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr("deepfm_tuner.tuner.trials.objective.suggest_policy", nan_on_trial(2))
+            result = tune(spec)
         yield folder, spec, result
     finally:
         os.chdir(old)
@@ -169,7 +177,7 @@ def test_status_names_the_score_and_shows_pruned_trials_best_so_far(in_study):
     from click.testing import CliRunner
 
     from deepfm_tuner.tuner.cli import main
-    from deepfm_tuner.tuner.pipeline.tune import trial_score
+    from deepfm_tuner.tuner.trials.record import trial_score
 
     folder, spec, result = in_study
     out = CliRunner().invoke(main, ["status", str(folder / "tiny.yaml")])
@@ -299,7 +307,7 @@ def test_ctrl_c_leaves_no_running_trial_or_run(in_tmp):
 def test_a_worker_without_summary_leaves_the_parent_run_to_its_coordinator(in_tmp):
     """`--workers N` runs its workers with --no-summary: the parent run stays open with no report until the
     coordinator summarises once, after every worker."""
-    from deepfm_tuner.tuner.pipeline.tune import summarise
+    from deepfm_tuner.tuner.pipeline.summary import summarise
 
     path = write_study(in_tmp, study__n_trials=2)
     result = tune(load_study(path), summary=False)
@@ -314,7 +322,7 @@ def test_a_worker_without_summary_leaves_the_parent_run_to_its_coordinator(in_tm
 def test_the_baseline_is_never_pruned(in_tmp):
     """Two earlier trials far better at every epoch would make the median pruner stop any trial; the baseline
     still runs to the end, since it is the reference for the lift and the promotion comparison."""
-    from deepfm_tuner.tuner.pipeline.runner import init_study
+    from deepfm_tuner.tuner.pipeline.handle import init_study
 
     path = write_study(in_tmp, study__n_trials=3,
                        study__pruner={"type": "median", "n_startup_trials": 0, "n_warmup_steps": 0})

@@ -65,9 +65,10 @@ def test_ui_on_a_taken_port_is_one_line(in_tmp, taken_port, no_exec):
 def test_ui_prints_the_direct_link_to_the_study_runs(study_file, no_exec):
     from mlflow import MlflowClient
 
+    from deepfm_tuner.tuner.stores.locations import resolve_stores
     from deepfm_tuner.tuner.stores.tracking import resolve_tracking_uri
 
-    experiment_id = MlflowClient(resolve_tracking_uri(None)).create_experiment("deepfm-t")
+    experiment_id = MlflowClient(resolve_tracking_uri(resolve_stores().tracking_uri)).create_experiment("deepfm-t")
     port = free_port()
     result = run("ui", study_file, "--port", port)
     assert result.exit_code == 0, result.output
@@ -94,9 +95,10 @@ def test_dashboard_without_a_storage_or_on_a_taken_port_is_one_line(study_file, 
 @pytest.mark.slow
 def test_dashboard_serves_the_study_on_localhost(study_file):
     pytest.importorskip("optuna_dashboard")
-    from deepfm_tuner.tuner.pipeline.runner import resolve_storage
+    from deepfm_tuner.tuner.stores.locations import resolve_stores
+    from deepfm_tuner.tuner.stores.optuna_storage import resolve_storage
 
-    optuna.create_study(storage=resolve_storage(None), study_name="t")
+    optuna.create_study(storage=resolve_storage(resolve_stores().storage_url), study_name="t")
     port = free_port()
     deepfm = str(Path(sys.executable).with_name("deepfm"))
     server = subprocess.Popen([deepfm, "dashboard", str(study_file), "--port", str(port)], cwd=study_file.parent,

@@ -1,22 +1,18 @@
-"""A rich progress bar over epochs that prints each epoch's metrics as it lands.
-
-Epoch numbers: every number a person reads (these lines, `deepfm train`'s result, stop reasons, pruned trials) is
-1-based, "epoch 1" being the first; MLflow steps, Optuna report steps and the `best_epoch` values stored in
-metrics stay 0-based (`EpochMetrics.epoch`), so `human_epoch(e) == e + 1`.
-"""
+"""Rich progress bars over epochs (`deepfm train`) and trials (`deepfm tune`) that print each epoch's or trial's
+result as it lands; epochs are numbered for people, from 1 (tuner.trials.record.human_epoch)."""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from deepfm_tuner.model.train import EpochMetrics
 from deepfm_tuner.tuner.spec.space import shown_params
+from deepfm_tuner.tuner.trials.record import human_epoch, pruned_where, trial_score
 
-
-def human_epoch(epoch: int) -> int:
-    """A 0-based epoch index (MLflow step, Optuna step, best_epoch) as people count it: the first epoch is 1."""
-    return epoch + 1
+if TYPE_CHECKING:  # the training loop (torch) is imported by the commands that train
+    from deepfm_tuner.model.train import EpochMetrics
 
 
 def format_epoch(m: EpochMetrics) -> str:
@@ -76,8 +72,6 @@ class TrialProgress:
         if state == "COMPLETE" and (self.best is None or (trial.value > self.best[1] if self.direction == "maximize"
                                                           else trial.value < self.best[1])):
             self.best = (trial.number, trial.value)
-        from deepfm_tuner.tuner.pipeline.tune import pruned_where, trial_score
-
         score = trial_score(trial, self.direction)
         value = f"score_{self.metric} {score:.4f}" if score is not None else ""
         if pruned_where(trial) is not None:

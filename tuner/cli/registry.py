@@ -8,20 +8,22 @@ import click
 
 from deepfm_tuner.model.errors import UserInputError
 
-from deepfm_tuner.tuner.stores.disks import check_writable, missing_sqlite_store
-from deepfm_tuner.tuner.stores.locations import pick_tracking_uri, tracking_uri_option
+from deepfm_tuner.tuner.cli.options import tracking_uri_option
+from deepfm_tuner.tuner.stores.disks import check_writable
+from deepfm_tuner.tuner.stores.locations import missing_sqlite_store, resolve_stores
 
 
 def registry_client(tracking_uri: str | None):
     """An MlflowClient on the given store; a missing embedded SQLite store is a one-line error, not a new DB."""
-    uri = pick_tracking_uri(tracking_uri)
+    uri = resolve_stores(None, tracking_uri).tracking_uri
     path = missing_sqlite_store(uri)
     if path is not None:
         raise UserInputError(f"no MLflow store at {path} (tracking URI {uri}); run 'deepfm tune' and "
                              f"'deepfm promote' first, or pass --tracking-uri")
     from mlflow import MlflowClient
 
-    from deepfm_tuner.tuner.stores.tracking import check_reachable, relocate_artifacts
+    from deepfm_tuner.tuner.stores.sqlite import relocate_artifacts
+    from deepfm_tuner.tuner.stores.tracking import check_reachable
 
     check_reachable(uri)
     if uri.startswith("sqlite:///"):  # absolute: MLflow caches stores by URI, a relative one follows the process

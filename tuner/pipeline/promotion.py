@@ -1,7 +1,7 @@
 """Promote a study's best trial: its checkpoint -> registered model version -> `champion` (if it passes the gate).
 
 With `study.finalists`, the candidate is instead the configuration chosen by the mean over its re-seeded runs
-(tuner.finalists): its best retrain's checkpoint is registered, and the version's `finalist.*` tags say so.
+(tuner.trials.finalists): its best retrain's checkpoint is registered, and the version's `finalist.*` tags say so.
 
 The gate (`promotion: {require, alpha}` in the study file) is DeLong's paired AUC test against the current
 champion on the same test rows; the study's V1 baseline trial, when its checkpoint exists, is compared the same
@@ -17,19 +17,23 @@ import json
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
+from deepfm_tuner.model.data.frames import check_labels
 from deepfm_tuner.model.errors import UserInputError
-
+from deepfm_tuner.model.policy import ScoringPolicy
+from deepfm_tuner.tuner.pipeline.handle import StudyHandle
+from deepfm_tuner.tuner.registry.gate import delong_test
+from deepfm_tuner.tuner.registry.promotion import promote_policy
 from deepfm_tuner.tuner.trials.baseline import baseline_trial
-from deepfm_tuner.tuner.trials.objective import ATTR_CHECKPOINT, ATTR_RUN_ID, download_checkpoint, score_name
-from deepfm_tuner.tuner.pipeline.runner import StudyHandle
-from deepfm_tuner.tuner.trials.records import best_trial
+from deepfm_tuner.tuner.trials.finalists import current_result
+from deepfm_tuner.tuner.trials.names import ATTR_CHECKPOINT, ATTR_RUN_ID, score_name
+from deepfm_tuner.tuner.trials.record import best_trial
+from deepfm_tuner.tuner.trials.runs import download_checkpoint
 
 
 def promote_study(handle: StudyHandle, *, test_frame: pd.DataFrame, force: bool = False, name: str | None = None):
-    from deepfm_tuner.tuner.registry.promotion import promote_policy
-
     study, spec = handle.study, handle.spec
     best = best_trial(study)
     if best is None:
@@ -101,13 +105,6 @@ def _baseline_guard(candidate_dir: Path, baseline_dir: Path, test_frame: pd.Data
     """DeLong's comparison of candidate vs V1 baseline on the test rows when the candidate is significantly worse
     (diff < 0, p < alpha), else None (also when either cannot be scored: the guard informs the choice, the
     registry's own checks still run on what is registered)."""
-    import numpy as np
-
-    from deepfm_tuner.model.data.frames import check_labels
-    from deepfm_tuner.model.policy import ScoringPolicy
-
-    from deepfm_tuner.tuner.registry.gate import delong_test
-
     try:
         candidate = ScoringPolicy.load(candidate_dir)
         labels = check_labels(test_frame, candidate.encoder.schema.label, "promotion test frame")
@@ -122,8 +119,6 @@ def _baseline_guard(candidate_dir: Path, baseline_dir: Path, test_frame: pd.Data
 def _finalist_candidate(study, spec):
     """(the chosen configuration's trial, its best retrain's run id, that run's score, its checkpoint, version tags)
     from the finalists recorded for the study's current top trials."""
-    from deepfm_tuner.tuner.trials.finalists import current_result
-
     result = current_result(study, spec)
     if result is None:
         raise UserInputError(f"the finalists of study '{spec.name}' have not run for its current best trials; run "

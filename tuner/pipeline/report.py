@@ -13,7 +13,7 @@ from pathlib import Path
 import optuna
 from optuna import visualization as vis
 
-from deepfm_tuner.tuner.trials.objective import EPOCH_PREFIX, score_name
+from deepfm_tuner.tuner.trials.names import EPOCH_PREFIX, score_name
 
 FIGURES = (  # (title, plot, takes target_name): the per-epoch plot has no target, its y axis is renamed instead
     ("Optimization history", vis.plot_optimization_history, True),

@@ -25,11 +25,7 @@ from typing import IO, Callable
 
 from deepfm_tuner.model.errors import UserInputError
 
-from deepfm_tuner.tuner.trials import interrupts
-from deepfm_tuner.tuner.trials.finalists import run_finalists
-from deepfm_tuner.tuner.pipeline.runner import StudyHandle, check_stores, init_study, redact
-from deepfm_tuner.tuner.spec.study import StudySpec
-from deepfm_tuner.tuner.pipeline.tune import TuneResult, load_data, summarise, trial_counts
+from deepfm_tuner.tuner.pipeline.handle import StudyHandle
 
 STOP_GRACE_SECONDS = 60.0  # after Ctrl-C, how long workers get to close their trial and MLflow run
 
@@ -80,14 +76,9 @@ def _pump(stream: IO[bytes], prefix: str, tail: deque, sink: Callable[[str], Non
     stream.close()
 
 
-def _to_stderr(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
-
-
 def start_workers(handle: StudyHandle, study_path: str, workers: int, threads: int, *, n_trials: int | None,
-                  timeout: float | None, env: dict[str, str] | None = None,
-                  echo: Callable[[str], None] | None = _to_stderr) -> list[Worker]:
-    child_env = {**os.environ, **(env or {}), "DEEPFM_STORAGE": handle.storage_url,
+                  timeout: float | None, echo: Callable[[str], None] | None = None) -> list[Worker]:
+    child_env = {**os.environ, "DEEPFM_STORAGE": handle.storage_url,
                  "DEEPFM_TRACKING_URI": handle.tracking_uri, "PYTHONUNBUFFERED": "1"}
     started = []
     for index in range(1, workers + 1):
@@ -121,7 +112,7 @@ def stop_workers(workers: list[Worker], grace: float = STOP_GRACE_SECONDS) -> No
 
 
 @contextlib.contextmanager
-def _sigterm_as_interrupt():
+def sigterm_as_interrupt():
     """SIGTERM to the parent (e.g. `kill`, a container stop) stops the workers like Ctrl-C does."""
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -137,77 +128,26 @@ def _sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
-def run_local_workers(
-    spec: StudySpec,
-    study_path: str,
-    *,
-    workers: int,
-    storage: str | None = None,
-    tracking_uri: str | None = None,
-    threads: int | None = None,
-    promote: bool | None = None,
-    n_trials: int | None = None,
-    timeout: float | None = None,
-    env: dict[str, str] | None = None,
-    echo: Callable[[str], None] | None = _to_stderr,
-) -> TuneResult:
-    """Init the study once, run `workers` worker processes on it, then summarise and (optionally) promote once."""
-    if workers < 1:
-        raise UserInputError(f"--workers must be at least 1, got {workers}")
-    # the data step runs once, here, before any worker or run exists: bad data fails as in a single `tune`,
-    # and the workers map the encoded dataset instead of each reading and encoding the files
-    check_stores(spec, storage, tracking_uri)
-    data = load_data(spec, echo or (lambda message: None))
-    handle = init_study(spec, storage, tracking_uri)
-    finalist_threads = threads or available_cores()  # the finalists run here, after every worker has exited
-    threads = threads or threads_per_worker(workers)
-    if echo is not None:
-        echo(f"study '{spec.name}' ({redact(handle.storage_url)}): {workers} local workers x {threads} "
-             f"torch thread{'s' if threads > 1 else ''}, {spec.n_trials or 'unlimited'} trials in total; "
-             f"data: {data.summary()}")
+def run_workers(handle: StudyHandle, workers: int, threads: int, log: Callable[[str], None]) -> None:
+    """Run `workers` worker processes on the study until they exit; each line they print goes to `log` with its
+    worker's prefix. Ctrl-C (or SIGTERM, see sigterm_as_interrupt) stops them all, each closing its trial's run;
+    every worker failing is a WorkersFailed with the first one's last lines."""
+    spec = handle.spec
     running: list[Worker] = []
     try:
-        with _sigterm_as_interrupt():
-            running = start_workers(handle, study_path, workers, threads, n_trials=n_trials, timeout=timeout,
-                                    env=env, echo=echo)
-            for w in running:
-                w.process.wait()
+        running = start_workers(handle, spec.source, workers, threads, n_trials=spec.n_trials, timeout=spec.timeout,
+                                echo=log)
+        for w in running:
+            w.process.wait()
     except KeyboardInterrupt:
-        interrupts.handled()
         stop_workers(running)
-        summarise(handle, status="KILLED")
         raise
     for w in running:
         w.pump.join(timeout=5)
     failed = [w for w in running if w.process.returncode != 0]
-    if failed and echo is not None:
-        for w in failed:
-            echo(f"[worker {w.index}] exited with code {w.process.returncode}")
+    for w in failed:
+        log(f"[worker {w.index}] exited with code {w.process.returncode}")
     if failed and len(failed) == len(running):
-        summarise(handle, status="FAILED")
         last = "\n".join(list(failed[0].tail)[-8:])
         raise WorkersFailed(f"all {len(running)} workers failed (worker 1 exit code {failed[0].process.returncode});"
                             f" its last lines:\n{last}")
-    try:
-        with _sigterm_as_interrupt():
-            finalists = run_finalists(handle, data, threads=finalist_threads, log=echo or (lambda message: None))
-    except KeyboardInterrupt:
-        interrupts.handled()
-        summarise(handle, status="KILLED")
-        raise
-    best = summarise(handle)
-    result = TuneResult(handle, best, trial_counts(handle.study), finalists=finalists)
-    if (spec.promote if promote is None else promote) and best is not None:
-        result.promotion = _promote(handle, data.test_frame())
-    return result
-
-
-def _promote(handle: StudyHandle, test_frame):
-    """Promote the study's best trial once, through the study's own client (its tracking store): MLflow's
-    process-wide settings are not touched here."""
-    from deepfm_tuner.tuner.pipeline.promotion import promote_study
-
-    return promote_study(handle, test_frame=test_frame)
-
-
-__all__ = ["run_local_workers", "threads_per_worker", "worker_command", "available_cores", "WorkersFailed"]

@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Iterator
 
 from deepfm_tuner.model.filelock import file_lock
-
-CONNECT_TIMEOUT_SECONDS = 10
+from deepfm_tuner.tuner.stores.locations import CONNECT_TIMEOUT_SECONDS
 
 
 @contextlib.contextmanager

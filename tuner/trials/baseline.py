@@ -15,7 +15,7 @@ import optuna
 
 from deepfm_tuner.model.config import PolicyConfig, TrainConfig
 
-from deepfm_tuner.tuner.trials.objective import ATTR_BASELINE, ATTR_BASELINE_NOTE
+from deepfm_tuner.tuner.trials.names import ATTR_BASELINE, ATTR_BASELINE_NOTE
 from deepfm_tuner.tuner.spec.space import TRAINING_PREFIX, Choices, Fixed, Layers, Range, Spec, check_params, layers_label, zero_param
 
 V1_DEFAULT = PolicyConfig()

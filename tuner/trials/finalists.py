@@ -4,7 +4,7 @@ Seed-to-seed noise (1e-4 to 1e-3 AUC) is as large as many differences between co
 configuration cannot separate close candidates. With `study.finalists: {top_k: K, seeds: S}`, once the trials
 have ended (in the process that summarises the study: `deepfm tune`, the `--workers N` coordinator, or
 `deepfm promote`), the K best COMPLETE trials by value in the study's direction (the V1 baseline trial may be
-one) are each trained again S times, exactly as recorded (`records.trained_config`), with seeds
+one) are each trained again S times, exactly as recorded (`record.trained_config`), with seeds
 `seed + 1 .. seed + S` (`seed`: the trial's own training seed, so never the trial's own run again). Every retrain
 is its own MLflow run (role `finalist`) nested under the study's parent run.
 
@@ -13,6 +13,9 @@ not in the mean: that trial was selected because its value was high (the winner'
 bias the mean towards the luckiest configuration; it is reported beside the mean. Ties: the better original
 value wins. The promoted model is the chosen configuration's best retrain by the validation metric; the best
 retrain of every current candidate keeps its checkpoint (at most K), the others are deleted.
+
+This module chooses and reads the record (no training: `deepfm status` uses it); tuner.trials.finalist_runs
+trains the retrains.
 
 Recorded for later readers (`deepfm status`, promotion, a resume):
     study user attr `finalists`  {top_k, seeds, metric, candidates: [trial numbers, best first], retrains: [{trial,
@@ -35,28 +38,15 @@ study (team mode) take a lock on the study storage, so each retrain runs once.
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import optuna
 
-from deepfm_tuner.model.data.tensors import PreparedData
-from deepfm_tuner.model.policy import ScoringPolicy
-from deepfm_tuner.model.train import train
-
-from deepfm_tuner.tuner.trials import interrupts
-from deepfm_tuner.tuner.stores.disks import is_disk_error
-from deepfm_tuner.tuner.stores.locks import creation_lock
-from deepfm_tuner.tuner.trials.names import (ATTR_FINALISTS, ATTR_RUN_ID, TAG_FAILURE, TAG_FINALIST_OF_RUN, TAG_FINALISTS_CHOSEN,
-                    TAG_STATE)
-from deepfm_tuner.tuner.trials.objective import CHECKPOINT_PATH, EPOCH_PREFIX, _save_checkpoint, score_name, trial_params
-from deepfm_tuner.tuner.trials.records import trained_config
-from deepfm_tuner.tuner.stores.tracking import git_commit, retry
+from deepfm_tuner.tuner.trials.names import ATTR_FINALISTS, ATTR_RUN_ID, score_name
+from deepfm_tuner.tuner.trials.record import trained_config
 
 ARTIFACT = "finalists.json"
 
@@ -128,17 +118,17 @@ def recorded(study: optuna.Study) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
-def _is_current(record: dict[str, Any] | None, study: optuna.Study, spec) -> bool:
+def is_current(record: dict[str, Any] | None, study: optuna.Study, spec) -> bool:
     return bool(record and record.get("complete") and record.get("seeds") == spec.finalists.seeds
                 and record.get("metric") == spec.metric
                 and record.get("candidates") == [t.number for t in candidates(study, spec.finalists.top_k)])
 
 
-def _better(a: float, b: float, direction: str) -> bool:
+def better(a: float, b: float, direction: str) -> bool:
     return a > b if direction == "maximize" else a < b
 
 
-def _results(record: dict[str, Any], trials: list[optuna.trial.FrozenTrial], spec) -> FinalistsResult:
+def results(record: dict[str, Any], trials: list[optuna.trial.FrozenTrial], spec) -> FinalistsResult:
     by_key = {(r["trial"], r["seed"]): r for r in record["retrains"]}
     finalists = []
     for trial in trials:
@@ -147,7 +137,7 @@ def _results(record: dict[str, Any], trials: list[optuna.trial.FrozenTrial], spe
         ok = [r for r in done if r["state"] == "COMPLETE"]
         best: dict[str, Any] = {}
         for r in ok:
-            if not best or _better(r["value"], best["value"], spec.direction):
+            if not best or better(r["value"], best["value"], spec.direction):
                 best = r
         finalists.append(Finalist(
             trial.number, trial.user_attrs.get(ATTR_RUN_ID, ""), trial.value, tuple(seeds),
@@ -155,7 +145,7 @@ def _results(record: dict[str, Any], trials: list[optuna.trial.FrozenTrial], spe
             best_seed=best.get("seed"), best_value=best.get("value"), checkpoint=best.get("checkpoint")))
     chosen = None
     for f in finalists:  # candidates are in original order: a tie keeps the better original value
-        if f.n and (chosen is None or _better(f.mean, chosen.mean, spec.direction)):
+        if f.n and (chosen is None or better(f.mean, chosen.mean, spec.direction)):
             chosen = f
     return FinalistsResult(spec.metric, tuple(finalists), chosen)
 
@@ -165,150 +155,9 @@ def current_result(study: optuna.Study, spec) -> FinalistsResult | None:
     if spec.finalists is None:
         return None
     record = recorded(study)
-    if not _is_current(record, study, spec):
+    if not is_current(record, study, spec):
         return None
-    return _results(record, candidates(study, spec.finalists.top_k), spec)
-
-
-def run_finalists(handle, prepared: PreparedData, *, threads: int | None = None,
-                  log: Callable[[str], None] = lambda message: None) -> FinalistsResult | None:
-    """Re-train the study's top_k complete trials with `seeds` seeds each (only what is not recorded yet), choose
-    by the mean, record everything; None when the study has no finalists block or no complete trial."""
-    spec, study = handle.spec, handle.study
-    if spec.finalists is None:
-        return None
-    # processes summarising one study (team mode) take turns: the second finds the retrains recorded
-    with creation_lock(handle.storage_url, f"deepfm-finalists-{spec.name}", f".{spec.name}.finalists-lock"):
-        trials = candidates(study, spec.finalists.top_k)
-        if not trials:
-            return None
-        record = recorded(study)
-        if _is_current(record, study, spec):
-            return _results(record, trials, spec)
-        if not record or record.get("metric") != spec.metric:
-            record = {"retrains": []}
-        record.update(top_k=spec.finalists.top_k, seeds=spec.finalists.seeds, metric=spec.metric,
-                      candidates=[t.number for t in trials], complete=False)
-        done = {(r["trial"], r["seed"]) for r in record["retrains"]}
-        todo = [(t, s) for t in trials for s in finalist_seeds(t, spec) if (t.number, s) not in done]
-        if todo:
-            log(f"finalists: re-training the {len(trials)} best configuration{'s' if len(trials) != 1 else ''} "
-                f"(trials {', '.join(str(t.number) for t in trials)}) with {spec.finalists.seeds} more "
-                f"seed{'s' if spec.finalists.seeds != 1 else ''} each: {len(todo)} run{'s' if len(todo) != 1 else ''}")
-        for index, (trial, seed) in enumerate(todo, 1):
-            entry = _retrain(handle, prepared, trial, seed, threads, record)
-            record["retrains"].append(entry)
-            retry(study.set_user_attr, ATTR_FINALISTS, record)  # a Ctrl-C later keeps what finished
-            shown = f"{score_name(spec.metric)} {entry['value']:.4f}" if entry["state"] == "COMPLETE" else \
-                f"failed: {entry.get('reason', '')[:200]}"
-            log(f"finalists: {index}/{len(todo)} trial {trial.number} seed {seed}: {shown}")
-        _prune_checkpoints(handle, record)
-        result = _results(record, trials, spec)
-        record.update(results=[f.to_dict() for f in result.finalists],
-                      chosen=None if result.chosen is None else result.chosen.trial, complete=True)
-        retry(study.set_user_attr, ATTR_FINALISTS, record)
-        _log_to_parent(handle, result, log)
-        return FinalistsResult(result.metric, result.finalists, result.chosen, trained=len(todo))
-
-
-def _retrain(handle, prepared: PreparedData, trial: optuna.trial.FrozenTrial, seed: int, threads: int | None,
-             record: dict[str, Any]) -> dict[str, Any]:
-    """One retrain of `trial`'s configuration with `seed`, as its own nested run; returns its record entry."""
-    spec, tracker = handle.spec, handle.tracker
-    policy, control = trained_config(trial, spec)
-    control = (control or spec.training).replace(seed=seed, threads=threads or (control or spec.training).threads)
-    tags = {TAG_FINALIST_OF_RUN: trial.user_attrs.get(ATTR_RUN_ID, ""), "deepfm.seed": str(seed),
-            "deepfm.data_fingerprint": prepared.fingerprint,
-            **({"mlflow.source.git.commit": git_commit()} if git_commit() else {})}
-    run_id = tracker.start_finalist_run(handle.parent_run_id, trial.number, seed, trial_params(policy, control), tags)
-    entry: dict[str, Any] = {"trial": trial.number, "seed": seed, "run_id": run_id, "state": "FAIL"}
-    status = "FAILED"
-    try:
-        def report(m) -> None:
-            tracker.log_epoch(run_id, m.epoch, {f"{EPOCH_PREFIX}{k}": v for k, v in {
-                "val_auc": m.val_auc, "val_logloss": m.val_logloss, "train_loss": m.train_loss,
-                "seconds": m.seconds, "samples_per_second": m.samples_per_second}.items()})
-
-        result = train(prepared, policy, control, on_epoch=report, select=spec.metric)
-        value = getattr(result.best, spec.metric)
-        tracker.log_summary(run_id, {
-            score_name(spec.metric): value, **{f"best_epoch_{m}": getattr(result.best, m)
-                                               for m in ("val_auc", "val_logloss") if m != spec.metric},
-            "best_epoch": result.best_epoch, "train_seconds": result.train_seconds,
-            "epochs_trained": len(result.history)}, tags={"deepfm.stop_reason": result.stop_reason,
-                                                          TAG_STATE: "COMPLETE"})
-        entry.update(state="COMPLETE", value=value, best_epoch=result.best_epoch)
-        previous = _best_with_checkpoint(record, trial.number, spec.direction)
-        if previous is None or _better(value, previous["value"], spec.direction):  # the candidate's best so far
-            _save_checkpoint(tracker, run_id, ScoringPolicy(policy, control, prepared.encoder, result.model, {
-                "best_epoch": result.best_epoch, "val_auc": result.best.val_auc,
-                "val_logloss": result.best.val_logloss, "data_fingerprint": prepared.fingerprint,
-                "history": [m.to_dict() for m in result.history]}))
-            entry["checkpoint"] = f"runs:/{run_id}/{CHECKPOINT_PATH}"
-            if previous is not None:
-                _delete_checkpoint(handle, previous)
-        status = "FINISHED"
-        return entry
-    except Exception as exc:  # noqa: BLE001 - recorded on the run and in the study; the other retrains go on
-        entry.update(state="FAIL", reason=" ".join(f"{type(exc).__name__}: {exc}".split())[:1000])
-        entry.pop("checkpoint", None)
-        tracker.set_tags(run_id, {TAG_FAILURE: entry["reason"], TAG_STATE: "FAIL"})
-        return entry
-    except BaseException:  # Ctrl-C / SystemExit: the run must not stay RUNNING
-        interrupts.handled()
-        status = "KILLED"
-        tracker.set_tags(run_id, {TAG_FAILURE: "interrupted (KeyboardInterrupt)", TAG_STATE: "KILLED"})
-        raise
-    finally:
-        tracker.end_run(run_id, status)
-
-
-def _best_with_checkpoint(record: dict[str, Any], trial: int, direction: str) -> dict[str, Any] | None:
-    best = None
-    for r in record["retrains"]:
-        if r["trial"] == trial and r.get("checkpoint") and (best is None or _better(r["value"], best["value"],
-                                                                                    direction)):
-            best = r
-    return best
-
-
-def _delete_checkpoint(handle, entry: dict[str, Any]) -> None:
-    """Best effort (some stores cannot delete); the record no longer points at it either way."""
-    from deepfm_tuner.tuner.trials.objective import prune_checkpoints
-
-    prune_checkpoints(handle.tracker, "", [entry["run_id"]])
-    entry.pop("checkpoint", None)
-
-
-def _prune_checkpoints(handle, record: dict[str, Any]) -> None:
-    """Keep the best retrain's checkpoint of each current candidate only (a trial that left the top loses its)."""
-    keep = set(record["candidates"])
-    for entry in record["retrains"]:
-        if entry.get("checkpoint") and entry["trial"] not in keep:
-            _delete_checkpoint(handle, entry)
-
-
-def _log_to_parent(handle, result: FinalistsResult, log: Callable[[str], None]) -> None:
-    tracker, score = handle.tracker, score_name(result.metric)
-    metrics: dict[str, float] = {}
-    tags: dict[str, str] = {}
-    chosen = result.chosen
-    if chosen is not None:
-        metrics = {"finalists_chosen_trial": chosen.trial, f"finalists_mean_{score}": chosen.mean,
-                   f"finalists_original_{score}": chosen.original, "finalists_n": chosen.n}
-        if chosen.std is not None:
-            metrics[f"finalists_std_{score}"] = chosen.std
-        tags[TAG_FINALISTS_CHOSEN] = str(chosen.trial)
-    tracker.log_summary(handle.parent_run_id, metrics, tags=tags)
-    with tempfile.TemporaryDirectory(prefix="deepfm-finalists-") as tmp:
-        path = Path(tmp) / ARTIFACT
-        path.write_text(json.dumps(result.to_dict(), indent=2))
-        try:
-            tracker.log_artifact(handle.parent_run_id, path)
-        except Exception as exc:  # a full artifact disk: the study attribute still holds the same table
-            if not is_disk_error(exc):
-                raise
-            log(f"finalists: could not store {ARTIFACT} on the parent run ({exc}); 'deepfm status' shows the table")
+    return results(record, candidates(study, spec.finalists.top_k), spec)
 
 
 def table_lines(result: FinalistsResult) -> list[str]:

@@ -1,5 +1,11 @@
-"""Every name a study writes for later readers: Optuna trial and study user attributes, and MLflow tags. One home,
-so the writer (objective, runner, records) and the readers (status, promotion, recovery) cannot drift apart."""
+"""Every name a study writes for later readers: Optuna trial and study user attributes, MLflow tags and metric names.
+One home, so the writers (objective, finalists, the study's creation) and the readers (tuner.trials.record, status,
+promotion, recovery) cannot drift apart. The study and role tags of every run are the tracker's
+(tuner.stores.tracking: TAG_STUDY, TAG_ROLE)."""
+
+from __future__ import annotations
+
+from deepfm_tuner.model.config import TrainConfig
 
 # -- Optuna trial user attributes ------------------------------------------------------------------------------
 ATTR_RUN_ID = "mlflow_run_id"  # the trial's MLflow run
@@ -9,16 +15,16 @@ ATTR_SKIPPED = "skipped"  # a trial claimed after the total was reached: failed 
 ATTR_WORKER = "worker"  # host:pid of the process that ran the trial (team mode: which machine to look at)
 ATTR_TRAINING = "training"  # {seconds: epochs only, wall_seconds: build + epochs + evaluation, best_epoch, samples:
 #   training rows processed; pruned: score, pruned_at_epoch, or with eval_every pruned_at_step and epochs_trained}
-ATTR_BASELINE, ATTR_BASELINE_NOTE = "baseline", "baseline_adjusted"  # the V1 baseline trial (tuner.baseline)
-ATTR_WARM_START = "warm_start_from"  # "STUDY#TRIAL" of an earlier study's configuration (tuner.warmstart)
-ATTR_TRAINED, ATTR_FAILURE = "trained", "failure"  # the exact config trained; why it failed (tuner.records)
+ATTR_BASELINE, ATTR_BASELINE_NOTE = "baseline", "baseline_adjusted"  # the V1 baseline trial (tuner.trials.baseline)
+ATTR_WARM_START = "warm_start_from"  # "STUDY#TRIAL" of an earlier study's configuration (tuner.trials.warmstart)
+ATTR_TRAINED, ATTR_FAILURE = "trained", "failure"  # the exact config trained; why it failed (tuner.trials.record)
 
 # -- Optuna study user attributes ------------------------------------------------------------------------------
 ATTR_PARENT_RUN, ATTR_EXPERIMENT, ATTR_TRACKING_URI = "mlflow_parent_run_id", "mlflow_experiment_id", "mlflow_tracking_uri"
-ATTR_FINALISTS = "finalists"  # the finalists' retrains, per-candidate mean/std and the choice (tuner.finalists)
+ATTR_FINALISTS = "finalists"  # the finalists' retrains, per-candidate mean/std and the choice (tuner.trials.finalists)
 
 # -- MLflow tags -------------------------------------------------------------------------------------------------
-TAG_STUDY, TAG_ROLE, TAG_TRIAL = "deepfm.study", "deepfm.role", "deepfm.trial_number"
+TAG_TRIAL = "deepfm.trial_number"
 TAG_FAILURE, TAG_STATE = "deepfm.failure_reason", "deepfm.trial_state"
 TAG_PRUNED_AT = "deepfm.pruned_at_epoch"  # 0-based step of the epoch after which the trial was pruned
 TAG_PRUNED_AT_STEP = "deepfm.pruned_at_step"  # with training.eval_every: the 0-based report step it was pruned at
@@ -26,3 +32,30 @@ TAG_PRUNED_AT_STEP = "deepfm.pruned_at_step"  # with training.eval_every: the 0-
 TAG_FINALIST_OF_TRIAL, TAG_FINALIST_OF_RUN = "deepfm.finalist_of_trial", "deepfm.finalist_of_run_id"
 TAG_FINALIST_SEED = "deepfm.finalist_seed"
 TAG_FINALISTS_CHOSEN = "deepfm.finalists.chosen_trial"  # on the parent run: the trial whose configuration won
+
+# -- MLflow metric names ---------------------------------------------------------------------------------------
+CHECKPOINT_PATH = "checkpoint"  # the artifact folder holding a run's policy directory
+EPOCH_PREFIX = "epoch_"  # per-epoch curves: epoch_val_auc, epoch_val_logloss, epoch_train_loss, ... (one per step)
+PRUNED_AT_EPOCH = "pruned_at_epoch"  # metric: 0-based step the trial was pruned at (as MLflow steps)
+STEP_PREFIX = "step_"  # with eval_every, curves on the validation sample at the Optuna report steps: step_val_auc,
+#   step_val_logloss, step_train_loss (this epoch's rows so far), step_samples (training rows so far)
+PRUNED_AT_STEP = "pruned_at_step"  # with eval_every: metric, the 0-based report step the trial was pruned at
+SAMPLES_TRAINED = "samples_trained"  # metric: training rows a trial processed (complete or pruned), all epochs
+
+
+def score_name(metric: str) -> str:
+    """The one name of a trial's score everywhere (MLflow runs table, parent run, status, report, registry tags):
+    `score_<metric>`, the study metric at the trial's best epoch (for a pruned trial: its best epoch so far)."""
+    return f"score_{metric}"
+
+
+def sub_epoch(control: TrainConfig) -> bool:
+    """Trials report (and are pruned) at every evaluation point on the validation sample, not every epoch:
+    `training.eval_every` below 1."""
+    return control.evals_per_epoch > 1
+
+
+def curve_name(metric: str, control: TrainConfig) -> str:
+    """The MLflow curve holding a trial's Optuna intermediate values, at the same steps: `step_<metric>` with
+    eval_every below 1, else `epoch_<metric>`."""
+    return f"{STEP_PREFIX if sub_epoch(control) else EPOCH_PREFIX}{metric}"

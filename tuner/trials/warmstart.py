@@ -18,9 +18,11 @@ import optuna
 
 from deepfm_tuner.model.errors import ConfigError, did_you_mean
 
-from deepfm_tuner.tuner.trials.objective import ATTR_WARM_START
+from deepfm_tuner.tuner.trials.names import ATTR_WARM_START
 from deepfm_tuner.tuner.spec.space import check_params
 from deepfm_tuner.tuner.spec.study import StudySpec
+from deepfm_tuner.tuner.stores.locations import redact
+from deepfm_tuner.tuner.stores.optuna_storage import open_storage, resolve_storage
 
 
 @dataclass
@@ -40,8 +42,6 @@ def plan_warm_start(spec: StudySpec, storage_url: str, storage: optuna.storages.
     """Read the source study's best configurations (nothing is written); None without `study.warm_start`.
 
     `storage` is this study's opened storage, reused when the source lives in the same one."""
-    from deepfm_tuner.tuner.pipeline.runner import open_storage, redact, resolve_storage
-
     warm = spec.warm_start
     if warm is None:
         return None

@@ -1,0 +1,92 @@
+"""The Optuna storage: one URL form per database (absolute SQLite, psycopg2 for PostgreSQL), opened with heartbeats
+so a dead worker's trial is failed and re-run, and with Optuna's tables created once however many workers start."""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import optuna
+from sqlalchemy.exc import SQLAlchemyError
+
+from deepfm_tuner.model.errors import ConfigError
+from deepfm_tuner.tuner.stores.locations import CONNECT_TIMEOUT_SECONDS, redact
+from deepfm_tuner.tuner.stores.locks import creation_lock
+from deepfm_tuner.tuner.stores.retry import retry
+from deepfm_tuner.tuner.stores.sqlite import absolute_sqlite
+
+HEARTBEAT_SECONDS, GRACE_SECONDS = 10, 30  # defaults; env DEEPFM_HEARTBEAT_SECONDS / DEEPFM_GRACE_SECONDS override
+SQLITE_BUSY_SECONDS = 30  # several local workers share one SQLite file: wait for its lock instead of failing
+StaleTrial = Callable[[optuna.trial.FrozenTrial], None]
+
+
+def resolve_storage(url: str) -> str:
+    """A picked storage URL (tuner.stores.locations) in the one form every process opens: SQLite made absolute
+    (folder created, WAL), PostgreSQL through psycopg2; anything else is a one-line ConfigError."""
+    if url.startswith("sqlite:///"):
+        url = absolute_sqlite(url)
+    elif url.startswith("postgresql://"):
+        url = "postgresql+psycopg2://" + url.removeprefix("postgresql://")  # SQLAlchemy 2.1 would pick psycopg 3
+    elif not url.startswith(("postgresql+", "mysql")):
+        raise ConfigError(f"storage {url!r} is not supported; use sqlite:///PATH or postgresql+psycopg2://USER:PASS@HOST/DB")
+    return url
+
+
+
+def open_storage(url: str, on_stale: StaleTrial | None = None) -> optuna.storages.RDBStorage:
+    """RDB storage with heartbeats: a trial whose worker died is failed, `on_stale` is told (its MLflow run is
+    closed there), and it is re-run."""
+    retry_stale = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)
+
+    def stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if on_stale is not None:
+            try:
+                on_stale(trial)
+            except Exception:  # noqa: BLE001 - the retry matters more than the bookkeeping
+                pass
+        retry_stale(study, trial)
+
+    heartbeat, grace = heartbeat_settings()
+    sqlite = url.startswith("sqlite")
+    engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_SECONDS}} if sqlite else {"pool_pre_ping": True}
+    if url.startswith("postgresql"):  # a host that drops packets: fail in seconds, not at the TCP timeout
+        engine_kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_SECONDS}
+
+    def connect() -> optuna.storages.RDBStorage:
+        with _schema_lock(url):  # first start: workers must not create Optuna's tables at the same time
+            return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat, grace_period=grace,
+                                              heartbeat_stale_trial_callback=stale, engine_kwargs=engine_kwargs)
+
+    try:
+        return retry(connect, attempts=5)  # a refused connection is retried for a few seconds, not minutes
+    except (SQLAlchemyError, ImportError, ValueError) as exc:
+        raise ConfigError(f"cannot open Optuna storage {redact(url)}: {str(exc).splitlines()[0]}; check the URL and "
+                          f"that the database is up") from None
+
+
+def heartbeat_settings() -> tuple[int, int]:
+    """(heartbeat interval, grace period) in seconds: a trial with no heartbeat for `grace` is failed and retried."""
+    values = []
+    for name, default in (("DEEPFM_HEARTBEAT_SECONDS", HEARTBEAT_SECONDS), ("DEEPFM_GRACE_SECONDS", GRACE_SECONDS)):
+        raw = os.environ.get(name, "").strip()
+        try:
+            value = int(raw) if raw else default
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise ConfigError(f"{name}={raw!r} must be a whole number of seconds >= 1 (default {default})")
+        values.append(value)
+    if values[1] <= values[0]:
+        raise ConfigError(f"DEEPFM_GRACE_SECONDS ({values[1]}) must be larger than DEEPFM_HEARTBEAT_SECONDS "
+                          f"({values[0]}), or live trials would be failed as stale")
+    return values[0], values[1]
+
+
+def _schema_lock(url: str):
+    """Serialise Optuna's table creation across processes on a brand-new database.
+
+    `RDBStorage()` runs CREATE TABLE / inserts its version row / stamps alembic; two workers doing that at once
+    on an empty PostgreSQL database fail ("duplicate key value violates unique constraint pg_type_...") or leave
+    two version rows. PostgreSQL: a session advisory lock; SQLite: an flock on a file beside the database.
+    """
+    return creation_lock(url, "deepfm-optuna-schema", ".init-lock")
