@@ -11,14 +11,12 @@ from __future__ import annotations
 import json
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run as `python bench/x.py` from a checkout without installing
+ROOT = Path(__file__).resolve().parents[1]  # the benches run with the project installed (scripts/setup.sh)
 
 DATA_DIR = ROOT / "data" / "generated" / "bench"
 TRAIN_ROWS, VAL_ROWS, TEST_ROWS = 1_000_000, 125_000, 125_000
