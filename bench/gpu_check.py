@@ -33,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, write_json  # noqa: E402
 
 from deepfm_tuner.model.config import PolicyConfig, TrainConfig  # noqa: E402
-from deepfm_tuner.model.data.tensors import PreparedData, TensorData  # noqa: E402
+from deepfm_tuner.model.data.encoder import EncodedFeatures  # noqa: E402
+from deepfm_tuner.model.data.tensors import EncodedRows, PreparedData  # noqa: E402
 from deepfm_tuner.model.deepfm import DeepFM  # noqa: E402
 from deepfm_tuner.model.data.schema import CRITEO_CATEGORICAL, CRITEO_NUMERIC, FeatureSchema, criteo_schema  # noqa: E402
 from deepfm_tuner.model.data.synth import SynthSpec, _cardinalities, _zipf_ids  # noqa: E402
@@ -55,7 +56,7 @@ class ShapeOnlyEncoder:
     multivalued_lengths: list[int] = field(default_factory=list)
 
 
-def criteo_shaped(rows: int, seed: int = 0) -> tuple[ShapeOnlyEncoder, TensorData]:
+def criteo_shaped(rows: int, seed: int = 0) -> tuple[ShapeOnlyEncoder, EncodedRows]:
     """Encoded rows as our encoder would emit them for the synthetic Criteo data (index 0 missing, 1 OOV)."""
     rng = np.random.default_rng(seed)
     cards = _cardinalities(SynthSpec(), rng)
@@ -70,17 +71,22 @@ def criteo_shaped(rows: int, seed: int = 0) -> tuple[ShapeOnlyEncoder, TensorDat
     numeric[rng.random(numeric.shape) < 0.2] = np.nan
     logit = weights / weights.std() + np.nan_to_num(numeric[:, :3]).sum(axis=1) * 0.3 - 1.1
     labels = (rng.random(rows) < 1 / (1 + np.exp(-logit))).astype(np.float32)
-    data = TensorData(torch.from_numpy(categorical), torch.empty((rows, 0), dtype=torch.int32),
-                      torch.from_numpy(numeric), torch.from_numpy(labels))
+    data = EncodedRows(EncodedFeatures(categorical, np.empty((rows, 0), dtype=np.int32), numeric), labels)
     return ShapeOnlyEncoder([int(c) + 2 for c in cards]), data
 
 
-def split(data: TensorData, val_fraction: float = 0.05) -> tuple[TensorData, TensorData]:
+def rows(data: EncodedRows, start: int, stop: int) -> EncodedRows:
+    f = data.features
+    return EncodedRows(EncodedFeatures(f.categorical[start:stop], f.multivalued[start:stop], f.numeric[start:stop]),
+                       data.labels[start:stop])
+
+
+def split(data: EncodedRows, val_fraction: float = 0.05) -> tuple[EncodedRows, EncodedRows]:
     n_val = max(1, int(len(data) * val_fraction))
-    return data.rows(torch.arange(n_val, len(data))), data.rows(torch.arange(n_val))
+    return rows(data, n_val, len(data)), rows(data, 0, n_val)
 
 
-def agreement(encoder: ShapeOnlyEncoder, data: TensorData, device: str) -> dict:
+def agreement(encoder: ShapeOnlyEncoder, data: EncodedRows, device: str) -> dict:
     """CPU vs device on the same weights and batch."""
     torch.manual_seed(0)
     cpu_model = DeepFM(encoder.categorical_dims, [], [], len(CRITEO_NUMERIC), PolicyConfig())
@@ -90,7 +96,7 @@ def agreement(encoder: ShapeOnlyEncoder, data: TensorData, device: str) -> dict:
     dev_model = DeepFM(encoder.categorical_dims, [], [], len(CRITEO_NUMERIC), PolicyConfig()).to(device)
     dev_model.load_state_dict(cpu_model.state_dict())
     dev_model.eval()
-    batch = data.rows(torch.arange(min(4096, len(data))))
+    batch = rows(data, 0, min(4096, len(data))).tensors()
     inputs = (batch.categorical, batch.multivalued, batch.numeric)
     dev_inputs = tuple(t.to(device) for t in inputs)
     allow_tf32 = torch.backends.cuda.matmul.allow_tf32
@@ -123,9 +129,10 @@ def agreement(encoder: ShapeOnlyEncoder, data: TensorData, device: str) -> dict:
     }
 
 
-def throughput(encoder: ShapeOnlyEncoder, data: TensorData, device: str, batches: tuple[int, ...]) -> list[dict]:
+def throughput(encoder: ShapeOnlyEncoder, data: EncodedRows, device: str, batches: tuple[int, ...]) -> list[dict]:
     train_part, val_part = split(data)
-    prepared = PreparedData(encoder, train_part, val_part, val_part, fingerprint="criteo-shaped")
+    prepared = PreparedData(encoder, {"train": train_part, "val": val_part, "test": val_part},
+                            fingerprint="criteo-shaped")
     out = []
     for batch in batches:
         control = TrainConfig(batch_size=batch, max_epochs=2, patience=5, device=device, seed=42)
@@ -133,7 +140,7 @@ def throughput(encoder: ShapeOnlyEncoder, data: TensorData, device: str, batches
         result = train(prepared, PolicyConfig(), control)
         wall = time.perf_counter() - started
         last = result.history[-1]
-        val_auc, _ = evaluate(result.model, val_part.to(device))
+        val_auc, _ = evaluate(result.model, prepared.val.to(device))
         out.append({"batch": batch, "samples_per_second": last.samples_per_second,
                     "first_epoch_samples_per_second": result.history[0].samples_per_second,
                     "epoch_seconds": last.seconds, "val_auc": val_auc, "wall_seconds": wall})

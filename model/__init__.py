@@ -1,1 +1,2 @@
-"""DeepFM scoring policy: config, features, model, training. Knows nothing of Optuna or MLflow."""
+"""The model room: the DeepFM scoring policy (config, model, training, optimizers, metrics, saved policy) and its
+data (`model.data`). Knows nothing of Optuna, MLflow or the command line; the tuner builds on it."""

@@ -14,8 +14,6 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-import torch
-
 T = TypeVar("T")
 R = TypeVar("R")
 PARALLEL_MIN_ROWS = 50_000  # frames at least this long are processed one column per thread
@@ -39,6 +37,8 @@ def map_columns(function: Callable[[T], R], items: Sequence[T], n_rows: int) -> 
 
 
 def scoring_pool(threads: int) -> ThreadPoolExecutor:
+    import torch  # here, not at the top: the data path (encoding, mapping a dataset) must not load torch
+
     if threads not in _SCORING_POOLS:
         _SCORING_POOLS[threads] = ThreadPoolExecutor(threads, thread_name_prefix="deepfm-score",
                                                      initializer=torch.set_num_threads, initargs=(1,))

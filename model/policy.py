@@ -27,7 +27,10 @@ from deepfm_tuner.model.deepfm import DeepFM
 from deepfm_tuner.model.data.tensors import TensorData
 from deepfm_tuner.model.checksums import CorruptPolicyError, verify_checksums, write_checksums
 from deepfm_tuner.model.data.encoder import FeatureEncoder
+from deepfm_tuner.model.data.frames import check_file
+from deepfm_tuner.model.data.reader import as_frame, batch_labels, read_types, sample_frame, stream_batches
 from deepfm_tuner.model.errors import DataError
+from deepfm_tuner.model.metrics import classification_metrics
 from deepfm_tuner.model.parallel import scoring_pool
 
 POLICY_FILE, TRAINING_FILE, ENCODER_FILE, WEIGHTS_FILE, METRICS_FILE = (
@@ -92,10 +95,6 @@ class ScoringPolicy:
     def evaluate_file(self, path: str | Path, fmt: str | None = None) -> dict[str, float]:
         """AUC, logloss and click rate on a labelled file, streamed in record batches (memory stays one batch
         whatever the file's size)."""
-        from deepfm_tuner.model.data.frames import check_file
-        from deepfm_tuner.model.data.reader import as_frame, batch_labels, read_types, sample_frame, stream_batches
-        from deepfm_tuner.model.train import classification_metrics
-
         path, fmt = check_file(path, fmt)
         schema = self.encoder.schema
         sample = sample_frame(path, fmt, rows=10, block_bytes=1 << 20)

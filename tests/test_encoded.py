@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,11 +14,12 @@ import pytest
 import torch
 
 from conftest import TINY_POLICY, TINY_TRAINING
-from deepfm_tuner.model.data import tensors as dataset
-from deepfm_tuner.model.data import cache as encoded
+from deepfm_tuner.model import batches
+from deepfm_tuner.model.batches import epoch_batches
+from deepfm_tuner.model.data import build, cache, staging
 from deepfm_tuner.model.data import reader as ingest
 from deepfm_tuner.model.data.frames import Split, read_table
-from deepfm_tuner.model.data.tensors import epoch_batches, prepare
+from deepfm_tuner.model.data.tensors import prepare
 from deepfm_tuner.model.data.source import DataSpec
 from deepfm_tuner.model.errors import DataError
 from deepfm_tuner.model.train import train
@@ -90,7 +93,7 @@ def test_csv_with_inferred_schema_and_a_fixed_validation_file(tmp_path):
 def test_random_split_does_not_depend_on_how_the_file_is_cut_into_batches(tiny_criteo_dir, tmp_path, monkeypatch):
     first = criteo_spec(tiny_criteo_dir, tmp_path / "a", test=None).prepare()
     monkeypatch.setattr(ingest, "BLOCK_BYTES", 1 << 16)  # many small batches
-    monkeypatch.setattr(encoded, "CHUNK_ROWS", 333)
+    monkeypatch.setattr(staging, "CHUNK_ROWS", 333)
     second = criteo_spec(tiny_criteo_dir, tmp_path / "b", test=None).prepare()
     assert np.array_equal(np.load(first.folder / "split.npy"), np.load(second.folder / "split.npy"))
     assert first.encoder.to_dict() == second.encoder.to_dict()
@@ -140,7 +143,7 @@ def test_a_truncated_or_partial_dataset_is_rebuilt_with_a_message(tiny_criteo_di
 
 
 def test_a_long_build_reports_progress_and_a_quick_one_stays_silent(tiny_criteo_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(encoded._Progress, "QUIET_SECONDS", 0.0)
+    monkeypatch.setattr(build._Progress, "QUIET_SECONDS", 0.0)
     messages: list[str] = []
     criteo_spec(tiny_criteo_dir, tmp_path).prepare(messages.append)
     assert messages[0].startswith("encoded dataset: miss; encoding ") and ".tmp-" not in messages[0]
@@ -161,6 +164,21 @@ def test_concurrent_workers_build_once_and_the_others_map_it(tiny_criteo_dir, tm
     assert sorted(r[1] for r in results) == [False, True, True]  # one build; two maps
     leftovers = [p.name for p in Path(root).iterdir() if p.name.startswith(".")]
     assert leftovers == []
+
+
+def test_a_cache_hit_maps_the_dataset_without_loading_torch_or_scikit_learn(tiny_criteo_dir, tmp_path):
+    """A hit (`deepfm data prepare`, `deepfm status` on a prepared study) checks and maps the dataset with NumPy
+    alone, so it starts fast; torch loads when training first asks for a split's tensors."""
+    spec = criteo_spec(tiny_criteo_dir, tmp_path)
+    built = spec.prepare()
+    code = ("import sys\nfrom deepfm_tuner.model.data.source import DataSpec\n"
+            f"prepared = DataSpec(**{spec.to_dict()!r}).prepare()\n"
+            "print(prepared.cache_hit, prepared.summary())\n"
+            "print(sorted(name for name in ('torch', 'sklearn') if name in sys.modules))\n"
+            "print(len(prepared.train), 'torch' in sys.modules)\n")
+    lines = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert lines == [f"True {built.summary().replace('miss: encoded now', 'hit: mapped')}", "[]",
+                     f"{len(built.train)} True"]
 
 
 def test_block_shuffle_visits_every_row_once_and_a_full_shuffle_is_randperm():
@@ -184,7 +202,7 @@ def test_training_from_the_mapped_dataset_equals_training_in_memory(tiny_criteo_
     a = train(mapped, TINY_POLICY, TINY_TRAINING)
     b = train(twin, TINY_POLICY, TINY_TRAINING)
     assert [m.val_auc for m in a.history] == [m.val_auc for m in b.history]
-    monkeypatch.setattr(dataset, "SHUFFLE_BLOCK_BYTES", 300 * mapped.train.row_bytes)  # blocks of 300 rows
+    monkeypatch.setattr(batches, "SHUFFLE_BLOCK_BYTES", 300 * mapped.train.row_bytes)  # blocks of 300 rows
     block = train(mapped, TINY_POLICY, TINY_TRAINING.replace(shuffle="block"))
     assert abs(block.best.val_auc - a.best.val_auc) < 0.05  # another row order, the same model quality
 
@@ -207,7 +225,7 @@ def test_text_in_a_numeric_column_is_counted_read_as_missing_and_refused_past_a_
         ingest.BLOCK_BYTES = monkeypatch_block
     assert messages == ["numeric column 'price': 2 value(s) that are not numbers read as missing (e.g. 'about 12' at row 1700)"]
     assert built.encoder.schema.numeric == ("price",)
-    assert encoded.manifest(built.folder)["not_numbers_read_as_missing"] == {"price": 2}
+    assert cache.manifest(built.folder)["not_numbers_read_as_missing"] == {"price": 2}
     assert int(torch.isnan(torch.cat([built.train.numeric, built.val.numeric, built.test.numeric])).sum()) == 2
 
     prices.iloc[::3] = "unknown"  # a third of the column is text: not a numeric column

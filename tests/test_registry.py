@@ -94,7 +94,7 @@ def test_first_promotion_becomes_champion_with_tags_and_keeps_run_status(store, 
     assert (result.version, result.alias, result.model_uri) == (1, "champion", "models:/ctr@champion")
     assert result.previous_champion_auc is None and "first champion" in result.reason
     expected = ScoringPolicy.load(good_dir).predict(test_frame)
-    from deepfm_tuner.model.train import classification_metrics
+    from deepfm_tuner.model.metrics import classification_metrics
 
     auc, logloss = classification_metrics(test_frame["label"].to_numpy(np.float32), expected)
     assert result.test_auc == pytest.approx(auc, abs=1e-6) and result.test_logloss == pytest.approx(logloss, abs=1e-6)

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from deepfm_tuner.model.errors import DataError
 from deepfm_tuner.model.data.synth import SynthSpec, bayes_metrics, generate, write_criteo_tsv, write_dataset
-from deepfm_tuner.model.train import classification_metrics
+from deepfm_tuner.model.metrics import classification_metrics
 from deepfm_tuner.tuner.cli import main
 
 

@@ -84,7 +84,7 @@ def test_model_package_never_imports_optuna_or_mlflow():
 
 def test_row_sparse_adam_matches_torch_sparse_adam():
     """The fast embedding optimizer makes the same lazy-Adam update as torch.optim.SparseAdam."""
-    from deepfm_tuner.model.train import RowSparseAdam
+    from deepfm_tuner.model.optim import RowSparseAdam
 
     torch.manual_seed(0)
     ours, reference = torch.nn.Embedding(50, 4, sparse=True), torch.nn.Embedding(50, 4, sparse=True)

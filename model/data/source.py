@@ -13,7 +13,8 @@ import pandas as pd
 
 from deepfm_tuner.model.data.frames import FORMATS
 from deepfm_tuner.model.data.tensors import PreparedData
-from deepfm_tuner.model.data.cache import Source, SplitRule, open_or_build
+from deepfm_tuner.model.data.cache import open_or_build
+from deepfm_tuner.model.data.layout import Source, SplitRule
 from deepfm_tuner.model.errors import ConfigError, DataError, did_you_mean
 from deepfm_tuner.model.data.frames import check_file
 from deepfm_tuner.model.data.schema import FeatureSchema, criteo_schema, infer_schema

@@ -32,7 +32,7 @@ import pyarrow.csv as pacsv
 from deepfm_tuner.model.errors import DataError
 from deepfm_tuner.model.filelock import file_lock
 from deepfm_tuner.model.data.schema import CRITEO_CATEGORICAL, CRITEO_NUMERIC
-from deepfm_tuner.model.train import classification_metrics
+from deepfm_tuner.model.metrics import classification_metrics
 
 LATENT_DIM = 4
 HIDDEN = 8  # width of the random tanh layer behind the non-linear terms

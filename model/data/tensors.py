@@ -1,6 +1,8 @@
-"""Encoded rows as tensors, and what training needs to walk them: the batch order of an epoch, memory budgets.
+"""Encoded rows for training: NumPy arrays per split (read-only memory maps for an on-disk dataset), turned into
+tensors over the same memory the first time training asks, so mapping or checking a dataset (a cache-hit
+`deepfm data prepare`) never loads torch.
 
-Data sets from files are encoded once into an on-disk dataset (`model.encoded`) and mapped here; `prepare`
+Data sets from files are encoded once into an on-disk dataset (`model.data.cache`) and mapped there; `prepare`
 encodes an in-memory frame the same way, for notebooks and tests.
 """
 
@@ -8,20 +10,23 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
-import os
-from collections.abc import Iterator
+import warnings
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import torch
 
 from deepfm_tuner.model.data.frames import Split, check_labels
 from deepfm_tuner.model.data.encoder import EncodedFeatures, FeatureEncoder
 from deepfm_tuner.model.errors import DataError
 from deepfm_tuner.model.data.schema import FeatureSchema
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -38,11 +43,19 @@ class TensorData:
 
     @classmethod
     def from_features(cls, features: EncodedFeatures, labels: np.ndarray | None = None, device: str = "cpu") -> "TensorData":
+        """Tensors over the arrays' memory on the CPU (no copy: a memory map stays one), copied to another device."""
+        import torch  # here, not at the top: mapping a dataset without training must not load torch
+
         def move(a: np.ndarray) -> torch.Tensor:
-            return torch.from_numpy(np.ascontiguousarray(a)).to(device)
+            a = np.ascontiguousarray(a)
+            if a.flags.writeable:
+                return torch.from_numpy(a).to(device)
+            with warnings.catch_warnings():  # torch warns that a read-only memory map is not writable: the point
+                warnings.simplefilter("ignore", UserWarning)
+                return torch.from_numpy(a).to(device)
 
         return cls(move(features.categorical), move(features.multivalued), move(features.numeric),
-                   None if labels is None else move(labels.astype(np.float32)))
+                   None if labels is None else move(np.asarray(labels, dtype=np.float32)))
 
     def rows(self, index: torch.Tensor) -> "TensorData":
         return TensorData(self.categorical[index], self.multivalued[index], self.numeric[index],
@@ -66,22 +79,48 @@ class TensorData:
         return self.nbytes // max(1, len(self))
 
 
+@dataclass(frozen=True)
+class EncodedRows:
+    """One split's model inputs and labels as NumPy arrays."""
+
+    features: EncodedFeatures
+    labels: np.ndarray  # (N,) float32
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def tensors(self) -> TensorData:
+        return TensorData.from_features(self.features, self.labels)
+
+
 @dataclass
 class PreparedData:
-    """The fitted encoder and the encoded train/val/test parts (CPU tensors), plus a fingerprint of the data."""
+    """The fitted encoder and the encoded train/val/test rows, plus a fingerprint of the data. Each split becomes
+    CPU tensors (`train`, `val`, `test`) once, on first use, over its arrays' memory."""
 
     encoder: FeatureEncoder
-    train: TensorData
-    val: TensorData
-    test: TensorData
+    parts: dict[str, EncodedRows]  # "train", "val", "test"
     fingerprint: str
     folder: Path | None = None  # the on-disk encoded dataset these parts map, if any
     cache_hit: bool | None = None  # mapped an existing one (True) or built it (False)
 
+    @cached_property
+    def train(self) -> TensorData:
+        return self.parts["train"].tensors()
+
+    @cached_property
+    def val(self) -> TensorData:
+        return self.parts["val"].tensors()
+
+    @cached_property
+    def test(self) -> TensorData:
+        return self.parts["test"].tensors()
+
     def summary(self) -> str:
         where = "" if self.folder is None else (
             f", encoded dataset {self.folder} ({'hit: mapped' if self.cache_hit else 'miss: encoded now'})")
-        return (f"{len(self.train):,} train / {len(self.val):,} val / {len(self.test):,} test rows, "
+        train, val, test = (len(self.parts[part]) for part in ("train", "val", "test"))
+        return (f"{train:,} train / {val:,} val / {test:,} test rows, "
                 f"{len(self.encoder.schema.features)} fields, fingerprint {self.fingerprint}{where}")
 
     def test_frame(self) -> pd.DataFrame:
@@ -120,79 +159,11 @@ def prepare(df: pd.DataFrame, schema: FeatureSchema, split: Split, source: str =
     encoder = FeatureEncoder(schema).fit(df, rows=split.train, source=source)
     fingerprint = fingerprint_frame(df)
     order = np.concatenate([split.train, split.val, split.test])
-    features = TensorData.from_features(encoder.transform(df, source=source, rows=order), labels[order])
+    features = encoder.transform(df, source=source, rows=order)
+    labels = np.asarray(labels[order], dtype=np.float32)
     edges = np.cumsum([0, len(split.train), len(split.val), len(split.test)])
-    parts = [features.rows(slice(int(a), int(b))) for a, b in zip(edges[:-1], edges[1:])]
-    return PreparedData(encoder, *parts, fingerprint=fingerprint)
-
-
-# -- walking an epoch ------------------------------------------------------------------------------------
-def available_memory() -> int:
-    """Bytes this process can still use: the machine's available memory, or less under a cgroup memory cap
-    (v2 memory.max, v1 memory.limit_in_bytes) as containers and schedulers set."""
-    available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                available = int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    for limit_file, usage_file in _cgroup_memory_files():
-        try:
-            limit = Path(limit_file).read_text().strip()
-            usage = int(Path(usage_file).read_text().strip())
-        except (OSError, ValueError):
-            continue
-        if limit.isdigit() and int(limit) < 1 << 60:
-            available = min(available, max(0, int(limit) - usage))
-    return available
-
-
-def _cgroup_memory_files() -> list[tuple[str, str]]:
-    files = []
-    try:
-        lines = Path("/proc/self/cgroup").read_text().splitlines()
-    except OSError:
-        return files
-    for line in lines:
-        _, controllers, path = line.split(":", 2)
-        if controllers == "":
-            files.append((f"/sys/fs/cgroup{path}/memory.max", f"/sys/fs/cgroup{path}/memory.current"))
-        elif "memory" in controllers.split(","):
-            base = f"/sys/fs/cgroup/memory{path}"
-            files.append((f"{base}/memory.limit_in_bytes", f"{base}/memory.usage_in_bytes"))
-    return files
-
-
-SHUFFLE_BLOCK_BYTES = 256 << 20  # a block shuffle permutes rows inside ~256 MiB of inputs at a time
-
-
-def shuffle_block_rows(data: TensorData, shuffle: str = "auto") -> int:
-    """Rows per shuffle block: the whole split (a full shuffle) when it fits in half the memory left, else
-    blocks of SHUFFLE_BLOCK_BYTES, so an epoch over a mapped split larger than memory touches one block's
-    pages at a time instead of the whole file at random."""
-    whole = len(data)
-    if shuffle == "full" or (shuffle == "auto" and data.nbytes <= available_memory() // 2):
-        return max(1, whole)
-    return max(1, min(whole, SHUFFLE_BLOCK_BYTES // max(1, data.row_bytes)))
-
-
-def epoch_batches(n: int, batch_size: int, generator: torch.Generator, block_rows: int) -> Iterator[torch.Tensor]:
-    """Row indices of each batch of one epoch: every row exactly once. Blocks of `block_rows` consecutive rows
-    are visited in random order and rows are permuted inside each block; with one block (block_rows >= n) this
-    is a full shuffle, the same order as `torch.randperm(n)`."""
-    if block_rows >= n:
-        yield from torch.randperm(n, generator=generator).split(batch_size)
-        return
-    n_blocks = -(-n // block_rows)
-    carry = torch.empty(0, dtype=torch.long)
-    for block in torch.randperm(n_blocks, generator=generator).tolist():
-        start = block * block_rows
-        rows = torch.randperm(min(block_rows, n - start), generator=generator) + start
-        rows = torch.cat([carry, rows]) if len(carry) else rows
-        full = len(rows) - len(rows) % batch_size
-        if full:
-            yield from rows[:full].split(batch_size)
-        carry = rows[full:]
-    if len(carry):
-        yield carry
+    parts = {}
+    for part, a, b in zip(("train", "val", "test"), edges[:-1], edges[1:]):
+        parts[part] = EncodedRows(EncodedFeatures(features.categorical[a:b], features.multivalued[a:b],
+                                                 features.numeric[a:b]), labels[a:b])
+    return PreparedData(encoder, parts, fingerprint=fingerprint)

@@ -35,7 +35,7 @@ from deepfm_tuner.model.data.frames import check_labels, read_table
 from deepfm_tuner.model.errors import DataError, UserInputError, did_you_mean
 from deepfm_tuner.model.checksums import CorruptPolicyError
 from deepfm_tuner.model.policy import LOAD_FIX, POLICY_FILE, ScoringPolicy
-from deepfm_tuner.model.train import classification_metrics
+from deepfm_tuner.model.metrics import classification_metrics
 
 from deepfm_tuner.tuner.registry.integrity import TAG_DIGEST, discard_version, policy_digest_for, pull_fix, verify_download
 from deepfm_tuner.tuner.serving.pyfunc import ARTIFACT_KEY, OUTPUT_COLUMN, ScoringPolicyModel, conform, log_policy_model
