@@ -14,7 +14,6 @@ import click
 from deepfm_tuner.model.errors import UserInputError
 from deepfm_tuner.tuner.cli.options import load_spec, storage_option, tracking_uri_option
 from deepfm_tuner.tuner.stores.locations import missing_sqlite_store, redact, resolve_stores
-from deepfm_tuner.tuner.stores.sqlite import artifact_location_for
 
 
 def _require_store(uri: str, what: str) -> None:
@@ -52,7 +51,9 @@ def ui(study_path, tracking_uri, experiment, port) -> None:
 
     Example: deepfm ui studies/quick.yaml --port 5000
     """
-    from deepfm_tuner.tuner.stores.tracking import resolve_tracking_uri  # MLflow: imported when the UI starts
+    # MLflow and SQLAlchemy: imported when the UI starts
+    from deepfm_tuner.tuner.stores.sqlite import artifact_location_for
+    from deepfm_tuner.tuner.stores.tracking import resolve_tracking_uri
 
     spec = load_spec(study_path) if study_path else None
     uri = resolve_stores(None, tracking_uri, spec).tracking_uri
