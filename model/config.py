@@ -1,4 +1,4 @@
-"""The V1 `scoring_policy` config and the training control, validated once into frozen dataclasses.
+"""The V1 `scoring_policy` config and the training control, declared once as frozen pydantic dataclasses.
 
 The V1 YAML is the user's contract: `read_policy_yaml` accepts exactly the V1 keys (plus an optional `training:`
 block beside `policy_configs`), and `write_policy_yaml` writes them back in the same shape and order.
@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Annotated, Any, ClassVar, Mapping, Optional
 
 import yaml
+from annotated_types import Gt, MinLen
+from pydantic import AfterValidator, Strict
 
-from deepfm_tuner.model.errors import ConfigError, did_you_mean
+from deepfm_tuner.model.errors import ConfigError
+from deepfm_tuner.model.validation import Block, Float, Int, Must, OneOf, declared, must, parse, refuse
 
 ACTIVATIONS = ("relu", "leaky_relu", "elu", "selu", "gelu", "silu", "tanh", "sigmoid")
 POLICY_TYPES = ("deepfm",)
@@ -24,87 +26,47 @@ MAX_EMBEDDING_DIM = 4096  # far beyond any useful CTR embedding; larger is a typ
 MAX_HIDDEN_WIDTH = 65536  # one such layer after 39 fields x d=16 is already 41M weights
 
 
-def _check_keys(given: Mapping[str, Any], allowed: tuple[str, ...], where: str) -> None:
-    for key in given:
-        if key not in allowed:
-            raise ConfigError(
-                f"{where}: unknown key '{key}'{did_you_mean(str(key), allowed)}; allowed keys: {', '.join(allowed)}"
-            )
+def _at_most_max_dim(dim: int) -> int:
+    if dim > MAX_EMBEDDING_DIM:
+        raise must(f"must be at most {MAX_EMBEDDING_DIM}", fix="typical values are 4 to 64")
+    return dim
 
 
-def _int(value: Any, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    if value < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value}")
-    return value
+def _no_huge_layer(units: tuple[int, ...]) -> tuple[int, ...]:
+    for width in units:
+        if width > MAX_HIDDEN_WIDTH:
+            raise refuse(f"width {width} is larger than {MAX_HIDDEN_WIDTH}; use widths such as [256, 128, 64]")
+    return units
 
 
-def _float(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(f"{name} must be a finite number, got {value!r}")
-    return float(value)
+PolicyType = Annotated[str, OneOf("policy type", POLICY_TYPES, fix=f"supported: {', '.join(POLICY_TYPES)}")]
+Activation = Annotated[str, OneOf("activation", ACTIVATIONS, fix=f"supported: {', '.join(ACTIVATIONS)}")]
+EmbeddingDim = Annotated[Int(1), AfterValidator(_at_most_max_dim)]
+HiddenUnits = Annotated[tuple[Annotated[int, Strict(), Gt(0)], ...], MinLen(1),
+                        Must("must be a non-empty list of positive integers such as [128, 64, 32]"),
+                        AfterValidator(_no_huge_layer)]
+Device = Annotated[str, OneOf("device", DEVICES)]
+Shuffle = Annotated[str, OneOf("value", SHUFFLES)]
+EvalEvery = Float("must be a fraction of an epoch in (0, 1] such as 0.25 (4 evaluations per epoch), or null for "
+                  "per-epoch only", gt=0, le=1)
 
 
-@dataclass(frozen=True)
+@declared("scoring_policy")
 class PolicyConfig:
     """The five tunable hyperparameters of the V1 DeepFM scoring policy (seed defaults)."""
 
-    embedding_dim: int = 16
-    deep_hidden_units: tuple[int, ...] = (128, 64, 32)
-    activation_fn: str = "relu"
-    dropout: float = 0.2
-    learning_rate: float = 0.001
-    policy_type: str = "deepfm"
+    embedding_dim: EmbeddingDim = 16
+    deep_hidden_units: HiddenUnits = (128, 64, 32)
+    activation_fn: Activation = "relu"
+    dropout: Float("must be in [0, 1)", ge=0, lt=1) = 0.2
+    learning_rate: Float("must be > 0 (e.g. 0.001)", gt=0) = 0.001
+    policy_type: PolicyType = "deepfm"
 
-    KEYS = ("policy_type", "embedding_dim", "deep_hidden_units", "activation_fn", "dropout", "learning_rate")
-
-    def __post_init__(self) -> None:
-        where = "scoring_policy"
-        if self.policy_type not in POLICY_TYPES:
-            raise ConfigError(
-                f"{where}.policy_type: unknown policy type {self.policy_type!r}"
-                f"{did_you_mean(str(self.policy_type), POLICY_TYPES)}; supported: {', '.join(POLICY_TYPES)}"
-            )
-        _int(self.embedding_dim, f"{where}.embedding_dim", 1)
-        if self.embedding_dim > MAX_EMBEDDING_DIM:
-            raise ConfigError(f"{where}.embedding_dim must be at most {MAX_EMBEDDING_DIM}, got {self.embedding_dim}; "
-                              f"typical values are 4 to 64")
-        units = self.deep_hidden_units
-        if isinstance(units, (str, bytes)) or not isinstance(units, (list, tuple)) or len(units) == 0:
-            raise ConfigError(
-                f"{where}.deep_hidden_units must be a non-empty list of positive integers such as [128, 64, 32], "
-                f"got {units!r}"
-            )
-        for u in units:
-            if isinstance(u, bool) or not isinstance(u, int) or u <= 0:
-                raise ConfigError(
-                    f"{where}.deep_hidden_units must contain positive integers only, got {list(units)!r}"
-                )
-            if u > MAX_HIDDEN_WIDTH:
-                raise ConfigError(f"{where}.deep_hidden_units: width {u} is larger than {MAX_HIDDEN_WIDTH}; "
-                                  f"use widths such as [256, 128, 64]")
-        object.__setattr__(self, "deep_hidden_units", tuple(units))
-        if self.activation_fn not in ACTIVATIONS:
-            raise ConfigError(
-                f"{where}.activation_fn: unknown activation {self.activation_fn!r}"
-                f"{did_you_mean(str(self.activation_fn), ACTIVATIONS)}; supported: {', '.join(ACTIVATIONS)}"
-            )
-        dropout = _float(self.dropout, f"{where}.dropout")
-        if not 0.0 <= dropout < 1.0:
-            raise ConfigError(f"{where}.dropout must be in [0, 1), got {self.dropout}")
-        object.__setattr__(self, "dropout", dropout)
-        lr = _float(self.learning_rate, f"{where}.learning_rate")
-        if lr <= 0:
-            raise ConfigError(f"{where}.learning_rate must be > 0 (e.g. 0.001), got {self.learning_rate}")
-        object.__setattr__(self, "learning_rate", lr)
+    SHAPE: ClassVar[str] = "a mapping of hyperparameters"
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "PolicyConfig":
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"scoring_policy must be a mapping of hyperparameters, got {type(data).__name__}")
-        _check_keys(data, cls.KEYS, "scoring_policy")
-        return cls(**dict(data))
+        return parse(cls, data)
 
     def to_dict(self) -> dict[str, Any]:
         """The V1 mapping, in V1 key order."""
@@ -118,52 +80,25 @@ class PolicyConfig:
         }
 
 
-@dataclass(frozen=True)
+@declared("training")
 class TrainConfig:
     """Training control: not part of the V1 policy, but saved beside it so a run can be reproduced."""
 
-    batch_size: int = 4096
-    max_epochs: int = 10
-    patience: int = 2  # stop after this many epochs without a better validation AUC (best epoch restored); 0 = never
-    weight_decay: float = 0.0  # L2 on the dense (MLP) weights, through Adam
-    embedding_l2: float = 0.0  # L2 on the embedding rows used in each batch
-    seed: int = 42
-    device: str = "auto"  # auto = cuda when available
-    threads: int | None = None  # torch intra-op threads; None = torch's default
-    eval_batch_size: int = 8192  # cache-sized on CPU; larger batches only add transient memory
-    shuffle: str = "auto"  # full | block (permute inside ~256 MiB blocks) | auto: block when the split outgrows memory
-    eval_every: float | None = None  # also validate every this fraction of an epoch (0.25: 4 points per epoch, the
-    #   epoch's end included) on a fixed validation sample; a tuner reports and prunes there. None (or 1) = per epoch
-    eval_sample_rows: int = 65536  # rows of that fixed sample (drawn once with `seed`); the whole split if smaller
-
-    def __post_init__(self) -> None:
-        _int(self.batch_size, "training.batch_size", 1)
-        _int(self.max_epochs, "training.max_epochs", 1)
-        _int(self.patience, "training.patience", 0)
-        _int(self.seed, "training.seed", 0)
-        _int(self.eval_batch_size, "training.eval_batch_size", 1)
-        for name in ("weight_decay", "embedding_l2"):
-            value = _float(getattr(self, name), f"training.{name}")
-            if value < 0:
-                raise ConfigError(f"training.{name} must be >= 0, got {value}")
-            object.__setattr__(self, name, value)
-        if self.device not in DEVICES:
-            raise ConfigError(
-                f"training.device: unknown device {self.device!r}{did_you_mean(str(self.device), DEVICES)}; "
-                f"use one of {', '.join(DEVICES)}"
-            )
-        if self.threads is not None:
-            _int(self.threads, "training.threads", 1)
-        if self.shuffle not in SHUFFLES:
-            raise ConfigError(f"training.shuffle: unknown value {self.shuffle!r}{did_you_mean(str(self.shuffle), SHUFFLES)}; "
-                              f"use one of {', '.join(SHUFFLES)}")
-        if self.eval_every is not None:
-            every = self.eval_every
-            if isinstance(every, bool) or not isinstance(every, (int, float)) or not 0 < every <= 1:
-                raise ConfigError(f"training.eval_every must be a fraction of an epoch in (0, 1] such as 0.25 (4 "
-                                  f"evaluations per epoch), or null for per-epoch only; got {every!r}")
-            object.__setattr__(self, "eval_every", float(every))
-        _int(self.eval_sample_rows, "training.eval_sample_rows", 1)
+    batch_size: Int(1) = 4096
+    max_epochs: Int(1) = 10
+    patience: Int(0) = 2  # stop after this many epochs without a better validation AUC (best epoch restored); 0 = never
+    weight_decay: Float("must be >= 0", ge=0) = 0.0  # L2 on the dense (MLP) weights, through Adam
+    embedding_l2: Float("must be >= 0", ge=0) = 0.0  # L2 on the embedding rows used in each batch
+    seed: Int(0) = 42
+    device: Device = "auto"  # auto = cuda when available
+    threads: Optional[Int(1)] = None  # torch intra-op threads; None = torch's default
+    eval_batch_size: Int(1) = 8192  # cache-sized on CPU; larger batches only add transient memory
+    shuffle: Shuffle = "auto"  # full | block (permute inside ~256 MiB blocks) | auto: block when the split outgrows
+    #   memory
+    eval_every: Optional[EvalEvery] = None  # also validate every this fraction of an epoch (0.25: 4 points per
+    #   epoch, the epoch's end included) on a fixed validation sample; a tuner reports and prunes there. None (or 1)
+    #   = per epoch
+    eval_sample_rows: Int(1) = 65536  # rows of that fixed sample (drawn once with `seed`); the whole split if smaller
 
     @property
     def evals_per_epoch(self) -> int:
@@ -173,11 +108,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> "TrainConfig":
-        data = data or {}
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"training must be a mapping, got {type(data).__name__}")
-        _check_keys(data, TRAIN_KEYS, "training")
-        return cls(**dict(data))
+        return parse(cls, data or {})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -186,21 +117,22 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
 
-TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig))
+@declared()
+class _V1Configs:
+    scoring_policy: PolicyConfig
+
+    MISSING: ClassVar[str] = "needs a 'scoring_policy:' mapping"
 
 
-def policy_from_v1(document: Any, source: str = "policy") -> PolicyConfig:
-    """Parse a loaded V1 document: {'policy_configs': {'scoring_policy': {...}}}."""
-    if not isinstance(document, Mapping) or "policy_configs" not in document:
-        raise ConfigError(f"{source}: expected a top-level 'policy_configs:' mapping with a 'scoring_policy:' entry")
-    configs = document["policy_configs"]
-    if not isinstance(configs, Mapping) or "scoring_policy" not in configs:
-        raise ConfigError(f"{source}: 'policy_configs' must contain a 'scoring_policy:' mapping")
-    _check_keys(configs, ("scoring_policy",), f"{source}: policy_configs")
-    try:
-        return PolicyConfig.from_dict(configs["scoring_policy"])
-    except ConfigError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
+@declared()
+class _V1File:
+    """A V1 policy file: `policy_configs: {scoring_policy: {...}}`, optionally `training: {...}` beside it."""
+
+    policy_configs: _V1Configs
+    training: Block(TrainConfig) = TrainConfig()
+
+    SHAPE: ClassVar[str] = "a top-level 'policy_configs:' mapping with a 'scoring_policy:' entry"
+    MISSING: ClassVar[str] = f"expected {SHAPE}"
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -235,15 +167,8 @@ def load_yaml(path: str | Path) -> Any:
 
 def read_policy_yaml(path: str | Path) -> tuple[PolicyConfig, TrainConfig]:
     """Read a V1 policy file; an optional top-level `training:` block sets the training control."""
-    document = load_yaml(path)
-    if isinstance(document, Mapping):
-        _check_keys(document, ("policy_configs", "training"), str(path))
-    policy = policy_from_v1(document, str(path))
-    try:
-        train = TrainConfig.from_dict(document.get("training"))
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
-    return policy, train
+    document = parse(_V1File, load_yaml(path), source=str(path))
+    return document.policy_configs.scoring_policy, document.training
 
 
 def policy_to_v1_yaml(policy: PolicyConfig) -> str:

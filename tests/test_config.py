@@ -45,6 +45,18 @@ def test_training_block_sets_control(tmp_path):
     assert (training.batch_size, training.max_epochs, training.patience) == (512, 3, 1)
 
 
+def test_scientific_notation_is_a_number_though_yaml_1_1_reads_it_as_text(tmp_path):
+    """PyYAML reads `1e-5` (no dot) as the string '1e-5': where a number is expected it is that number."""
+    path = tmp_path / "p.yaml"
+    path.write_text(SEED_V1.replace("learning_rate: 0.001", "learning_rate: 1e-5")
+                    + "training:\n  weight_decay: 1e-6\n")
+    policy, training = read_policy_yaml(path)
+    assert (policy.learning_rate, training.weight_decay) == (1e-5, 1e-6)
+    path.write_text(SEED_V1.replace("learning_rate: 0.001", "learning_rate: 1e-5x"))
+    with pytest.raises(ConfigError, match=r"learning_rate must be > 0 \(e.g. 0.001\), got '1e-5x'"):
+        read_policy_yaml(path)
+
+
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 def test_every_listed_activation_is_accepted(activation):
     assert PolicyConfig(activation_fn=activation).activation_fn == activation

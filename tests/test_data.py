@@ -1,11 +1,14 @@
 """Readers, label checks, splits and schema inference; bad data gets a one-line error naming file and column."""
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from deepfm_tuner.model.data.frames import check_labels, read_table, split_rows
-from deepfm_tuner.model.data.source import DataSpec
+from deepfm_tuner.model.data.source import DataSpec, SynthOptions
+from deepfm_tuner.model.data.synth import SynthSpec
 from deepfm_tuner.model.errors import ConfigError, DataError
 from deepfm_tuner.model.data.schema import CRITEO_COLUMNS, FeatureSchema, infer_schema
 
@@ -96,6 +99,10 @@ def test_data_spec_validates_at_the_edge():
         DataSpec(synthetic={"row": 10})
     with pytest.raises(ConfigError, match="did you mean 'val_fraction'"):
         DataSpec.from_dict({"train": "x.csv", "val_fractoin": 0.2})
+
+
+def test_a_data_block_takes_every_synthetic_knob():
+    assert list(SynthOptions.__annotations__) == [f.name for f in dataclasses.fields(SynthSpec)]
 
 
 def test_real_open_bandit_csv_loads_joins_and_infers():

@@ -86,6 +86,21 @@ def test_bad_search_spaces_are_one_line_errors(tmp_path, block, message):
     assert message in str(info.value) and "\n" not in str(info.value)
 
 
+def test_scientific_notation_in_ranges_is_a_number_though_yaml_1_1_reads_it_as_text(tmp_path):
+    """PyYAML reads `1e-5` (no dot) as the string '1e-5': a range's bounds (ours and Shaped's) take it as 1e-05."""
+    path = tmp_path / "s.yaml"
+    path.write_text("study: {n_trials: 3}\ndata: {synthetic: {rows: 1000}}\n"
+                    "training:\n  embedding_l2: {low: 1e-5, high: 1e-1, log: true, zero: true}\n"
+                    "policy_configs:\n  scoring_policy:\n"
+                    "    learning_rate: {low: 1e-5, high: 1e-1, log: true}\n"
+                    "    dropout: {type: tunable_float, min: 0, max: 5e-1}\n")
+    assert yaml.safe_load(path.read_text())["policy_configs"]["scoring_policy"]["learning_rate"]["low"] == "1e-5"
+    spec = load_study(path)
+    assert spec.space["learning_rate"] == Range(1e-5, 1e-1, log=True)
+    assert spec.space["dropout"] == Range(0, 0.5)
+    assert spec.training_space["training.embedding_l2"] == Range(1e-5, 1e-1, log=True, zero=True)
+
+
 @pytest.mark.parametrize("study, message", [
     ({"n_trials": 3, "sampler": "cmaes"}, "unknown sampler 'cmaes'"),
     ({"n_trials": 3, "pruner": {"type": "medain"}}, "did you mean 'median'"),

@@ -6,12 +6,15 @@ Declared in YAML (`schema:` block), inferred from a DataFrame with explicit over
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Annotated, Any, Mapping
 
 import pandas as pd
+from annotated_types import MinLen
+from pydantic import Strict, model_validator, with_config
+from typing_extensions import TypedDict
 
-from deepfm_tuner.model.errors import ConfigError, DataError, did_you_mean
+from deepfm_tuner.model.errors import DataError, did_you_mean
+from deepfm_tuner.model.validation import CONFIG, Int, Must, OneOf, declared, parse, refuse
 
 NUMERIC_TRANSFORMS = ("log1p", "standardize", "none")
 CRITEO_NUMERIC = tuple(f"I{i}" for i in range(1, 14))
@@ -19,48 +22,38 @@ CRITEO_CATEGORICAL = tuple(f"C{i}" for i in range(1, 27))
 CRITEO_COLUMNS = ("label",) + CRITEO_NUMERIC + CRITEO_CATEGORICAL
 INFER_MAX_INT_CARDINALITY = 100  # integer columns with at most this many distinct values are categorical
 
+Label = Annotated[str, Strict(), Must("must be a column name")]
+Columns = Annotated[tuple[Annotated[str, Strict()], ...], Must("must be a list of column names")]
+Separator = Annotated[str, Strict(), MinLen(1), Must("must be a non-empty string such as '|'")]
+Transform = Annotated[str, OneOf("transform", NUMERIC_TRANSFORMS)]
 
-@dataclass(frozen=True)
+
+@declared("schema")
 class FeatureSchema:
     """Feature roles and the encoder's knobs. Field order is the model's field order."""
 
-    label: str = "label"
-    categorical: tuple[str, ...] = ()
-    numeric: tuple[str, ...] = ()
-    multivalued: tuple[str, ...] = ()
-    separator: str = "|"
-    numeric_transform: str = "standardize"  # log1p = signed log1p then standardize (counts)
-    min_count: int = 1  # tokens seen fewer times in training go to the field's OOV index
-    max_tokens: int = 16  # multi-valued fields keep at most this many tokens per row
+    label: Label = "label"
+    categorical: Columns = ()
+    numeric: Columns = ()
+    multivalued: Columns = ()
+    separator: Separator = "|"
+    numeric_transform: Transform = "standardize"  # log1p = signed log1p then standardize (counts)
+    min_count: Int(1) = 1  # tokens seen fewer times in training go to the field's OOV index
+    max_tokens: Int(1) = 16  # multi-valued fields keep at most this many tokens per row
 
-    def __post_init__(self) -> None:
-        for name in ("categorical", "numeric", "multivalued"):
-            value = getattr(self, name)
-            if isinstance(value, str) or not all(isinstance(c, str) for c in value):
-                raise ConfigError(f"schema.{name} must be a list of column names, got {value!r}")
-            object.__setattr__(self, name, tuple(value))
+    @model_validator(mode="after")
+    def _one_role_per_column(self) -> "FeatureSchema":
         seen: dict[str, str] = {}
         for role in ("categorical", "numeric", "multivalued"):
             for col in getattr(self, role):
                 if col == self.label:
-                    raise ConfigError(f"schema: column '{col}' is the label and cannot also be a {role} feature")
+                    raise refuse(f"column '{col}' is the label and cannot also be a {role} feature")
                 if col in seen:
-                    raise ConfigError(f"schema: column '{col}' is declared both {seen[col]} and {role}; pick one")
+                    raise refuse(f"column '{col}' is declared both {seen[col]} and {role}; pick one")
                 seen[col] = role
         if not self.features:
-            raise ConfigError("schema: no feature columns; declare categorical/numeric columns or let them be inferred")
-        if self.numeric_transform not in NUMERIC_TRANSFORMS:
-            raise ConfigError(
-                f"schema.numeric_transform: unknown transform {self.numeric_transform!r}"
-                f"{did_you_mean(str(self.numeric_transform), NUMERIC_TRANSFORMS)}; use one of "
-                f"{', '.join(NUMERIC_TRANSFORMS)}"
-            )
-        if isinstance(self.min_count, bool) or not isinstance(self.min_count, int) or self.min_count < 1:
-            raise ConfigError(f"schema.min_count must be an integer >= 1, got {self.min_count!r}")
-        if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or self.max_tokens < 1:
-            raise ConfigError(f"schema.max_tokens must be an integer >= 1, got {self.max_tokens!r}")
-        if not isinstance(self.separator, str) or len(self.separator) == 0:
-            raise ConfigError(f"schema.separator must be a non-empty string such as '|', got {self.separator!r}")
+            raise refuse("no feature columns; declare categorical/numeric columns or let them be inferred")
+        return self
 
     @property
     def features(self) -> tuple[str, ...]:
@@ -72,13 +65,7 @@ class FeatureSchema:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "FeatureSchema":
-        allowed = tuple(f.name for f in dataclasses.fields(cls))
-        for key in data:
-            if key not in allowed:
-                raise ConfigError(
-                    f"schema: unknown key '{key}'{did_you_mean(str(key), allowed)}; allowed keys: {', '.join(allowed)}"
-                )
-        return cls(**dict(data))
+        return parse(cls, data)
 
     def check_columns(self, df: pd.DataFrame, source: str, need_label: bool = True) -> None:
         """A declared column missing from the data is an error naming the file and the column."""
@@ -91,6 +78,21 @@ class FeatureSchema:
                 f"{source}: missing column(s) {shown}{hint}; the file has {len(df.columns)} columns "
                 f"({', '.join(map(str, list(df.columns)[:8]))}{' ...' if len(df.columns) > 8 else ''})"
             )
+
+
+@with_config(CONFIG)
+class SchemaHints(TypedDict, total=False):
+    """A data block's `schema:`: the roles and knobs declared (typed as FeatureSchema's); the rest is inferred."""
+
+    label: Label
+    categorical: Columns
+    numeric: Columns
+    multivalued: Columns
+    ignore: Columns  # columns that are not features (an id, a timestamp)
+    separator: Separator
+    numeric_transform: Transform
+    min_count: Int(1)
+    max_tokens: Int(1)
 
 
 def criteo_schema(min_count: int = 1) -> FeatureSchema:

@@ -5,91 +5,84 @@ into a `DataSpec`; `DataSpec.prepare()` maps the encoded dataset, building it on
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Annotated, Any, Callable, ClassVar, Mapping, Optional
 
 import pandas as pd
+from pydantic import model_validator, with_config
+from typing_extensions import TypedDict
 
 from deepfm_tuner.model.data.frames import FORMATS
 from deepfm_tuner.model.data.tensors import PreparedData
 from deepfm_tuner.model.data.cache import open_or_build
 from deepfm_tuner.model.data.layout import Source, SplitRule
-from deepfm_tuner.model.errors import ConfigError, DataError, did_you_mean
+from deepfm_tuner.model.errors import DataError, did_you_mean
 from deepfm_tuner.model.data.frames import check_file
-from deepfm_tuner.model.data.schema import FeatureSchema, criteo_schema, infer_schema
+from deepfm_tuner.model.data.schema import FeatureSchema, SchemaHints, criteo_schema, infer_schema
 from deepfm_tuner.model.data.synth import SynthSpec, write_dataset
+from deepfm_tuner.model.validation import CONFIG, Float, Int, OneOf, Text, declared, parse, refuse
 
-SCHEMA_HINT_KEYS = ("label", "categorical", "numeric", "multivalued", "ignore", "separator", "numeric_transform",
-                    "min_count", "max_tokens")
+Fraction = Float("must be a number in [0, 1)", ge=0, lt=1)
 
 
-@dataclass(frozen=True)
+@with_config(CONFIG)
+class SynthOptions(TypedDict, total=False):
+    """A data block's `synthetic:`: SynthSpec's knobs (tests/test_data.py keeps the two in step)."""
+
+    rows: Int(100)
+    seed: Int(0)
+    max_cardinality: Int(4)
+    base_ctr: Float("must be a click rate in (0, 1)", gt=0, lt=1)
+    signal: Float("must be >= 0", ge=0)
+
+
+@declared("data")
 class DataSpec:
-    train: str | None = None  # file with train (+ validation unless `valid`, + test unless `test`) rows
-    valid: str | None = None  # optional fixed validation file; otherwise validation rows are split off `train`
-    test: str | None = None  # optional held-out file; otherwise test rows are split off `train`
-    format: str | None = None  # csv | tsv | parquet | criteo; default from the extension
-    synthetic: Mapping[str, Any] | None = None  # {rows, seed, ...}: generate Criteo-format data into `synthetic_dir`
-    synthetic_dir: str = "data/generated"  # where generated raw files go
-    encoded_dir: str = "data/encoded"  # where encoded datasets go, one folder per fingerprint (shareable)
-    schema: Mapping[str, Any] = field(default_factory=dict)  # declared roles; the rest is inferred
-    val_fraction: float = 0.1
-    test_fraction: float = 0.1
-    split_seed: int = 42
-    order_by: str | None = None  # split by this column (latest rows -> val, test) instead of at random
+    train: Optional[Text] = None  # file with train (+ validation unless `valid`, + test unless `test`) rows
+    valid: Optional[Text] = None  # optional fixed validation file; otherwise validation rows are split off `train`
+    test: Optional[Text] = None  # optional held-out file; otherwise test rows are split off `train`
+    format: Optional[Annotated[str, OneOf("format", FORMATS)]] = None  # csv | tsv | parquet | criteo; default from
+    #   the extension
+    synthetic: Optional[SynthOptions] = None  # {rows, seed, ...}: generate Criteo-format data into `synthetic_dir`
+    synthetic_dir: Text = "data/generated"  # where generated raw files go
+    encoded_dir: Text = "data/encoded"  # where encoded datasets go, one folder per fingerprint (shareable)
+    schema: SchemaHints = field(default_factory=dict)  # declared roles; the rest is inferred
+    val_fraction: Fraction = 0.1
+    test_fraction: Fraction = 0.1
+    split_seed: Int(0) = 42
+    order_by: Optional[Text] = None  # split by this column (latest rows -> val, test) instead of at random
 
-    def __post_init__(self) -> None:
+    SHAPE: ClassVar[str] = "a mapping such as {train: PATH} or {synthetic: {rows: N}}"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_names(cls, data: Any) -> Any:
+        """`cache_dir` is synthetic_dir's old name, from when it was the only folder."""
+        if not isinstance(data, Mapping) or "cache_dir" not in data:
+            return data
+        if "synthetic_dir" in data:
+            raise refuse("give synthetic_dir only (cache_dir is its old name)")
+        return {("synthetic_dir" if key == "cache_dir" else key): value for key, value in data.items()}
+
+    @model_validator(mode="after")
+    def _rows_to_learn_from(self) -> "DataSpec":
         if (self.train is None) == (self.synthetic is None):
-            raise ConfigError("data: give either 'train: PATH' (and optionally 'valid:' / 'test: PATH') or "
-                              "'synthetic: {rows: N}'")
+            raise refuse("give either 'train: PATH' (and optionally 'valid:' / 'test: PATH') or "
+                         "'synthetic: {rows: N}'")
         if self.synthetic is not None and self.valid is not None:
-            raise ConfigError("data.valid needs data.train: synthetic data splits its own validation rows")
-        if self.format is not None and self.format not in FORMATS:
-            raise ConfigError(f"data.format: unknown format {self.format!r}{did_you_mean(str(self.format), FORMATS)}; "
-                              f"use one of {', '.join(FORMATS)}")
-        if self.synthetic is not None:
-            allowed = tuple(f.name for f in dataclasses.fields(SynthSpec))
-            for key in self.synthetic:
-                if key not in allowed:
-                    raise ConfigError(f"data.synthetic: unknown key '{key}'{did_you_mean(str(key), allowed)}; "
-                                      f"allowed keys: {', '.join(allowed)}")
-            try:
-                rows = SynthSpec(**self.synthetic).rows
-            except TypeError as exc:
-                raise ConfigError(f"data.synthetic: {exc}") from None
-            if not isinstance(rows, int) or rows < 100:
-                raise ConfigError(f"data.synthetic.rows must be an integer >= 100, got {rows!r}")
-        for key in self.schema:
-            if key not in SCHEMA_HINT_KEYS:
-                raise ConfigError(f"data.schema: unknown key '{key}'{did_you_mean(str(key), SCHEMA_HINT_KEYS)}; "
-                                  f"allowed keys: {', '.join(SCHEMA_HINT_KEYS)}")
-        for name in ("val_fraction", "test_fraction"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-                raise ConfigError(f"data.{name} must be a number in [0, 1), got {value!r}")
+            raise refuse("'valid' needs 'train': synthetic data splits its own validation rows")
         if self.val_fraction <= 0 and self.valid is None:
-            raise ConfigError("data.val_fraction must be > 0 (or give data.valid): early stopping and tuning need "
-                              "validation rows")
+            raise refuse("val_fraction must be > 0 (or give data.valid): early stopping and tuning need "
+                         "validation rows")
         if self.val_fraction + self.test_fraction >= 1:
-            raise ConfigError(f"data.val_fraction + data.test_fraction must be < 1, got {self.val_fraction} + "
-                              f"{self.test_fraction}; leave rows to train on")
+            raise refuse(f"val_fraction + test_fraction must be < 1, got {self.val_fraction} + "
+                         f"{self.test_fraction}; leave rows to train on")
+        return self
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "DataSpec":
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"data must be a mapping, got {type(data).__name__}")
-        data = dict(data)
-        if "cache_dir" in data:  # its old name, when it was the only folder
-            if "synthetic_dir" in data:
-                raise ConfigError("data: give synthetic_dir only (cache_dir is its old name)")
-            data["synthetic_dir"] = data.pop("cache_dir")
-        allowed = tuple(f.name for f in dataclasses.fields(cls))
-        for key in data:
-            if key not in allowed:
-                raise ConfigError(f"data: unknown key '{key}'{did_you_mean(str(key), allowed)}; "
-                                  f"allowed keys: {', '.join(allowed)}")
-        return cls(**data)
+        return parse(cls, data)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if v not in (None, {})}

@@ -21,16 +21,20 @@ A training knob's Optuna parameter is `training.<name>`, as its MLflow param.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, Union
+from typing import Annotated, Any, ClassVar, Mapping, Optional, Union
 
 import optuna
+from annotated_types import Gt, MinLen
+from pydantic import AfterValidator, Strict, model_validator, with_config
+from typing_extensions import TypedDict
 
-from deepfm_tuner.model.config import ACTIVATIONS, PolicyConfig, TrainConfig
-from deepfm_tuner.model.errors import ConfigError, did_you_mean
+from deepfm_tuner.model.config import PolicyConfig, PolicyType, TrainConfig
+from deepfm_tuner.model.errors import ConfigError
+from deepfm_tuner.model.validation import (CONFIG, Bool, Must, Number, OneOf, check_field, declared, must, parse,
+                                           refuse)
 
 HYPERPARAMETERS = ("embedding_dim", "deep_hidden_units", "activation_fn", "dropout", "learning_rate")
 INTEGER_PARAMS = ("embedding_dim", "batch_size")
-FLOAT_PARAMS = ("dropout", "learning_rate")
 TRAINING_TUNABLE = ("embedding_l2", "weight_decay", "batch_size")  # the training knobs a study may tune
 TRAINING_PREFIX = "training."
 SHAPED_TYPES = {"tunable_float": False, "tunable_int": True}  # Shaped's spelling -> integer?
@@ -136,131 +140,151 @@ def layers_from_label(label: str) -> tuple[int, ...]:
     return tuple(int(u) for u in str(label).split("-"))
 
 
-def _number(value: Any, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{where} must be a number, got {value!r}")
-    return value
+# -- the entries a study file writes, declared; parse_spec turns them into Specs -----------------------------
+def _positive(step: float) -> float:
+    if step <= 0:
+        raise must("must be > 0")
+    return step
 
 
-def _pair(value: Any, where: str) -> tuple[int, int]:
-    if not (isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)):
-        raise ConfigError(f"{where} must be [low, high] with positive integers, got {value!r}")
-    if value[0] > value[1]:
-        raise ConfigError(f"{where}: low {value[0]} > high {value[1]}; swap them")
-    return int(value[0]), int(value[1])
+Step = Optional[Annotated[Number, AfterValidator(_positive)]]  # an integer knob's step stays an integer
 
 
-def _from_shaped(raw: Mapping[str, Any], where: str) -> dict[str, Any]:
-    """Shaped's `{type: tunable_float | tunable_int, min, max}` -> this module's `{low, high}` (log/step kept)."""
-    kind = raw["type"]
-    if kind not in SHAPED_TYPES:
-        raise ConfigError(f"{where}.type: unknown type {kind!r}{did_you_mean(str(kind), SHAPED_TYPES)}; "
-                          f"use {' or '.join(SHAPED_TYPES)} (or low/high, or choices)")
-    _only(raw, ("type", "min", "max", "log", "step"), where)
-    if not {"min", "max"} <= set(raw):
-        raise ConfigError(f"{where}: {kind} needs both 'min' and 'max'")
-    for bound in ("min", "max"):
-        if SHAPED_TYPES[kind] and not (isinstance(raw[bound], int) and not isinstance(raw[bound], bool)):
-            raise ConfigError(f"{where}.{bound}: {kind} takes integers, got {raw[bound]!r}; use tunable_float")
-    converted = {"low": raw["min"], "high": raw["max"], **{k: raw[k] for k in ("log", "step") if k in raw}}
-    return converted
+@declared()
+class RangeEntry:
+    """`{low, high, log, step}` of a hyperparameter."""
+
+    low: Number
+    high: Number
+    log: Bool = False
+    step: Step = None
+
+    MISSING: ClassVar[str] = "a range needs both 'low' and 'high' (or use 'choices: [...]')"
+
+    @model_validator(mode="after")
+    def _sound(self) -> "RangeEntry":
+        if self.low > self.high:
+            raise refuse(f"low {self.low} > high {self.high}; swap them")
+        if self.log and self.step is not None:
+            raise refuse("'log' and 'step' cannot be combined (Optuna does not support it); drop one")
+        if self.log and self.low <= 0:
+            raise refuse(f"a log range needs low > 0, got {self.low}")
+        return self
+
+
+@declared()
+class KnobRange(RangeEntry):
+    """A training knob's range: `zero: true` makes exactly 0 a candidate too (see Range)."""
+
+    zero: Bool = False
+
+
+@declared()
+class ShapedEntry:
+    """Shaped's spelling of a range: `{type: tunable_float | tunable_int, min, max}` (log and step as ours)."""
+
+    type: Annotated[str, OneOf("type", tuple(SHAPED_TYPES), fix="use tunable_float or tunable_int (or low/high, "
+                                                                  "or choices)")]
+    min: Number
+    max: Number
+    log: Bool = False
+    step: Step = None
+
+    MISSING: ClassVar[str] = "tunable_float and tunable_int need both 'min' and 'max'"
+
+    @model_validator(mode="after")
+    def _integers_for_tunable_int(self) -> "ShapedEntry":
+        for bound in ("min", "max"):
+            if SHAPED_TYPES[self.type] and not isinstance(getattr(self, bound), int):
+                raise refuse(f"{self.type} takes integers, got {bound} {getattr(self, bound)!r}; use tunable_float")
+        return self
+
+    def as_range(self) -> dict[str, Any]:
+        return {"low": self.min, "high": self.max, "log": self.log, "step": self.step}
+
+
+@declared()
+class ChoicesEntry:
+    choices: Annotated[list[Any], MinLen(1), Must("must be a non-empty list")]
+
+
+def _ordered(pair: tuple[int, int]) -> tuple[int, int]:
+    if pair[0] > pair[1]:
+        raise refuse(f"low {pair[0]} > high {pair[1]}; swap them")
+    return pair
+
+
+Pair = Annotated[tuple[Annotated[int, Strict(), Gt(0)], Annotated[int, Strict(), Gt(0)]],
+                 Must("must be [low, high] with positive integers"), AfterValidator(_ordered)]
+
+
+@declared()
+class LayersEntry:
+    """`{depth: [lo, hi], width: [lo, hi]}` of deep_hidden_units."""
+
+    depth: Pair
+    width: Pair
+
+    MISSING: ClassVar[str] = "give either 'choices: [[...], ...]' or both 'depth: [lo, hi]' and 'width: [lo, hi]'"
+
+
+@with_config(CONFIG)
+class PolicyBlock(TypedDict, total=False):
+    """A study's `scoring_policy:`: the V1 keys, each a value or a tunable entry (parse_spec)."""
+
+    policy_type: PolicyType
+    embedding_dim: Any
+    deep_hidden_units: Any
+    activation_fn: Any
+    dropout: Any
+    learning_rate: Any
 
 
 def parse_spec(name: str, raw: Any, block: str = "scoring_policy") -> Spec:
-    """One hyperparameter's entry -> a validated Spec; every value it can produce is valid (checked through
-    PolicyConfig for the `scoring_policy` block, TrainConfig for `training`)."""
+    """One hyperparameter's entry -> a Spec; every value it can produce is valid (each candidate is checked as
+    PolicyConfig's field for the `scoring_policy` block, TrainConfig's for `training`). `block` is the entry's
+    key path in the file."""
     where = f"{block}.{name}"
     if not isinstance(raw, Mapping):
-        spec: Spec = Fixed(tuple(raw) if name == "deep_hidden_units" and isinstance(raw, list) else raw)
-        _check_values(name, [spec.value], where)
-        return spec
+        return Fixed(_candidate(name, raw, where))
     if "type" in raw:
-        raw = _from_shaped(raw, where)
-    keys = set(raw)
-    if "choices" in keys:
-        _only(raw, ("choices",), where)
-        values = raw["choices"]
-        if not isinstance(values, list) or not values:
-            raise ConfigError(f"{where}.choices must be a non-empty list, got {values!r}")
-        if name == "deep_hidden_units":
-            values = [tuple(v) if isinstance(v, list) else v for v in values]
-        _check_values(name, values, where)
-        return Choices(tuple(values))
+        raw = parse(ShapedEntry, raw, where).as_range()
+    if "choices" in raw:
+        return Choices(tuple(_candidate(name, value, where) for value in parse(ChoicesEntry, raw, where).choices))
     if name == "deep_hidden_units":
-        _only(raw, ("depth", "width"), where)
-        if keys != {"depth", "width"}:
-            raise ConfigError(f"{where}: give either 'choices: [[...], ...]' or both 'depth: [lo, hi]' and 'width: [lo, hi]'")
-        return Layers(_pair(raw["depth"], f"{where}.depth"), _pair(raw["width"], f"{where}.width"))
+        layers = parse(LayersEntry, raw, where)
+        _candidate(name, (layers.width[1],), where)  # the widest layer it can draw is a valid width
+        return Layers(layers.depth, layers.width)
     if name == "activation_fn":
         raise ConfigError(f"{where}: activations are tuned with 'choices: [relu, gelu, ...]', not a range")
-    allowed = ("low", "high", "log", "step", "zero") if block == "training" else ("low", "high", "log", "step")
-    _only(raw, allowed, where)
-    if not {"low", "high"} <= keys:
-        raise ConfigError(f"{where}: a range needs both 'low' and 'high' (or use 'choices: [...]')")
-    low, high = _number(raw["low"], f"{where}.low"), _number(raw["high"], f"{where}.high")
-    if low > high:
-        raise ConfigError(f"{where}: low {low} > high {high}; swap them")
-    log, step = raw.get("log", False), raw.get("step")
-    if not isinstance(log, bool):
-        raise ConfigError(f"{where}.log must be true or false, got {log!r}")
-    if step is not None and (_number(step, f"{where}.step") <= 0):
-        raise ConfigError(f"{where}.step must be > 0, got {step}")
-    if log and step is not None:
-        raise ConfigError(f"{where}: 'log' and 'step' cannot be combined (Optuna does not support it); drop one")
-    if log and low <= 0:
-        raise ConfigError(f"{where}: a log range needs low > 0, got {low}")
-    zero = raw.get("zero", False)
-    if not isinstance(zero, bool):
-        raise ConfigError(f"{where}.zero must be true or false, got {zero!r}")
-    integer = name in INTEGER_PARAMS
-    if integer and not all(float(v).is_integer() for v in (low, high)):
-        raise ConfigError(f"{where}: {name} is an integer; use integer low/high, got {low}, {high}")
-    _check_values(name, [low, high], where)
-    return Range(low, high, log=log, step=step, integer=integer, zero=zero)
+    entry = parse(KnobRange if name in TRAINING_TUNABLE else RangeEntry, raw, where)
+    for bound in (entry.low, entry.high):  # an integer hyperparameter's bounds are integers, as its values
+        _candidate(name, bound, where)
+    return Range(entry.low, entry.high, log=entry.log, step=entry.step, integer=name in INTEGER_PARAMS,
+                 zero=getattr(entry, "zero", False))
 
 
-def _only(raw: Mapping[str, Any], allowed: tuple[str, ...], where: str) -> None:
-    for key in raw:
-        if key not in allowed:
-            raise ConfigError(f"{where}: unknown key '{key}'{did_you_mean(str(key), allowed)}; allowed: {', '.join(allowed)}")
+def _candidate(name: str, value: Any, where: str) -> Any:
+    """`value` as PolicyConfig (TrainConfig) takes it, so the space can never yield an invalid policy (training
+    control)."""
+    return check_field(TrainConfig if name in TRAINING_TUNABLE else PolicyConfig, name, value, where)
 
 
-def _check_values(name: str, values: list[Any], where: str) -> None:
-    """Validate candidate values through PolicyConfig (TrainConfig) itself, so the space can never yield an
-    invalid policy (training control)."""
-    config, prefix = (TrainConfig, "training") if name in TRAINING_TUNABLE else (PolicyConfig, "scoring_policy")
-    for value in values:
-        if name == "activation_fn" and value not in ACTIVATIONS:
-            raise ConfigError(f"{where}: unknown activation {value!r}{did_you_mean(str(value), ACTIVATIONS)}; "
-                              f"supported: {', '.join(ACTIVATIONS)}")
-        try:
-            config(**{name: value})
-        except ConfigError as exc:
-            raise ConfigError(f"{where}: {str(exc).removeprefix(f'{prefix}.{name} ')}") from None
-
-
-def parse_space(block: Mapping[str, Any] | None) -> dict[str, Spec]:
-    """The `scoring_policy` block of a study file -> one Spec per hyperparameter (defaults for unset ones)."""
-    block = dict(block or {})
-    policy_type = block.pop("policy_type", "deepfm")
-    if policy_type != "deepfm":
-        raise ConfigError(f"scoring_policy.policy_type: unknown policy type {policy_type!r}; supported: deepfm")
-    for key in block:
-        if key not in HYPERPARAMETERS:
-            raise ConfigError(f"scoring_policy: unknown key '{key}'{did_you_mean(str(key), HYPERPARAMETERS)}; "
-                              f"allowed keys: policy_type, {', '.join(HYPERPARAMETERS)}")
-    return {name: parse_spec(name, block[name]) if name in block else DEFAULT_SPACE[name] for name in HYPERPARAMETERS}
+def parse_space(block: Mapping[str, Any] | None, where: str = "scoring_policy") -> dict[str, Spec]:
+    """The `scoring_policy` block of a study file (at key path `where`) -> one Spec per hyperparameter (defaults
+    for unset ones)."""
+    block = parse(PolicyBlock, block or {}, where)
+    return {name: parse_spec(name, block[name], where) if name in block else DEFAULT_SPACE[name]
+            for name in HYPERPARAMETERS}
 
 
 def parse_training(block: Mapping[str, Any] | None) -> tuple[TrainConfig, dict[str, Spec]]:
     """The study's `training:` block -> (the fixed training control, a Spec per tuned knob keyed by its Optuna
     parameter name `training.<knob>`). A tuned knob keeps its TrainConfig default in the fixed control (what
     the V1 baseline trial trains with)."""
-    if block is not None and not isinstance(block, Mapping):
-        raise ConfigError(f"training must be a mapping, got {type(block).__name__}")
     fixed: dict[str, Any] = {}
     tuned: dict[str, Spec] = {}
-    for name, raw in (block or {}).items():
+    for name, raw in parse(dict[str, Any], block or {}, "training").items():
         if not (isinstance(raw, Mapping) or raw == "tune"):
             fixed[name] = raw
         elif name not in TRAINING_TUNABLE:

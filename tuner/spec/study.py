@@ -1,57 +1,71 @@
-"""The study file: search space, data, training control, sampler, pruner, budget, stores. Validated once.
+"""The study file: search space, data, training control, sampler, pruner, budget, stores. Validated once, by
+declaration (model.validation), into a StudySpec.
 
     study:     {name, n_trials, timeout, metric, sampler, pruner, storage, tracking_uri, experiment,
                 registered_model, promote, warm_start: {from, top_k, storage}, finalists: {top_k, seeds}}
-    data:      see model.datasource.DataSpec (files or `synthetic: {rows: N}`)
+    data:      see model.data.source.DataSpec (files or `synthetic: {rows: N}`)
     training:  see model.config.TrainConfig (batch_size, max_epochs, patience, ...); embedding_l2, weight_decay
-               and batch_size may be tunable specs, as in the policy (tuner.space)
-    policy_configs: {scoring_policy: {...}}   each hyperparameter fixed or tunable (tuner.space)
+               and batch_size may be tunable specs, as in the policy (tuner.spec.space)
+    policy_configs: {scoring_policy: {...}}   each hyperparameter fixed or tunable (tuner.spec.space)
     promotion: {require: not_worse | better, alpha: 0.05}   the champion gate (DeLong's paired AUC test)
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Annotated, Any, ClassVar, Mapping, Optional
 
 import optuna
+from pydantic import AfterValidator, BeforeValidator, Field, StringConstraints, model_validator
 
 from deepfm_tuner.model.config import TrainConfig, load_yaml
 from deepfm_tuner.model.data.source import DataSpec
-from deepfm_tuner.model.errors import ConfigError, did_you_mean
+from deepfm_tuner.model.errors import ConfigError
+from deepfm_tuner.model.validation import Block, Bool, Float, Int, Must, OneOf, Text, declared, parse, refuse
 
 from deepfm_tuner.tuner.spec.space import Spec, parse_space, parse_training
 
 SAMPLERS = ("tpe", "random", "gp", "qmc")
 PRUNERS = ("median", "hyperband", "none")
 METRICS = {"val_auc": "maximize", "val_logloss": "minimize"}
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+REQUIREMENTS = ("not_worse", "better")
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 
 
-def _check_keys(given: Mapping[str, Any], allowed: tuple[str, ...], where: str) -> None:
-    for key in given:
-        if key not in allowed:
-            raise ConfigError(f"{where}: unknown key '{key}'{did_you_mean(str(key), allowed)}; "
-                              f"allowed keys: {', '.join(allowed)}")
+def _name_text(value: Any) -> Any:
+    """`name: 2024` is read as a number by YAML; a study name is its text."""
+    return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
 
 
-@dataclass(frozen=True)
+def _mlflow_accepts(name: str) -> str:
+    """MLflow's own rules for a registered model name, checked when the study is read, not after it trained."""
+    from mlflow.exceptions import MlflowException  # lazy: mlflow is slow to import, and only this check needs it
+    from mlflow.utils.validation import _validate_model_name
+
+    try:
+        _validate_model_name(name)
+    except MlflowException as exc:
+        raise refuse(f"{name!r} is refused by MLflow ({exc.message.splitlines()[0]}); pick a name such as "
+                     f"'deepfm-ctr'") from None
+    return name
+
+
+StudyName = Annotated[str, BeforeValidator(_name_text), StringConstraints(pattern=NAME_PATTERN),
+                      Must("must be letters, digits, '_', '.', '-' (max 100 characters)")]
+EarlierStudy = Annotated[str, StringConstraints(pattern=NAME_PATTERN),
+                         Must("must name an earlier study (letters, digits, '_', '.', '-')")]
+ModelName = Annotated[Text, AfterValidator(_mlflow_accepts)]
+
+
+@declared("study.sampler")
 class SamplerSpec:
-    type: str = "tpe"
-    seed: int = 42
-    n_startup_trials: int = 5  # random trials before TPE/GP model the space
+    type: Annotated[str, OneOf("sampler", SAMPLERS)] = "tpe"
+    seed: Int(0) = 42
+    n_startup_trials: Int(0) = 5  # random trials before TPE/GP model the space
 
-    def __post_init__(self) -> None:
-        if self.type not in SAMPLERS:
-            raise ConfigError(f"study.sampler.type: unknown sampler {self.type!r}{did_you_mean(str(self.type), SAMPLERS)}; "
-                              f"use one of {', '.join(SAMPLERS)}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise ConfigError(f"study.sampler.seed must be an integer, got {self.seed!r}")
-        if not isinstance(self.n_startup_trials, int) or self.n_startup_trials < 0:
-            raise ConfigError(f"study.sampler.n_startup_trials must be an integer >= 0, got {self.n_startup_trials!r}")
+    SHAPE: ClassVar[str] = "a name or a mapping"
 
     def build(self) -> optuna.samplers.BaseSampler:
         if self.type == "tpe":
@@ -64,7 +78,7 @@ class SamplerSpec:
         return optuna.samplers.QMCSampler(seed=self.seed)
 
 
-@dataclass(frozen=True)
+@declared("study.pruner")
 class PrunerSpec:
     """How weak trials are stopped, at each report: every epoch, or with `training.eval_every` every evaluation
     point on the validation sample (eval_every 0.25: 4 reports per epoch). median: below the median of earlier
@@ -74,19 +88,12 @@ class PrunerSpec:
     takes a report's step (0-based) as the resource used, so hyperband's first rung is at the 2nd report (half an
     epoch at eval_every 0.25; the 2nd epoch without it), and which trials it compares depends on its brackets."""
 
-    type: str = "median"
-    n_startup_trials: int = 3  # trials that run to the end before pruning starts
-    n_warmup_steps: int = 1  # reports a trial always gets (epochs without training.eval_every)
-    n_min_trials: int = 1  # trials that must have reported a step before a trial is judged at it
+    type: Annotated[str, OneOf("pruner", PRUNERS)] = "median"
+    n_startup_trials: Int(0) = 3  # trials that run to the end before pruning starts
+    n_warmup_steps: Int(0) = 1  # reports a trial always gets (epochs without training.eval_every)
+    n_min_trials: Int(1) = 1  # trials that must have reported a step before a trial is judged at it
 
-    def __post_init__(self) -> None:
-        if self.type not in PRUNERS:
-            raise ConfigError(f"study.pruner.type: unknown pruner {self.type!r}{did_you_mean(str(self.type), PRUNERS)}; "
-                              f"use one of {', '.join(PRUNERS)}")
-        for name, minimum in (("n_startup_trials", 0), ("n_warmup_steps", 0), ("n_min_trials", 1)):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-                raise ConfigError(f"study.pruner.{name} must be an integer >= {minimum}, got {value!r}")
+    SHAPE: ClassVar[str] = "a name or a mapping"
 
     def build(self, max_epochs: int, reports_per_epoch: int = 1) -> optuna.pruners.BasePruner:
         """The Optuna pruner; a trial reports `reports_per_epoch` times an epoch (TrainConfig.evals_per_epoch
@@ -100,80 +107,89 @@ class PrunerSpec:
         return optuna.pruners.NopPruner()
 
 
-REQUIREMENTS = ("not_worse", "better")
-
-
-@dataclass(frozen=True)
+@declared("promotion")
 class PromotionSpec:
     """The champion gate: a challenger takes `champion` unless it is significantly worse (not_worse), or only
     when it is significantly better (better), by DeLong's two-sided paired AUC test at level `alpha`."""
 
-    require: str = "not_worse"
-    alpha: float = 0.05
+    require: Annotated[str, OneOf("requirement", REQUIREMENTS)] = "not_worse"
+    alpha: Float("must be a number with 0 < alpha < 1 (e.g. 0.05)", gt=0, lt=1) = 0.05
 
-    def __post_init__(self) -> None:
-        if self.require not in REQUIREMENTS:
-            raise ConfigError(f"promotion.require: unknown requirement {self.require!r}"
-                              f"{did_you_mean(str(self.require), REQUIREMENTS)}; use one of {', '.join(REQUIREMENTS)}")
-        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0 < self.alpha < 1:
-            raise ConfigError(f"promotion.alpha must be a number with 0 < alpha < 1 (e.g. 0.05), got {self.alpha!r}")
-        object.__setattr__(self, "alpha", float(self.alpha))
+    SHAPE: ClassVar[str] = "a requirement or a mapping such as {require: not_worse, alpha: 0.05}"
 
 
-@dataclass(frozen=True)
+@declared("study.warm_start")
 class WarmStartSpec:
     """Enqueue the `top_k` best configurations of an earlier study (`from`) when this study is created."""
 
-    source: str
-    top_k: int = 5
-    storage: str | None = None  # default: this study's storage
+    source: EarlierStudy = Field(alias="from")
+    top_k: Int(1) = 5
+    storage: Optional[Annotated[Text, Must("must be a storage URL string")]] = None  # default: this study's storage
 
-    KEYS = ("from", "top_k", "storage")
-
-    @classmethod
-    def from_dict(cls, block: Any) -> "WarmStartSpec":
-        if isinstance(block, str):
-            block = {"from": block}
-        if not isinstance(block, Mapping):
-            raise ConfigError(f"study.warm_start must be a mapping such as {{from: OLD_STUDY, top_k: 5}}, got {block!r}")
-        _check_keys(block, cls.KEYS, "study.warm_start")
-        source = block.get("from")
-        if not isinstance(source, str) or not NAME_PATTERN.match(source):
-            raise ConfigError(f"study.warm_start.from must name an earlier study (letters, digits, '_', '.', '-'), "
-                              f"got {source!r}")
-        top_k = block.get("top_k", 5)
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-            raise ConfigError(f"study.warm_start.top_k must be an integer >= 1, got {top_k!r}")
-        storage = block.get("storage")
-        if storage is not None and not isinstance(storage, str):
-            raise ConfigError(f"study.warm_start.storage must be a storage URL string, got {storage!r}")
-        return cls(source, top_k, storage)
+    SHAPE: ClassVar[str] = "a mapping such as {from: OLD_STUDY, top_k: 5}"
 
 
-@dataclass(frozen=True)
+@declared("study.finalists")
 class FinalistsSpec:
     """After the trials: re-train the `top_k` best complete trials with `seeds` more seeds each and choose the
     champion candidate by the mean of those retrains (tuner.finalists). top_k 1 re-seeds the winner alone."""
 
-    top_k: int = 3
-    seeds: int = 3
+    top_k: Int(1) = 3
+    seeds: Int(1) = 3
 
-    KEYS = ("top_k", "seeds")
+    SHAPE: ClassVar[str] = "a mapping such as {top_k: 3, seeds: 3}"
 
-    @classmethod
-    def from_dict(cls, block: Any) -> "FinalistsSpec":
-        if not isinstance(block, Mapping):
-            raise ConfigError(f"study.finalists must be a mapping such as {{top_k: 3, seeds: 3}}, got {block!r}")
-        _check_keys(block, cls.KEYS, "study.finalists")
-        values = {key: block.get(key, getattr(cls, key)) for key in cls.KEYS}
-        for key, value in values.items():
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"study.finalists.{key} must be an integer >= 1, got {value!r}")
-        return cls(**values)
+
+@declared("study")
+class StudyBlock:
+    """The `study:` block; its name defaults to the file's stem."""
+
+    name: Optional[StudyName] = None
+    n_trials: Optional[Int(1)] = 20  # total over all workers
+    timeout: Optional[Float("must be a number of seconds > 0", gt=0)] = None  # seconds, per worker
+    metric: Annotated[str, OneOf("metric", tuple(METRICS))] = "val_auc"
+    sampler: Block(SamplerSpec, "type") = SamplerSpec()
+    pruner: Block(PrunerSpec, "type") = PrunerSpec()
+    storage: Optional[Text] = None
+    tracking_uri: Optional[Text] = None
+    experiment: Optional[Text] = None
+    registered_model: Optional[ModelName] = None
+    promote: Bool = True
+    warm_start: Optional[Block(WarmStartSpec, "from")] = None
+    finalists: Optional[FinalistsSpec] = None  # None: the best single trial is the champion candidate
+
+    @model_validator(mode="after")
+    def _ends(self) -> "StudyBlock":
+        if self.n_trials is None and self.timeout is None:
+            raise refuse("set n_trials, timeout, or both, so the study ends")
+        return self
+
+
+@declared()
+class PolicyConfigsBlock:
+    scoring_policy: Optional[dict[str, Any]] = None  # each hyperparameter fixed or tunable (tuner.spec.space)
+
+    SHAPE: ClassVar[str] = "a mapping with a 'scoring_policy:' entry"
+
+
+@declared(kw_only=True)
+class StudyFile:
+    """A study file as written; parse_study assembles the StudySpec from it."""
+
+    study: Block(StudyBlock) = StudyBlock()
+    data: DataSpec
+    training: Optional[dict[str, Any]] = None  # the training control, knobs tunable (tuner.spec.space)
+    policy_configs: Block(PolicyConfigsBlock) = PolicyConfigsBlock()
+    promotion: Block(PromotionSpec, "require") = PromotionSpec()
+
+    SHAPE: ClassVar[str] = "a mapping with 'study', 'data', 'training' and 'policy_configs'"
+    MISSING: ClassVar[str] = "missing 'data:' block; give 'data: {train: PATH}' or 'data: {synthetic: {rows: N}}'"
 
 
 @dataclass(frozen=True)
 class StudySpec:
+    """What a study runs: assembled by parse_study from a validated StudyFile (or built in code, as bench/ does)."""
+
     name: str
     space: Mapping[str, Spec]
     data: DataSpec
@@ -210,96 +226,19 @@ class StudySpec:
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
-STUDY_KEYS = ("name", "n_trials", "timeout", "metric", "sampler", "pruner", "storage", "tracking_uri", "experiment",
-              "registered_model", "promote", "warm_start", "finalists")
-
-
-def _sub(block: Any, cls, where: str, scalar_key: str = "type"):
-    if block is None:
-        return cls()
-    if isinstance(block, str):
-        block = {scalar_key: block}
-    if not isinstance(block, Mapping):
-        raise ConfigError(f"{where} must be a name or a mapping, got {block!r}")
-    _check_keys(block, tuple(f.name for f in dataclasses.fields(cls)), where)
-    return cls(**dict(block))
-
-
 def parse_study(document: Any, source: str, default_name: str) -> StudySpec:
-    if not isinstance(document, Mapping):
-        raise ConfigError(f"{source}: a study file is a mapping with 'study', 'data', 'training' and 'policy_configs'")
-    _check_keys(document, ("study", "data", "training", "policy_configs", "promotion"), source)
+    """A loaded study file -> the validated StudySpec; any refusal is one ConfigError naming `source`."""
+    file = parse(StudyFile, document, source=source)
+    block = file.study
     try:
-        study = document.get("study") or {}
-        if not isinstance(study, Mapping):
-            raise ConfigError("study must be a mapping")
-        _check_keys(study, STUDY_KEYS, "study")
-        name = str(study.get("name", default_name))
-        if not NAME_PATTERN.match(name):
-            raise ConfigError(f"study.name {name!r} must be letters, digits, '_', '.', '-' (max 100 characters)")
-        n_trials, timeout = study.get("n_trials", 20), study.get("timeout")
-        if n_trials is not None and (not isinstance(n_trials, int) or isinstance(n_trials, bool) or n_trials < 1):
-            raise ConfigError(f"study.n_trials must be an integer >= 1, got {n_trials!r}")
-        if timeout is not None and (not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0):
-            raise ConfigError(f"study.timeout must be a number of seconds > 0, got {timeout!r}")
-        if n_trials is None and timeout is None:
-            raise ConfigError("study: set n_trials, timeout, or both, so the study ends")
-        metric = study.get("metric", "val_auc")
-        if metric not in METRICS:
-            raise ConfigError(f"study.metric: unknown metric {metric!r}{did_you_mean(str(metric), METRICS)}; "
-                              f"use one of {', '.join(METRICS)}")
-        if "data" not in document:
-            raise ConfigError("missing 'data:' block; give 'data: {train: PATH}' or 'data: {synthetic: {rows: N}}'")
-        policy_configs = document.get("policy_configs") or {}
-        if not isinstance(policy_configs, Mapping):
-            raise ConfigError("policy_configs must be a mapping with a 'scoring_policy:' entry")
-        _check_keys(policy_configs, ("scoring_policy",), "policy_configs")
-        for key in ("storage", "tracking_uri", "experiment", "registered_model"):
-            if study.get(key) is not None and not isinstance(study[key], str):
-                raise ConfigError(f"study.{key} must be a string, got {study[key]!r}")
-        if study.get("registered_model") is not None:
-            _check_model_name(study["registered_model"])
-        promote = study.get("promote", True)
-        if not isinstance(promote, bool):
-            raise ConfigError(f"study.promote must be true or false, got {promote!r}")
-        training, training_space = parse_training(document.get("training"))
-        return StudySpec(
-            name=name,
-            space=parse_space(policy_configs.get("scoring_policy")),
-            data=DataSpec.from_dict(document["data"]),
-            training=training,
-            training_space=training_space,
-            n_trials=n_trials,
-            timeout=timeout,
-            metric=metric,
-            sampler=_sub(study.get("sampler"), SamplerSpec, "study.sampler"),
-            pruner=_sub(study.get("pruner"), PrunerSpec, "study.pruner"),
-            storage=study.get("storage"),
-            tracking_uri=study.get("tracking_uri"),
-            experiment=study.get("experiment"),
-            registered_model=study.get("registered_model"),
-            promote=promote,
-            promotion=_sub(document.get("promotion"), PromotionSpec, "promotion", scalar_key="require"),
-            warm_start=None if study.get("warm_start") is None else WarmStartSpec.from_dict(study["warm_start"]),
-            finalists=None if study.get("finalists") is None else FinalistsSpec.from_dict(study["finalists"]),
-            source=source,
-        )
-    except TypeError as exc:  # e.g. a wrong type passed through to a dataclass
-        raise ConfigError(f"{source}: {exc}") from None
+        training, training_space = parse_training(file.training)
+        space = parse_space(file.policy_configs.scoring_policy, "policy_configs.scoring_policy")
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
-
-
-def _check_model_name(name: str) -> None:
-    """MLflow's own rules for a registered model name, checked when the study is read, not after it trained."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.utils.validation import _validate_model_name
-
-    try:
-        _validate_model_name(name)
-    except MlflowException as exc:
-        raise ConfigError(f"study.registered_model {name!r} is refused by MLflow ({exc.message.splitlines()[0]}); "
-                          f"pick a name such as 'deepfm-ctr'") from None
+    name = block.name or parse(StudyName, default_name, "study.name", source)
+    settings = {f.name: getattr(block, f.name) for f in dataclasses.fields(block) if f.name != "name"}
+    return StudySpec(name=name, space=space, data=file.data, training=training, training_space=training_space,
+                     promotion=file.promotion, source=source, **settings)
 
 
 def load_study(path: str | Path) -> StudySpec:
