@@ -104,6 +104,29 @@ def test_invalid_registered_model_name_fails_before_anything_runs(in_tmp, name):
     assert not (in_tmp / "mlruns").exists()
 
 
+@pytest.mark.parametrize("name", ["ctr", "deepfm-ctr", "a b", "team/ctr", "ctr:v1", "", "  ", ".", "..", "a/../b",
+                                  "./ctr", "ctr.", "-x", "ctr@champion"])
+def test_the_model_name_rule_is_mlflows(name):
+    """Reading a study file checks the name without importing MLflow (seconds): the rule must stay MLflow's."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.validation import _validate_model_name
+
+    from deepfm_tuner.model.errors import ConfigError
+    from deepfm_tuner.tuner.spec.study import _mlflow_accepts
+
+    try:
+        _validate_model_name(name)
+        mlflow_accepts = True
+    except MlflowException:
+        mlflow_accepts = False
+    try:
+        _mlflow_accepts(name)
+        ours = True
+    except (ConfigError, ValueError):
+        ours = False
+    assert ours == mlflow_accepts
+
+
 # -- 18: device, patience, skipped trials --------------------------------------------------------------
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_without_a_cuda_device_is_one_line(in_tmp):

@@ -100,12 +100,11 @@ def dashboard(study_path, storage, port) -> None:
     url = stores.storage_url
     _require_store(url, "Optuna storage")
     _require_free_port(port)
-    from deepfm_tuner.tuner.pipeline.handle import existing_study  # Optuna: imported when the dashboard starts
-    from deepfm_tuner.tuner.stores.optuna_storage import resolve_storage
+    from deepfm_tuner.tuner.stores.optuna_storage import existing_study, resolve_storage  # Optuna: when it starts
 
     url = resolve_storage(url)
     link = f"http://127.0.0.1:{port}"
     if spec is not None:
-        link += f"/dashboard/studies/{existing_study(spec, stores, study_path)[0]._study_id}"
+        link += f"/dashboard/studies/{existing_study(spec.name, url, study_path)[0]._study_id}"
     click.echo(f"Optuna dashboard on {link} (storage {redact(url)}); Ctrl-C to stop", err=True)
     _exec("optuna-dashboard", [url, "--host", "127.0.0.1", "--port", str(port), "--quiet"])

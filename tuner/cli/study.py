@@ -104,11 +104,11 @@ def status(study_path, storage, tracking_uri) -> None:
     Example: deepfm status studies/quick.yaml
     """
     from deepfm_tuner.tuner.cli.show import print_status
-    from deepfm_tuner.tuner.pipeline.handle import existing_study
+    from deepfm_tuner.tuner.stores.optuna_storage import existing_study
 
     quiet_optuna()
     spec = load_spec(study_path)
-    study, _ = existing_study(spec, resolve_stores(storage, tracking_uri, spec), study_path)
+    study, _ = existing_study(spec.name, resolve_stores(storage, tracking_uri, spec).storage_url, study_path)
     print_status(console, study, spec)
 
 
@@ -121,7 +121,7 @@ def report(study_path, storage, tracking_uri, out) -> None:
 
     Example: deepfm report studies/quick.yaml --out quick.html
     """
-    from deepfm_tuner.tuner.pipeline.handle import existing_study
+    from deepfm_tuner.tuner.stores.optuna_storage import existing_study
     from deepfm_tuner.tuner.pipeline.report import write_report
     from deepfm_tuner.tuner.trials.names import curve_name
 
@@ -129,7 +129,7 @@ def report(study_path, storage, tracking_uri, out) -> None:
     spec = load_spec(study_path)
     out = out or f"outputs/{spec.name}-report.html"
     check_writable(Path(out).parent, "pass --out with a file on a writable disk")
-    study, _ = existing_study(spec, resolve_stores(storage, tracking_uri, spec), study_path)
+    study, _ = existing_study(spec.name, resolve_stores(storage, tracking_uri, spec).storage_url, study_path)
     path = write_report(study, out, spec.metric, curve_name(spec.metric, spec.training))
     console.print(f"wrote {path}")
 

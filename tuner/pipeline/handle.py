@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 import optuna
 from mlflow import MlflowClient
 
-from deepfm_tuner.model.errors import ConfigError, UserInputError, did_you_mean
+from deepfm_tuner.model.errors import ConfigError, UserInputError
 from deepfm_tuner.tuner.spec.space import space_to_dict
 from deepfm_tuner.tuner.spec.study import StudySpec
 from deepfm_tuner.tuner.stores.locations import Stores, missing_sqlite_store, redact, resolve_stores
-from deepfm_tuner.tuner.stores.optuna_storage import open_storage, resolve_storage
+from deepfm_tuner.tuner.stores.optuna_storage import existing_study, open_storage, resolve_storage
 from deepfm_tuner.tuner.stores.retry import retry
 from deepfm_tuner.tuner.stores.tracking import StudyTracker, check_database, check_reachable, resolve_tracking_uri
 from deepfm_tuner.tuner.trials.baseline import enqueue_baseline
@@ -122,28 +122,9 @@ def _wait_for_parent(study: optuna.Study, wait_seconds: float) -> str:
         time.sleep(0.5)
 
 
-def existing_study(spec, stores: Stores, study_path: str) -> tuple[optuna.Study, str]:
-    """(the stored study, its storage URL); a missing store or study is a one-line UserInputError."""
-    url = stores.storage_url
-    path = missing_sqlite_store(url)
-    if path is not None:
-        raise UserInputError(f"no study named '{spec.name}': no Optuna storage at {path}; start it with "
-                             f"'deepfm tune {study_path}', or point at its store with --storage/DEEPFM_STORAGE")
-    url = resolve_storage(url)
-    storage = open_storage(url)
-    try:
-        return optuna.load_study(study_name=spec.name, storage=storage), url
-    except KeyError:
-        names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
-        known = f"; studies there: {', '.join(sorted(names)[:10])}" if names else "; it holds no study"
-        raise UserInputError(f"no study named '{spec.name}' in {redact(url)}{did_you_mean(spec.name, names)}{known}; "
-                             f"check study.name in {study_path} or start it with 'deepfm tune {study_path}'") from None
-
-
-
 def existing_handle(spec, stores: Stores, study_path: str) -> StudyHandle:
     """A StudyHandle over an existing study, its MLflow experiment and parent run (nothing is created)."""
-    study, storage_url = existing_study(spec, stores, study_path)
+    study, storage_url = existing_study(spec.name, stores.storage_url, study_path)
     parent = study.user_attrs.get(ATTR_PARENT_RUN)
     if not parent:
         raise UserInputError(f"study '{spec.name}' has no MLflow parent run (was it created by another tool?); "

@@ -21,9 +21,8 @@ A training knob's Optuna parameter is `training.<name>`, as its MLflow param.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Mapping, Optional, Union
 
-import optuna
 from annotated_types import Gt, MinLen
 from pydantic import AfterValidator, Strict, model_validator, with_config
 from typing_extensions import TypedDict
@@ -32,6 +31,9 @@ from deepfm_tuner.model.config import PolicyConfig, PolicyType, TrainConfig
 from deepfm_tuner.model.errors import ConfigError
 from deepfm_tuner.model.validation import (CONFIG, Bool, Must, Number, OneOf, check_field, declared, must, parse,
                                            refuse)
+
+if TYPE_CHECKING:  # Optuna is imported by the code that suggests or checks; reading a study file does not
+    import optuna
 
 HYPERPARAMETERS = ("embedding_dim", "deep_hidden_units", "activation_fn", "dropout", "learning_rate")
 INTEGER_PARAMS = ("embedding_dim", "batch_size")
@@ -318,7 +320,9 @@ def suggest_training(trial: optuna.Trial, training_space: Mapping[str, Spec], co
 
 def policy_from_params(params: Mapping[str, Any], space: Mapping[str, Spec]) -> PolicyConfig:
     """Rebuild a trial's policy from its stored Optuna params (for status, promotion, retries)."""
-    fixed = optuna.trial.FixedTrial(dict(params))
+    from optuna.trial import FixedTrial  # lazily, as everywhere in this module
+
+    fixed = FixedTrial(dict(params))
     return suggest_policy(fixed, space)  # type: ignore[arg-type]
 
 
@@ -365,14 +369,20 @@ class _ParamCheck:
         self.rejected[name] = value
         return fallback
 
+    @staticmethod
+    def _distributions():
+        from optuna import distributions  # lazily, as everywhere in this module
+
+        return distributions
+
     def suggest_categorical(self, name, choices):
-        return self._take(name, optuna.distributions.CategoricalDistribution(choices), choices[0])
+        return self._take(name, self._distributions().CategoricalDistribution(choices), choices[0])
 
     def suggest_int(self, name, low, high, step=1, log=False):
-        return self._take(name, optuna.distributions.IntDistribution(low, high, log=log, step=step), low)
+        return self._take(name, self._distributions().IntDistribution(low, high, log=log, step=step), low)
 
     def suggest_float(self, name, low, high, step=None, log=False):
-        return self._take(name, optuna.distributions.FloatDistribution(low, high, log=log, step=step), low)
+        return self._take(name, self._distributions().FloatDistribution(low, high, log=log, step=step), low)
 
 
 def check_params(params: Mapping[str, Any], space: Mapping[str, Spec],

@@ -12,12 +12,13 @@ declaration (model.validation), into a StudySpec.
 
 from __future__ import annotations
 
+import posixpath
+
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Mapping, Optional
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Mapping, Optional
 
-import optuna
 from pydantic import AfterValidator, BeforeValidator, Field, StringConstraints, model_validator
 
 from deepfm_tuner.model.config import TrainConfig, load_yaml
@@ -26,6 +27,9 @@ from deepfm_tuner.model.errors import ConfigError
 from deepfm_tuner.model.validation import Block, Bool, Float, Int, Must, OneOf, Text, declared, parse, refuse
 
 from deepfm_tuner.tuner.spec.space import Spec, parse_space, parse_training
+
+if TYPE_CHECKING:  # Optuna is imported when samplers and pruners are built, not when a study file is read
+    import optuna
 
 SAMPLERS = ("tpe", "random", "gp", "qmc")
 PRUNERS = ("median", "hyperband", "none")
@@ -40,16 +44,18 @@ def _name_text(value: Any) -> Any:
 
 
 def _mlflow_accepts(name: str) -> str:
-    """MLflow's own rules for a registered model name, checked when the study is read, not after it trained."""
-    from mlflow.exceptions import MlflowException  # lazy: mlflow is slow to import, and only this check needs it
-    from mlflow.utils.validation import _validate_model_name
-
-    try:
-        _validate_model_name(name)
-    except MlflowException as exc:
-        raise refuse(f"{name!r} is refused by MLflow ({exc.message.splitlines()[0]}); pick a name such as "
-                     f"'deepfm-ctr'") from None
-    return name
+    """MLflow's rules for a registered model name (mlflow.utils.validation._validate_model_name; a test keeps the
+    two in step), checked when the study is read, not after it trained, and without importing MLflow (seconds)."""
+    normal = posixpath.normpath(name)
+    if not name.strip():
+        problem = "a name cannot be empty"
+    elif "/" in name or ":" in name:
+        problem = "names cannot contain '/' or ':'"
+    elif normal != name or normal == "." or normal.startswith(("..", "/")):
+        problem = f"names must not resolve to other names as paths; this one resolves to {normal!r}"
+    else:
+        return name
+    raise refuse(f"{name!r} is refused by MLflow ({problem}); pick a name such as 'deepfm-ctr'")
 
 
 StudyName = Annotated[str, BeforeValidator(_name_text), StringConstraints(pattern=NAME_PATTERN),
@@ -68,6 +74,8 @@ class SamplerSpec:
     SHAPE: ClassVar[str] = "a name or a mapping"
 
     def build(self) -> optuna.samplers.BaseSampler:
+        import optuna  # built by the commands that run trials; reading a study file does not import Optuna
+
         if self.type == "tpe":
             return optuna.samplers.TPESampler(seed=self.seed, n_startup_trials=self.n_startup_trials, multivariate=True,
                                               constant_liar=True)
@@ -98,6 +106,8 @@ class PrunerSpec:
     def build(self, max_epochs: int, reports_per_epoch: int = 1) -> optuna.pruners.BasePruner:
         """The Optuna pruner; a trial reports `reports_per_epoch` times an epoch (TrainConfig.evals_per_epoch
         with eval_every, else 1), so hyperband's resource is one report and its maximum every report."""
+        import optuna  # as SamplerSpec.build
+
         if self.type == "median":
             return optuna.pruners.MedianPruner(n_startup_trials=self.n_startup_trials,
                                                n_warmup_steps=self.n_warmup_steps, n_min_trials=self.n_min_trials)

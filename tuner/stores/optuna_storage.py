@@ -9,8 +9,8 @@ from typing import Callable
 import optuna
 from sqlalchemy.exc import SQLAlchemyError
 
-from deepfm_tuner.model.errors import ConfigError
-from deepfm_tuner.tuner.stores.locations import CONNECT_TIMEOUT_SECONDS, redact
+from deepfm_tuner.model.errors import ConfigError, UserInputError, did_you_mean
+from deepfm_tuner.tuner.stores.locations import CONNECT_TIMEOUT_SECONDS, missing_sqlite_store, redact
 from deepfm_tuner.tuner.stores.locks import creation_lock
 from deepfm_tuner.tuner.stores.retry import retry
 from deepfm_tuner.tuner.stores.sqlite import absolute_sqlite
@@ -90,3 +90,21 @@ def _schema_lock(url: str):
     two version rows. PostgreSQL: a session advisory lock; SQLite: an flock on a file beside the database.
     """
     return creation_lock(url, "deepfm-optuna-schema", ".init-lock")
+
+
+def existing_study(name: str, url: str, study_path: str) -> tuple[optuna.Study, str]:
+    """A study that must already exist (status, report, dashboard, promote), opened without creating a store or a
+    study: (the study, its storage URL); a missing store or study is one line saying how to start it."""
+    path = missing_sqlite_store(url)
+    if path is not None:
+        raise UserInputError(f"no study named '{name}': no Optuna storage at {path}; start it with "
+                             f"'deepfm tune {study_path}', or point at its store with --storage/DEEPFM_STORAGE")
+    url = resolve_storage(url)
+    storage = open_storage(url)
+    try:
+        return optuna.load_study(study_name=name, storage=storage), url
+    except KeyError:
+        names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+        known = f"; studies there: {', '.join(sorted(names)[:10])}" if names else "; it holds no study"
+        raise UserInputError(f"no study named '{name}' in {redact(url)}{did_you_mean(name, names)}{known}; "
+                             f"check study.name in {study_path} or start it with 'deepfm tune {study_path}'") from None
