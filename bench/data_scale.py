@@ -148,7 +148,7 @@ TRAIN_CODE = (
     "control = TrainConfig(batch_size=4096, max_epochs=epochs, patience=epochs, seed=0, device='cpu', threads=threads)\n"
     "r = train(p, PolicyConfig(), control)\n"
     "auc, logloss = evaluate(r.model, p.test)\n"
-    "from deepfm_tuner.model.batches import shuffle_block_rows\n"
+    "from deepfm_tuner.model.train import shuffle_block_rows\n"
     "emit({'mode': mode, 'train_rows': len(p.train), 'samples_per_second': len(p.train) * len(r.history)"
     " / r.train_seconds, 'train_seconds': r.train_seconds, 'test_auc': auc, 'test_logloss': logloss,"
     " 'block_rows': shuffle_block_rows(p.train)})")

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from conftest import TINY_POLICY, TINY_TRAINING
-from deepfm_tuner.model import batches
-from deepfm_tuner.model.batches import epoch_batches
+from deepfm_tuner.model import train as training_loop
+from deepfm_tuner.model.train import epoch_batches
 from deepfm_tuner.model.data import build, cache, staging
 from deepfm_tuner.model.data import reader as ingest
 from deepfm_tuner.model.data.frames import Split, read_table
@@ -202,7 +202,7 @@ def test_training_from_the_mapped_dataset_equals_training_in_memory(tiny_criteo_
     a = train(mapped, TINY_POLICY, TINY_TRAINING)
     b = train(twin, TINY_POLICY, TINY_TRAINING)
     assert [m.val_auc for m in a.history] == [m.val_auc for m in b.history]
-    monkeypatch.setattr(batches, "SHUFFLE_BLOCK_BYTES", 300 * mapped.train.row_bytes)  # blocks of 300 rows
+    monkeypatch.setattr(training_loop, "SHUFFLE_BLOCK_BYTES", 300 * mapped.train.row_bytes)  # blocks of 300 rows
     block = train(mapped, TINY_POLICY, TINY_TRAINING.replace(shuffle="block"))
     assert abs(block.best.val_auc - a.best.val_auc) < 0.05  # another row order, the same model quality
 
