@@ -56,8 +56,8 @@ def load_prepared(directory: Path):
     """Read all.tsv, split it by position (train, val, test as written), fit the encoder on train, encode once:
     (PreparedData, seconds)."""
     from deepfm_tuner.model.data.frames import Split, read_table
-    from deepfm_tuner.model.data.tensors import prepare
     from deepfm_tuner.model.data.schema import criteo_schema
+    from deepfm_tuner.model.data.tensors import prepare
 
     started = time.perf_counter()
     rows = json.loads((directory / "info.json").read_text())["rows"]

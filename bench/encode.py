@@ -21,8 +21,8 @@ def main() -> None:
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
 
-    from deepfm_tuner.model.data.frames import read_table
     from deepfm_tuner.model.data.encoder import FeatureEncoder
+    from deepfm_tuner.model.data.frames import read_table
     from deepfm_tuner.model.data.schema import criteo_schema
 
     path = ensure_data() / "train.tsv"

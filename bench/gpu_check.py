@@ -34,10 +34,10 @@ from common import machine, write_json  # noqa: E402
 
 from deepfm_tuner.model.config import PolicyConfig, TrainConfig  # noqa: E402
 from deepfm_tuner.model.data.encoder import EncodedFeatures  # noqa: E402
-from deepfm_tuner.model.data.tensors import EncodedRows, PreparedData  # noqa: E402
-from deepfm_tuner.model.deepfm import DeepFM  # noqa: E402
 from deepfm_tuner.model.data.schema import CRITEO_CATEGORICAL, CRITEO_NUMERIC, FeatureSchema, criteo_schema  # noqa: E402
 from deepfm_tuner.model.data.synth import SynthSpec, _cardinalities, _zipf_ids  # noqa: E402
+from deepfm_tuner.model.data.tensors import EncodedRows, PreparedData  # noqa: E402
+from deepfm_tuner.model.deepfm import DeepFM  # noqa: E402
 from deepfm_tuner.model.train import evaluate, train  # noqa: E402
 
 BATCHES = (4096, 16384, 65536)

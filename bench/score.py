@@ -30,7 +30,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from common import ensure_data, machine, write_json
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -48,12 +47,12 @@ def main() -> None:
     import pandas as pd
 
     from deepfm_tuner.model.config import PolicyConfig, TrainConfig
-    from deepfm_tuner.model.data.frames import read_table
     from deepfm_tuner.model.data.encoder import FeatureEncoder
-    from deepfm_tuner.model.policy import ScoringPolicy
+    from deepfm_tuner.model.data.frames import read_table
     from deepfm_tuner.model.data.schema import CRITEO_COLUMNS, criteo_schema
-    from deepfm_tuner.tuner.serving.pyfunc import conform, log_policy_model
+    from deepfm_tuner.model.policy import ScoringPolicy
     from deepfm_tuner.tuner.registry.promotion import score_file
+    from deepfm_tuner.tuner.serving.pyfunc import conform, log_policy_model
 
     directory = ensure_data()
     started = time.perf_counter()

@@ -39,7 +39,6 @@ import time
 
 import numpy as np
 import torch
-
 from common import ensure_data, load_prepared, machine, max_rss_mib, write_json
 
 

@@ -107,8 +107,8 @@ def samples_until(trials, target: float) -> int | None:
 
 
 def run_pays_study(document: dict, root: Path, data) -> dict:
-    from deepfm_tuner.tuner.spec.study import parse_study
     from deepfm_tuner.tuner.pipeline.tune import tune
+    from deepfm_tuner.tuner.spec.study import parse_study
 
     spec = parse_study(document, f"bench:{document['study']['name']}", document["study"]["name"])
     root.mkdir(parents=True, exist_ok=True)

@@ -50,8 +50,8 @@ STUDY = {
 
 
 def run_study(folder: Path):
-    from deepfm_tuner.tuner.spec.study import load_study
     from deepfm_tuner.tuner.pipeline.tune import tune
+    from deepfm_tuner.tuner.spec.study import load_study
 
     path = folder / "uicheck.yaml"
     path.write_text(yaml.safe_dump(STUDY))

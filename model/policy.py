@@ -22,13 +22,13 @@ import pandas as pd
 import torch
 import yaml
 
-from deepfm_tuner.model.config import PolicyConfig, TrainConfig, read_policy_yaml, write_policy_yaml
-from deepfm_tuner.model.deepfm import DeepFM
-from deepfm_tuner.model.data.tensors import TensorData
 from deepfm_tuner.model.checksums import CorruptPolicyError, verify_checksums, write_checksums
+from deepfm_tuner.model.config import PolicyConfig, TrainConfig, read_policy_yaml, write_policy_yaml
 from deepfm_tuner.model.data.encoder import FeatureEncoder
 from deepfm_tuner.model.data.frames import check_file
 from deepfm_tuner.model.data.reader import as_frame, batch_labels, read_types, sample_frame, stream_batches
+from deepfm_tuner.model.data.tensors import TensorData
+from deepfm_tuner.model.deepfm import DeepFM
 from deepfm_tuner.model.errors import DataError
 from deepfm_tuner.model.metrics import classification_metrics
 from deepfm_tuner.model.parallel import scoring_pool

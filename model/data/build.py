@@ -15,9 +15,24 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from deepfm_tuner.model.data.encoder import FIRST_TOKEN, MISSING, OOV, FeatureEncoder, arrow_tokens, numeric_transform, vocabulary_order
+from deepfm_tuner.model.data.encoder import (
+    FIRST_TOKEN,
+    MISSING,
+    OOV,
+    FeatureEncoder,
+    arrow_tokens,
+    numeric_transform,
+    vocabulary_order,
+)
 from deepfm_tuner.model.data.layout import FORMAT_VERSION, PARTS, Source, SplitRule, sampled_checksum
-from deepfm_tuner.model.data.reader import ValueParseError, batch_labels, numbers_from_text, read_types, sample_frame, stream_batches
+from deepfm_tuner.model.data.reader import (
+    ValueParseError,
+    batch_labels,
+    numbers_from_text,
+    read_types,
+    sample_frame,
+    stream_batches,
+)
 from deepfm_tuner.model.data.schema import FeatureSchema
 from deepfm_tuner.model.data.staging import PAD, Staging, TokenIds, chunks, multivalued_ids, write_parts
 from deepfm_tuner.model.errors import DataError

@@ -19,9 +19,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from deepfm_tuner.model.data.frames import as_arrow, dictionary_array, used_categories
+from deepfm_tuner.model.data.schema import FeatureSchema
 from deepfm_tuner.model.errors import DataError
 from deepfm_tuner.model.parallel import map_columns
-from deepfm_tuner.model.data.schema import FeatureSchema
 
 MISSING, OOV, FIRST_TOKEN = 0, 1, 2
 CLIP = 10.0  # standardized numeric values are clipped to +-CLIP, so one outlier cannot blow up a score

@@ -15,8 +15,8 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from pandas.api.types import union_categoricals
 
-from deepfm_tuner.model.errors import DataError
 from deepfm_tuner.model.data.schema import CRITEO_CATEGORICAL, CRITEO_COLUMNS, CRITEO_NUMERIC
+from deepfm_tuner.model.errors import DataError
 
 FORMATS = ("csv", "tsv", "parquet", "criteo")
 

@@ -18,8 +18,8 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from deepfm_tuner.model.data.frames import check_file
-from deepfm_tuner.model.errors import DataError
 from deepfm_tuner.model.data.schema import CRITEO_CATEGORICAL, CRITEO_COLUMNS, CRITEO_NUMERIC, FeatureSchema
+from deepfm_tuner.model.errors import DataError
 
 BLOCK_BYTES = 1 << 22  # CSV text per batch (4 MiB, ~18k Criteo rows): the parser holds several blocks at once, and
 # its buffers grow far beyond the text (64 MiB blocks held 1.6 GB), so small blocks are both leaner and faster

@@ -13,14 +13,13 @@ import pandas as pd
 from pydantic import model_validator, with_config
 from typing_extensions import TypedDict
 
-from deepfm_tuner.model.data.frames import FORMATS
-from deepfm_tuner.model.data.tensors import PreparedData
 from deepfm_tuner.model.data.cache import open_or_build
+from deepfm_tuner.model.data.frames import FORMATS, check_file
 from deepfm_tuner.model.data.layout import Source, SplitRule
-from deepfm_tuner.model.errors import DataError, did_you_mean
-from deepfm_tuner.model.data.frames import check_file
 from deepfm_tuner.model.data.schema import FeatureSchema, SchemaHints, criteo_schema, infer_schema
 from deepfm_tuner.model.data.synth import SynthSpec, write_dataset
+from deepfm_tuner.model.data.tensors import PreparedData
+from deepfm_tuner.model.errors import DataError, did_you_mean
 from deepfm_tuner.model.validation import CONFIG, Float, Int, OneOf, Text, declared, parse, refuse
 
 Fraction = Float("must be a number in [0, 1)", ge=0, lt=1)

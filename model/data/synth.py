@@ -29,9 +29,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
+from deepfm_tuner.model.data.schema import CRITEO_CATEGORICAL, CRITEO_NUMERIC
 from deepfm_tuner.model.errors import DataError
 from deepfm_tuner.model.filelock import file_lock
-from deepfm_tuner.model.data.schema import CRITEO_CATEGORICAL, CRITEO_NUMERIC
 from deepfm_tuner.model.metrics import classification_metrics
 
 LATENT_DIM = 4

@@ -20,10 +20,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from deepfm_tuner.model.data.frames import Split, check_labels
 from deepfm_tuner.model.data.encoder import EncodedFeatures, FeatureEncoder
-from deepfm_tuner.model.errors import DataError
+from deepfm_tuner.model.data.frames import Split, check_labels
 from deepfm_tuner.model.data.schema import FeatureSchema
+from deepfm_tuner.model.errors import DataError
 
 if TYPE_CHECKING:
     import torch

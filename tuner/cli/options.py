@@ -7,8 +7,13 @@ import click
 
 from deepfm_tuner.model.config import load_yaml
 from deepfm_tuner.model.errors import ConfigError, UserInputError
-from deepfm_tuner.tuner.stores.locations import (DEFAULT_OPTUNA_STORAGE, DEFAULT_TRACKING_URI, ENV_MLFLOW_TRACKING_URI,
-                                                 ENV_STORAGE, ENV_TRACKING_URI)
+from deepfm_tuner.tuner.stores.locations import (
+    DEFAULT_OPTUNA_STORAGE,
+    DEFAULT_TRACKING_URI,
+    ENV_MLFLOW_TRACKING_URI,
+    ENV_STORAGE,
+    ENV_TRACKING_URI,
+)
 
 
 def storage_option(func):

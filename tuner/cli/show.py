@@ -11,8 +11,15 @@ from deepfm_tuner.tuner.spec.space import shown_params, tuned_training
 from deepfm_tuner.tuner.trials.baseline import describe_lift, is_baseline
 from deepfm_tuner.tuner.trials.finalists import FinalistsResult, current_result, table_lines
 from deepfm_tuner.tuner.trials.names import ATTR_SKIPPED, ATTR_WARM_START, score_name
-from deepfm_tuner.tuner.trials.record import (Training, best_trial, human_epoch, pruned_where, trained_config,
-                                              trial_counts, trial_score)
+from deepfm_tuner.tuner.trials.record import (
+    Training,
+    best_trial,
+    human_epoch,
+    pruned_where,
+    trained_config,
+    trial_counts,
+    trial_score,
+)
 
 
 def print_promotion(console: Console, name: str, p) -> None:

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import click
 
-from deepfm_tuner.tuner.cli.console import err, out as console
+from deepfm_tuner.tuner.cli.console import err
+from deepfm_tuner.tuner.cli.console import out as console
 from deepfm_tuner.tuner.cli.logs import quiet_optuna
 from deepfm_tuner.tuner.cli.options import load_spec, log_to_stderr, store_options
 from deepfm_tuner.tuner.stores.disks import check_writable
@@ -121,8 +122,8 @@ def report(study_path, storage, tracking_uri, out) -> None:
 
     Example: deepfm report studies/quick.yaml --out quick.html
     """
-    from deepfm_tuner.tuner.stores.optuna_storage import existing_study
     from deepfm_tuner.tuner.pipeline.report import write_report
+    from deepfm_tuner.tuner.stores.optuna_storage import existing_study
     from deepfm_tuner.tuner.trials.names import curve_name
 
     quiet_optuna()

@@ -8,7 +8,8 @@ import json
 import click
 
 from deepfm_tuner.model.config import read_policy_yaml
-from deepfm_tuner.tuner.cli.console import err, out as console
+from deepfm_tuner.tuner.cli.console import err
+from deepfm_tuner.tuner.cli.console import out as console
 from deepfm_tuner.tuner.cli.options import data_options, data_spec_from_options, log_to_stderr
 from deepfm_tuner.tuner.stores.disks import check_writable
 
@@ -31,7 +32,8 @@ def train(policy_path, data_path, valid_path, test_path, fmt, label, synthetic, 
     # torch: imported by the commands that train or score, not by --help
     from deepfm_tuner.model.deepfm import check_model_size, estimate_parameters
     from deepfm_tuner.model.policy import ScoringPolicy
-    from deepfm_tuner.model.train import evaluate, resolve_device, train as train_model
+    from deepfm_tuner.model.train import evaluate, resolve_device
+    from deepfm_tuner.model.train import train as train_model
     from deepfm_tuner.tuner.cli.progress import EpochProgress
     from deepfm_tuner.tuner.trials.record import human_epoch
 

@@ -18,8 +18,13 @@ from deepfm_tuner.tuner.pipeline.handle import StudyHandle, init_study
 from deepfm_tuner.tuner.pipeline.loop import run_trials
 from deepfm_tuner.tuner.pipeline.promotion import promote_study
 from deepfm_tuner.tuner.pipeline.summary import summarise
-from deepfm_tuner.tuner.pipeline.workers import (WorkersFailed, available_cores, run_workers, sigterm_as_interrupt,
-                                                 threads_per_worker)
+from deepfm_tuner.tuner.pipeline.workers import (
+    WorkersFailed,
+    available_cores,
+    run_workers,
+    sigterm_as_interrupt,
+    threads_per_worker,
+)
 from deepfm_tuner.tuner.spec.study import StudySpec
 from deepfm_tuner.tuner.stores.check import check_stores
 from deepfm_tuner.tuner.stores.locations import redact, resolve_stores

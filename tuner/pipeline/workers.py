@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from typing import IO, Callable
 
 from deepfm_tuner.model.errors import UserInputError
-
 from deepfm_tuner.tuner.pipeline.handle import StudyHandle
 
 STOP_GRACE_SECONDS = 60.0  # after Ctrl-C, how long workers get to close their trial and MLflow run

@@ -29,8 +29,7 @@ from typing_extensions import TypedDict
 
 from deepfm_tuner.model.config import PolicyConfig, PolicyType, TrainConfig
 from deepfm_tuner.model.errors import ConfigError
-from deepfm_tuner.model.validation import (CONFIG, Bool, Must, Number, OneOf, check_field, declared, must, parse,
-                                           refuse)
+from deepfm_tuner.model.validation import CONFIG, Bool, Must, Number, OneOf, check_field, declared, must, parse, refuse
 
 if TYPE_CHECKING:  # Optuna is imported by the code that suggests or checks; reading a study file does not
     import optuna

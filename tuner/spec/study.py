@@ -12,9 +12,8 @@ declaration (model.validation), into a StudySpec.
 
 from __future__ import annotations
 
-import posixpath
-
 import dataclasses
+import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Mapping, Optional
@@ -25,7 +24,6 @@ from deepfm_tuner.model.config import TrainConfig, load_yaml
 from deepfm_tuner.model.data.source import DataSpec
 from deepfm_tuner.model.errors import ConfigError
 from deepfm_tuner.model.validation import Block, Bool, Float, Int, Must, OneOf, Text, declared, parse, refuse
-
 from deepfm_tuner.tuner.spec.space import Spec, parse_space, parse_training
 
 if TYPE_CHECKING:  # Optuna is imported when samplers and pruners are built, not when a study file is read

@@ -14,6 +14,7 @@ from sqlalchemy.engine import Engine
 
 from deepfm_tuner.tuner.stores.disks import check_writable
 
+
 def absolute_sqlite(uri: str) -> str:
     """sqlite:///mlruns/x.db -> sqlite:////abs/mlruns/x.db, folder created and in WAL mode: stores are cached by
     URI, so a relative one would follow a process into another directory."""

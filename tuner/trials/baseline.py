@@ -14,9 +14,18 @@ from typing import Any, Mapping
 import optuna
 
 from deepfm_tuner.model.config import PolicyConfig, TrainConfig
-
+from deepfm_tuner.tuner.spec.space import (
+    TRAINING_PREFIX,
+    Choices,
+    Fixed,
+    Layers,
+    Range,
+    Spec,
+    check_params,
+    layers_label,
+    zero_param,
+)
 from deepfm_tuner.tuner.trials.names import ATTR_BASELINE, ATTR_BASELINE_NOTE
-from deepfm_tuner.tuner.spec.space import TRAINING_PREFIX, Choices, Fixed, Layers, Range, Spec, check_params, layers_label, zero_param
 
 V1_DEFAULT = PolicyConfig()
 TRAINING_DEFAULT = TrainConfig()

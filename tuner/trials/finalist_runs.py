@@ -16,10 +16,25 @@ from deepfm_tuner.model.train import train
 from deepfm_tuner.tuner.stores.disks import is_disk_error
 from deepfm_tuner.tuner.stores.locks import creation_lock
 from deepfm_tuner.tuner.stores.retry import retry
-from deepfm_tuner.tuner.trials.finalists import (ARTIFACT, FinalistsResult, better, candidates, finalist_seeds,
-                                                 is_current, recorded, results)
-from deepfm_tuner.tuner.trials.names import (ATTR_FINALISTS, ATTR_RUN_ID, TAG_FINALIST_OF_RUN, TAG_FINALIST_OF_TRIAL,
-                                             TAG_FINALIST_SEED, TAG_FINALISTS_CHOSEN, score_name)
+from deepfm_tuner.tuner.trials.finalists import (
+    ARTIFACT,
+    FinalistsResult,
+    better,
+    candidates,
+    finalist_seeds,
+    is_current,
+    recorded,
+    results,
+)
+from deepfm_tuner.tuner.trials.names import (
+    ATTR_FINALISTS,
+    ATTR_RUN_ID,
+    TAG_FINALIST_OF_RUN,
+    TAG_FINALIST_OF_TRIAL,
+    TAG_FINALIST_SEED,
+    TAG_FINALISTS_CHOSEN,
+    score_name,
+)
 from deepfm_tuner.tuner.trials.record import trained_config
 from deepfm_tuner.tuner.trials.runs import prune_checkpoints, run_params, run_tags, training_run
 

@@ -19,10 +19,25 @@ from deepfm_tuner.model.train import SELECT_METRICS, EpochMetrics, StepMetrics, 
 from deepfm_tuner.tuner.spec.space import suggest_policy, suggest_training
 from deepfm_tuner.tuner.spec.study import StudySpec
 from deepfm_tuner.tuner.stores.tracking import StudyTracker
-from deepfm_tuner.tuner.trials.names import (ATTR_BASELINE, ATTR_BASELINE_NOTE, ATTR_CHECKPOINT, ATTR_RETRY_OF,
-                                             ATTR_RUN_ID, ATTR_SKIPPED, ATTR_WARM_START, ATTR_WORKER,
-                                             PRUNED_AT_EPOCH, PRUNED_AT_STEP, SAMPLES_TRAINED, STEP_PREFIX,
-                                             TAG_PRUNED_AT, TAG_PRUNED_AT_STEP, TAG_TRIAL, score_name, sub_epoch)
+from deepfm_tuner.tuner.trials.names import (
+    ATTR_BASELINE,
+    ATTR_BASELINE_NOTE,
+    ATTR_CHECKPOINT,
+    ATTR_RETRY_OF,
+    ATTR_RUN_ID,
+    ATTR_SKIPPED,
+    ATTR_WARM_START,
+    ATTR_WORKER,
+    PRUNED_AT_EPOCH,
+    PRUNED_AT_STEP,
+    SAMPLES_TRAINED,
+    STEP_PREFIX,
+    TAG_PRUNED_AT,
+    TAG_PRUNED_AT_STEP,
+    TAG_TRIAL,
+    score_name,
+    sub_epoch,
+)
 from deepfm_tuner.tuner.trials.record import Training, record_failure, record_trained
 from deepfm_tuner.tuner.trials.runs import run_params, run_tags, training_run, worker_name
 

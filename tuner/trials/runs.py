@@ -22,8 +22,14 @@ from mlflow.store.artifact.artifact_repository_registry import get_artifact_repo
 from deepfm_tuner.model.config import PolicyConfig, TrainConfig
 from deepfm_tuner.tuner.stores.tracking import StudyTracker
 from deepfm_tuner.tuner.trials import interrupts
-from deepfm_tuner.tuner.trials.names import (ATTR_RUN_ID, CHECKPOINT_PATH, EPOCH_PREFIX, TAG_FAILURE, TAG_STATE,
-                                             score_name)
+from deepfm_tuner.tuner.trials.names import (
+    ATTR_RUN_ID,
+    CHECKPOINT_PATH,
+    EPOCH_PREFIX,
+    TAG_FAILURE,
+    TAG_STATE,
+    score_name,
+)
 
 INTERRUPTED = "interrupted (KeyboardInterrupt)"
 

@@ -17,12 +17,11 @@ from typing import Any
 import optuna
 
 from deepfm_tuner.model.errors import ConfigError, did_you_mean
-
-from deepfm_tuner.tuner.trials.names import ATTR_WARM_START
 from deepfm_tuner.tuner.spec.space import check_params
 from deepfm_tuner.tuner.spec.study import StudySpec
 from deepfm_tuner.tuner.stores.locations import redact
 from deepfm_tuner.tuner.stores.optuna_storage import open_storage, resolve_storage
+from deepfm_tuner.tuner.trials.names import ATTR_WARM_START
 
 
 @dataclass
