@@ -2,7 +2,7 @@
 
 Axes name the metric as everywhere else: the trials' score is `score_<metric>` (best epoch), the intermediate
 values are the per-epoch curves `epoch_<metric>`, or with training.eval_every the validation sample's
-`step_<metric>` (see tuner.objective.score_name, curve_name)."""
+`step_<metric>` (see tuner.trials.names.score_name, curve_name)."""
 
 from __future__ import annotations
 

@@ -140,7 +140,7 @@ class WarmStartSpec:
 @declared("study.finalists")
 class FinalistsSpec:
     """After the trials: re-train the `top_k` best complete trials with `seeds` more seeds each and choose the
-    champion candidate by the mean of those retrains (tuner.finalists). top_k 1 re-seeds the winner alone."""
+    champion candidate by the mean of those retrains (tuner.trials.finalists). top_k 1 re-seeds the winner alone."""
 
     top_k: Int(1) = 3
     seeds: Int(1) = 3
