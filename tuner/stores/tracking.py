@@ -170,3 +170,17 @@ class StudyTracker:
 
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
         retry(self.client.log_batch, run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+
+    def child_runs(self, parent_run_id: str, role: str, status: str | None = None) -> list:
+        """The runs nested under `parent_run_id` with this role (and status), oldest first."""
+        query = f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}' and tags.`{TAG_ROLE}` = '{role}'"
+        if status is not None:
+            query += f" and attributes.status = '{status}'"
+        runs, token = [], None
+        while True:
+            page = retry(self.client.search_runs, [self.experiment_id], filter_string=query, max_results=1000,
+                         page_token=token, order_by=["attributes.start_time ASC"])
+            runs.extend(page)
+            token = page.token
+            if not token:
+                return runs

@@ -36,7 +36,7 @@ from deepfm_tuner.tuner.trials.names import (
     score_name,
 )
 from deepfm_tuner.tuner.trials.record import trained_config
-from deepfm_tuner.tuner.trials.runs import prune_checkpoints, run_params, run_tags, training_run
+from deepfm_tuner.tuner.trials.runs import close_orphan_runs, prune_checkpoints, run_params, run_tags, training_run
 
 
 def run_finalists(handle, prepared: PreparedData, *, threads: int | None = None,
@@ -48,6 +48,10 @@ def run_finalists(handle, prepared: PreparedData, *, threads: int | None = None,
         return None
     # processes summarising one study (team mode) take turns: the second finds the retrains recorded
     with creation_lock(handle.storage_url, f"deepfm-finalists-{spec.name}", f".{spec.name}.finalists-lock"):
+        # a retrain runs only under this lock: one still RUNNING belongs to a process that died (kill -9)
+        if closed := close_orphan_runs(handle.tracker, handle.parent_run_id, "finalist"):
+            log(f"finalists: closed {closed} retrain run{'s' if closed != 1 else ''} left RUNNING by a process "
+                f"that died (FAILED, with the reason)")
         trials = candidates(study, spec.finalists.top_k)
         if not trials:
             return None

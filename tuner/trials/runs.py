@@ -131,6 +131,17 @@ def training_run(tracker: StudyTracker, parent_run_id: str, run_name: str, role:
         tracker.end_run(run.run_id, run.status)
 
 
+def close_orphan_runs(tracker: StudyTracker, parent_run_id: str, role: str) -> int:
+    """Close FAILED, with the reason, the runs of `role` left RUNNING under the study by a process that died
+    (kill -9, a lost machine). Call it holding the lock under which such runs are made: then none is live."""
+    orphans = tracker.child_runs(parent_run_id, role, status="RUNNING")
+    for run in orphans:
+        tracker.set_tags(run.info.run_id, {TAG_FAILURE: "its process died before it ended; closed by a later run",
+                                           TAG_STATE: "FAIL"})
+        tracker.end_run(run.info.run_id, "FAILED")
+    return len(orphans)
+
+
 def close_dead_run(tracker: StudyTracker, trial) -> None:
     """A trial whose worker died (no heartbeat): its run is closed FAILED with the reason before Optuna retries it."""
     run_id = trial.user_attrs.get(ATTR_RUN_ID)
