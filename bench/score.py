@@ -12,7 +12,8 @@ model into a throwaway SQLite store, loads it back through `models:/NAME/1` and 
     encoder + forward, as `deepfm score` runs it;
   - `pyfunc.predict(conform(frame))` with `frame` as `pandas.read_csv(sep="\t", header=None)` gives it (int64 or
     float64 counts, strings; conform casts the int64 counts, which MLflow's check refuses for `double`);
-  also the in-memory `ScoringPolicy.predict` and `tuner.registry.score_file` (TSV in, Parquet out) for reference;
+  also the in-memory `ScoringPolicy.predict` and `serving.scoring.score_file` (TSV in, Parquet out, model load
+  included, as `deepfm score` runs it) for reference; bench/score_stream.py measures `deepfm score` on big files;
 - single row: p50/p99 latency of one-row requests as `mlflow models serve` handles them: the JSON body
   (`dataframe_split`) parsed by MLflow's scoring server against the signature, then `pyfunc.predict`
   (HTTP excluded); reported for predict alone and for parse + predict; also `load_model` time and the first
@@ -51,8 +52,8 @@ def main() -> None:
     from deepfm_tuner.model.data.frames import read_table
     from deepfm_tuner.model.data.schema import CRITEO_COLUMNS, criteo_schema
     from deepfm_tuner.model.policy import ScoringPolicy
-    from deepfm_tuner.tuner.registry.promotion import score_file
     from deepfm_tuner.tuner.serving.pyfunc import conform, log_policy_model
+    from deepfm_tuner.tuner.serving.scoring import score_file
 
     directory = ensure_data()
     started = time.perf_counter()
@@ -86,10 +87,10 @@ def main() -> None:
         in_memory = best_of(args.repeats, lambda: policy.predict(raw))
         np.testing.assert_allclose(pyfunc_batch(), policy.predict(raw), rtol=1e-6)
         np.testing.assert_allclose(model.predict(conform(plain, schema)).to_numpy(), policy.predict(raw), rtol=1e-6)
-        # score_file end to end: read the TSV, score in batches, write Parquet
+        # score_file end to end: load the model, stream the TSV, score in batches, write Parquet
         (tmp / "rows.tsv").write_bytes(b"".join(open(directory / "test.tsv", "rb").readlines()[: args.rows]))
         file_seconds = best_of(min(args.repeats, 2), lambda: score_file(
-            "bench_ctr/1", tmp / "rows.tsv", tmp / "scores.parquet", fmt="criteo"))
+            mlflow.pyfunc.load_model("models:/bench_ctr/1"), tmp / "rows.tsv", tmp / "scores.parquet", fmt="criteo"))
 
         from mlflow.pyfunc.scoring_server import infer_and_parse_data
 

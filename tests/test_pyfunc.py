@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 from pathlib import Path
@@ -10,7 +11,11 @@ import sys
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
+from click.testing import CliRunner
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from conftest import TINY_POLICY, TINY_TRAINING
 from deepfm_tuner.model.data.frames import read_table, split_rows
@@ -18,9 +23,10 @@ from deepfm_tuner.model.errors import DataError
 from deepfm_tuner.model.policy import ScoringPolicy
 from deepfm_tuner.model.data.schema import CRITEO_CATEGORICAL, CRITEO_NUMERIC
 from deepfm_tuner.model.train import train
+from deepfm_tuner.tuner.cli import main
 from deepfm_tuner.tuner.serving.pyfunc import OUTPUT_COLUMN, MissingColumns, ScoringPolicyModel, conform, log_policy_model, policy_signature
 
-import mlflow  # noqa: E402  (after tuner.pyfunc: quiet defaults)
+import mlflow  # noqa: E402  (after tuner.cli: quiet defaults)
 from mlflow import MlflowClient  # noqa: E402
 
 NAME = "ctr_pyfunc"
@@ -138,3 +144,97 @@ def test_model_package_travels_with_the_logged_model(registered, tmp_path):
             assert banned not in text, f"{source.relative_to(code)} mentions {banned!r}"
     requirements = open(os.path.join(local, "requirements.txt")).read()
     assert "torch" in requirements and "deepfm" not in requirements
+
+
+# -- a pulled model in a fresh virtual environment -----------------------------------------------------------
+FRESH_SCRIPT = """
+import importlib, importlib.util, json, sys
+from pathlib import Path
+
+pulled, rows, out = map(Path, sys.argv[1:4])
+before = importlib.util.find_spec("deepfm_tuner") is not None
+import mlflow, pandas as pd
+model = mlflow.pyfunc.load_model(str(pulled / "model"))
+import deepfm_tuner
+from deepfm_tuner.tuner.serving.pyfunc import conform
+from deepfm_tuner.tuner.serving.scoring import score_file
+direct = model.predict(conform(pd.read_parquet(rows), model.metadata.get_input_schema())).tolist()
+result = score_file(model, rows, out)
+loaded = sorted(name for name in sys.modules if name.startswith("deepfm_tuner"))
+unimportable = []
+for name in ("optuna", "deepfm_tuner.tuner.pipeline", "deepfm_tuner.tuner.cli", "deepfm_tuner.tuner.registry"):
+    try:
+        importlib.import_module(name)
+    except ModuleNotFoundError:
+        unimportable.append(name)
+print(json.dumps({"importable_before_load": before, "package": list(deepfm_tuner.__path__), "direct": direct,
+                  "rows": result.rows, "loaded": loaded, "unimportable": unimportable}))
+"""
+
+
+def serving_environment(folder: Path, requirements: list[str]) -> Path:
+    """A fresh venv (no pip, no system site-packages) whose site-packages holds links to exactly the installed
+    distributions `requirements` need, transitively, and nothing else: not this project, not Optuna. Its python,
+    run isolated (-I), cannot see the project's environment."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(folder)], check=True, timeout=60)
+    python = folder / "bin" / "python"
+    site = Path(subprocess.run([str(python), "-I", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                               check=True, capture_output=True, text=True).stdout.strip())
+    installed: dict[str, importlib.metadata.Distribution] = {}
+    for dist in importlib.metadata.distributions():  # sys.path order: the first of a name is the one imported
+        installed.setdefault(canonicalize_name(dist.metadata["Name"]), dist)
+    needed, todo = set(), [canonicalize_name(Requirement(line).name) for line in requirements]
+    while todo:
+        name = todo.pop()
+        if name in needed or name not in installed:
+            continue
+        needed.add(name)
+        for line in installed[name].requires or []:
+            requirement = Requirement(line)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                todo.append(canonicalize_name(requirement.name))
+    assert "optuna" not in needed and "deepfm-tuner" not in needed
+    for name in needed:
+        dist = installed[name]
+        for top in {f.parts[0] for f in dist.files or [] if f.parts[0] not in ("..", "__pycache__")}:
+            source, link = Path(dist.locate_file(top)), site / top
+            if source.exists() and not link.exists():
+                link.symlink_to(source)
+    return python
+
+
+@pytest.mark.slow
+def test_a_pulled_model_scores_in_a_fresh_venv_with_only_the_serving_dependencies(registered, policy_dir,
+                                                                                test_frame, tmp_path):
+    uri, _ = registered
+    pulled = CliRunner().invoke(main, ["pull", f"{NAME}@champion", "--out", str(tmp_path / "pulled"),
+                                       "--tracking-uri", uri])
+    assert pulled.exit_code == 0, pulled.output
+    rows = tmp_path / "rows.parquet"
+    test_frame.to_parquet(rows)
+    # what `mlflow models serve` would install: the serving libraries, nothing of the tuning tools
+    requirements = [line for line in (tmp_path / "pulled" / "model" / "requirements.txt").read_text().splitlines()
+                    if line.strip()]
+    assert {canonicalize_name(Requirement(line).name) for line in requirements} == {
+        "torch", "numpy", "pandas", "pyarrow", "mlflow", "scikit-learn", "pyyaml", "psutil"}
+    python = serving_environment(tmp_path / "venv", requirements)
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path), "MLFLOW_DISABLE_TELEMETRY": "true"}
+    done = subprocess.run([str(python), "-I", "-c", FRESH_SCRIPT, str(tmp_path / "pulled"), str(rows),
+                           str(tmp_path / "scores.parquet")], env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    code = (tmp_path / "pulled" / "model" / "code").resolve()
+    assert not report["importable_before_load"]  # the model's code folder is what makes deepfm_tuner importable
+    assert [Path(p).resolve() for p in report["package"]] == [code / "deepfm_tuner"]
+    assert report["unimportable"] == ["optuna", "deepfm_tuner.tuner.pipeline", "deepfm_tuner.tuner.cli",
+                                      "deepfm_tuner.tuner.registry"]
+    # click is there (MLflow imports it itself); nothing of ours beyond the model package and serving was loaded
+    ours = [name for name in report["loaded"] if name not in ("deepfm_tuner", "deepfm_tuner.tuner")]
+    assert all(name.startswith(("deepfm_tuner.model", "deepfm_tuner.tuner.serving")) for name in ours), ours
+    assert "deepfm_tuner.tuner.serving.scoring" in report["loaded"]
+    expected = ScoringPolicy.load(policy_dir).predict(test_frame)
+    np.testing.assert_allclose(report["direct"], expected, rtol=1e-6, atol=1e-7)
+    scored = pq.read_table(tmp_path / "scores.parquet")
+    assert report["rows"] == len(test_frame) and scored.column_names == list(test_frame.columns) + [OUTPUT_COLUMN]
+    np.testing.assert_allclose(scored[OUTPUT_COLUMN].to_numpy(), expected, rtol=1e-6, atol=1e-7)

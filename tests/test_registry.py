@@ -21,9 +21,10 @@ from deepfm_tuner.model.policy import ScoringPolicy
 from deepfm_tuner.model.train import train
 from deepfm_tuner.tuner.registry import promotion as registry
 from deepfm_tuner.tuner.cli import main
-from deepfm_tuner.tuner.registry.promotion import (
-    ModelNotFoundError, PromotionCheckError, RegistryError, parse_model_ref, promote_policy, pull_model, score_file,
-)
+from deepfm_tuner.tuner.registry.promotion import PromotionCheckError, promote_policy
+from deepfm_tuner.tuner.registry.pull import load_version, pull_model
+from deepfm_tuner.tuner.registry.refs import ModelNotFoundError, RegistryError, parse_model_ref, resolve_model_version
+from deepfm_tuner.tuner.serving.scoring import score_file
 
 from mlflow import MlflowClient  # noqa: E402  (after tuner: quiet defaults)
 
@@ -205,7 +206,7 @@ def test_pull_writes_policy_yaml_that_round_trips_and_a_loadable_policy(store, c
 ])
 def test_unknown_models_are_one_line_errors(store, champion, reference, message):
     with pytest.raises(ModelNotFoundError, match=message) as info:
-        registry.resolve_model_version(reference, store.client)
+        resolve_model_version(reference, store.client)
     assert "\n" not in str(info.value) and isinstance(info.value, UserInputError)
 
 
@@ -220,21 +221,26 @@ def test_model_references_parse_with_or_without_the_scheme():
 @pytest.mark.parametrize("suffix", [".csv", ".parquet"])
 def test_score_file_appends_probabilities_equal_to_the_policy(store, champion, good_dir, tiny_criteo_dir, tmp_path,
                                                                suffix):
+    """The registered version loaded as `deepfm score` loads it, then the file streamed through it."""
     seen = []
-    result = score_file("ctr/1", tiny_criteo_dir / "test.tsv", tmp_path / f"scores{suffix}", fmt="criteo",
-                        batch_size=128, progress=lambda done, total: seen.append((done, total)), client=store.client)
+    model = load_version(resolve_model_version("ctr/1", store.client), store.client)
+    result = score_file(model, tiny_criteo_dir / "test.tsv", tmp_path / f"scores{suffix}", fmt="criteo",
+                        batch_size=128, progress=lambda done, total: seen.append((done, total)))
     raw = read_table(tiny_criteo_dir / "test.tsv", "criteo")
     scored = read_table(result.output)
     assert list(scored.columns) == list(raw.columns) + ["probability"] and len(scored) == len(raw) == result.rows
     np.testing.assert_allclose(scored["probability"], ScoringPolicy.load(good_dir).predict(raw), rtol=1e-6, atol=1e-7)
     assert seen[-1] == (len(raw), len(raw)) and len(seen) == -(-len(raw) // 128)
+    assert all(total is None for _, total in seen[:-1])  # a streamed TSV's row count is known at its end
 
 
 def test_score_file_names_a_missing_column(store, champion, test_frame, tmp_path):
     path = tmp_path / "rows.parquet"
     test_frame.drop(columns=["C3", "I5"]).to_parquet(path)
     with pytest.raises(DataError, match="missing column\\(s\\) 'C3', 'I5'"):
-        score_file("ctr/1", path, tmp_path / "out.csv", client=store.client)
+        score_file(load_version(resolve_model_version("ctr/1", store.client), store.client), path,
+                   tmp_path / "out.csv")
+    assert not (tmp_path / "out.csv").exists()
 
 
 # -- CLI ---------------------------------------------------------------------------------------------

@@ -1,17 +1,29 @@
-"""Scoring a raw frame: the same probabilities however the rows are sliced, threaded, or forked into a worker."""
+"""Scoring a raw frame: the same probabilities however the rows are sliced, threaded, or forked into a worker.
+Scoring a file: streamed batch by batch, written as a whole-file read would have typed it."""
 
 import os
 import select
 import signal
 
+import mlflow
 import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
+from mlflow import MlflowClient
 
 import deepfm_tuner.model.policy as policy_module
+from deepfm_tuner.model.data.frames import read_table
+from deepfm_tuner.model.data.reader import BLOCK_BYTES, SAMPLE_BYTES
 from deepfm_tuner.model.data.tensors import TensorData
+from deepfm_tuner.model.errors import DataError
 from deepfm_tuner.model.policy import ScoringPolicy
 from deepfm_tuner.model.train import train
+from deepfm_tuner.tuner.registry.refs import using_client
+from deepfm_tuner.tuner.serving.pyfunc import log_policy_model
+from deepfm_tuner.tuner.serving.scoring import score_file
 from tests.conftest import TINY_POLICY, TINY_TRAINING
 
 
@@ -91,3 +103,74 @@ def test_warm_up_scores_a_row_of_missing_values_for_every_field_kind():
     assert all(vocabulary._index is not None for vocabulary in policy.encoder.vocabularies.values())
     missing = policy.predict(pd.DataFrame({"c": [None], "t": [None], "n": [None]}))
     assert missing.shape == (1,) and np.isfinite(missing).all()
+
+
+# -- files ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def pyfunc_model(policy, tiny_frame, tmp_path_factory):
+    """The policy logged as the pyfunc model, then loaded from its downloaded files: no registry involved."""
+    root = tmp_path_factory.mktemp("logged")
+    uri = f"sqlite:///{root}/mlflow.db"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    experiment = client.create_experiment("scoring", artifact_location=str(root / "artifacts"))
+    with using_client(client), mlflow.start_run(experiment_id=experiment):
+        info = log_policy_model(policy.save(root / "policy"), input_example=tiny_frame.head(5))
+        local = mlflow.artifacts.download_artifacts(artifact_uri=info.model_uri, dst_path=str(root / "model"))
+    return mlflow.pyfunc.load_model(local)
+
+
+def whole_read(path, fmt=None) -> pa.Table:
+    """What scoring wrote before it streamed: the whole file read into pandas, then each column back to Arrow."""
+    return pa.Table.from_pandas(read_table(path, fmt), preserve_index=False)
+
+
+def test_a_csv_whose_types_change_past_the_first_block_is_written_as_a_whole_read_types_it(
+        pyfunc_model, policy, tiny_frame, tmp_path):
+    rows = pd.concat([tiny_frame] * 30, ignore_index=True)
+    rows.insert(0, "request_id", np.arange(len(rows)))
+    rows["price"] = ["1"] * (len(rows) - 1) + ["1.5"]  # integers for 16 MiB, then a fraction: a double column
+    rows["note"] = [None] * (len(rows) - 1) + ["late"]  # empty for 16 MiB, then text: a string column
+    path = tmp_path / "rows.csv"
+    rows.to_csv(path, index=False)
+    assert path.stat().st_size > SAMPLE_BYTES  # the changes come after the block the types are sampled from
+    seen = []
+    result = score_file(pyfunc_model, path, tmp_path / "scores.parquet", batch_size=40_000,
+                        progress=lambda done, total: seen.append((done, total)))
+    expected, written = whole_read(path), pq.read_table(result.output)
+    assert written.column_names == expected.column_names + ["probability"] and result.rows == len(rows)
+    assert written.schema.types == expected.schema.types + [pa.float64()]
+    assert (written.schema.field("price").type, written.schema.field("note").type) == (pa.float64(), pa.string())
+    assert written.drop_columns(["probability"]).equals(expected)
+    np.testing.assert_allclose(written["probability"].to_numpy(), policy.predict(read_table(path)), rtol=1e-5,
+                               atol=1e-7)
+    assert seen == [(40_000, None), (80_000, None), (len(rows), len(rows))]  # one pass counted: the last one
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rows.csv", "scores.parquet"]
+
+
+def test_a_parquet_file_is_read_with_its_pandas_types_and_its_row_count(pyfunc_model, policy, tiny_frame,
+                                                                        tmp_path):
+    rows = tiny_frame.head(1000).copy()
+    rows["request_id"] = pd.array([None] + list(range(1, 1000)), dtype="Int64")
+    rows.index = [f"r{i}" for i in range(len(rows))]  # stored as a column, read back as the index
+    path = tmp_path / "rows.parquet"
+    rows.to_parquet(path)
+    seen = []
+    result = score_file(pyfunc_model, path, tmp_path / "scores.parquet", batch_size=300,
+                        progress=lambda done, total: seen.append((done, total)))
+    expected, written = whole_read(path), pq.read_table(result.output)
+    assert written.column_names == expected.column_names + ["probability"]
+    assert "__index_level_0__" not in written.column_names and written.schema.field("request_id").type == pa.int64()
+    assert written.drop_columns(["probability"]).equals(expected)
+    np.testing.assert_allclose(written["probability"].to_numpy(), policy.predict(rows), rtol=1e-5, atol=1e-7)
+    assert seen == [(300, 1000), (600, 1000), (900, 1000), (1000, 1000)]
+
+
+def test_a_bad_value_after_the_first_batches_leaves_no_output(pyfunc_model, tiny_criteo_dir, tmp_path):
+    text = (tiny_criteo_dir / "test.tsv").read_text()
+    fields = text.splitlines()[0].split("\t")
+    fields[1] = "lots"  # I1 is a count
+    path = tmp_path / "rows.tsv"
+    path.write_text(text * (BLOCK_BYTES // len(text) + 2) + "\t".join(fields) + "\n")
+    with pytest.raises(DataError, match="invalid value 'lots'"):
+        score_file(pyfunc_model, path, tmp_path / "scores.tsv", fmt="criteo", batch_size=1000)
+    assert [p.name for p in tmp_path.iterdir()] == ["rows.tsv"]  # neither scores.tsv nor its partial file

@@ -1,4 +1,5 @@
-"""`deepfm pull` and `deepfm score`: thin click commands over tuner.registry (heavy imports inside commands)."""
+"""`deepfm pull` and `deepfm score`: thin click commands over the registry (resolve, pull, load a version) and
+serving (score a file); MLflow, torch and rich are imported inside the commands, for the CLI's start-up time."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ from pathlib import Path
 import click
 
 from deepfm_tuner.model.errors import UserInputError
-
 from deepfm_tuner.tuner.cli.options import tracking_uri_option
 from deepfm_tuner.tuner.stores.disks import check_writable
 from deepfm_tuner.tuner.stores.locations import missing_sqlite_store, resolve_stores
@@ -45,7 +45,7 @@ def pull(reference, out_dir, tracking_uri) -> None:
     Example: deepfm pull ctr@champion --out outputs/champion
     """
     from deepfm_tuner.tuner.cli.console import out as console
-    from deepfm_tuner.tuner.registry.promotion import pull_model
+    from deepfm_tuner.tuner.registry.pull import pull_model
 
     check_writable(out_dir, "pass --out with a directory on a writable disk")
     client = registry_client(tracking_uri)
@@ -71,16 +71,23 @@ def score(reference, input_path, fmt, output_path, batch_size, tracking_uri) -> 
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from deepfm_tuner.tuner.cli.console import err, out as console
-    from deepfm_tuner.tuner.registry.promotion import output_format, score_file
+    from deepfm_tuner.model.data.frames import check_file
+    from deepfm_tuner.tuner.cli.console import err
+    from deepfm_tuner.tuner.cli.console import out as console
+    from deepfm_tuner.tuner.registry.pull import load_version
+    from deepfm_tuner.tuner.registry.refs import resolve_model_version
+    from deepfm_tuner.tuner.serving.scoring import output_format, score_file
 
     output_format(output_path)  # fail before loading anything
     check_writable(Path(output_path).parent, "pass --output with a file on a writable disk")
     client = registry_client(tracking_uri)
+    mv = resolve_model_version(reference, client)
+    check_file(input_path, fmt)
+    model = load_version(mv, client)
     with Progress(TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err, transient=True) as bar:
         task = bar.add_task("score", total=None)
-        result = score_file(reference, input_path, output_path, fmt=fmt, batch_size=batch_size, client=client,
+        result = score_file(model, input_path, output_path, fmt=fmt, batch_size=batch_size,
                             progress=lambda done, total: bar.update(task, completed=done, total=total))
-    console.print(f"scored {result.rows:,} rows with {result.name} v{result.version} in {result.seconds:.1f}s "
+    console.print(f"scored {result.rows:,} rows with {mv.name} v{mv.version} in {result.seconds:.1f}s "
                   f"({result.rows_per_second:,.0f} rows/s) -> {result.output}")

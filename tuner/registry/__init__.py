@@ -1,2 +1,8 @@
-"""The MLflow Model Registry side: model references, the champion gate (DeLong's paired AUC test), promotion with
-aliases, checksums of what was registered, and pulling a version."""
+"""The MLflow model registry: scoring policies become registered versions and come back out of it.
+
+    refs       model references (NAME, NAME@alias, NAME/VERSION), resolving them, the client the calls go through
+    promotion  log, register, prove it loads, gate against the champion (and the V1 baseline), move the aliases
+    gate       DeLong's paired AUC test, and what `require` / `alpha` make of it
+    integrity  checksums recorded at registration and checked after every download
+    pull       a version downloaded to a folder, or loaded as a pyfunc model for scoring
+"""

@@ -1,184 +1,43 @@
-"""Promotion with the champion gate, pulling a registered policy, and batch scoring of a file.
+"""Promotion: a trained policy becomes a registered version, and `champion` only if it passes the gate.
 
     promote_policy  log the policy as a pyfunc model to its trial's run, register a version, prove it loads and
                     scores, then compare it with the current champion on the same test rows (DeLong's paired AUC
-                    test, tuner.stats) and move `champion` unless it is significantly worse (require=not_worse)
+                    test, registry.gate) and move `champion` unless it is significantly worse (require=not_worse)
                     or only if it is significantly better (require=better); else `challenger`. `force=True`
                     skips the gate. With `baseline_dir`, the same comparison against the V1 baseline policy.
-    pull_model      download a registered version: the MLflow model, the policy directory and its V1 policy.yaml.
-    score_file      score a CSV/TSV/Parquet/Criteo file with a registered model, batch by batch.
-
-Model references: `NAME` (= NAME@champion), `NAME@alias`, `NAME/VERSION`, or any of these after `models:/`.
-Aliases only (`champion`, `challenger`), never the deprecated stages.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import re
-import shutil
-import tempfile
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
+import mlflow
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
+from mlflow import MlflowClient
+from mlflow.entities import Metric
+from mlflow.exceptions import MlflowException
+from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 
-from deepfm_tuner.model.data.frames import check_labels, read_table
-from deepfm_tuner.model.errors import DataError, UserInputError, did_you_mean
-from deepfm_tuner.model.checksums import CorruptPolicyError
-from deepfm_tuner.model.policy import LOAD_FIX, POLICY_FILE, ScoringPolicy
+from deepfm_tuner.model.data.frames import check_labels
+from deepfm_tuner.model.errors import DataError
 from deepfm_tuner.model.metrics import classification_metrics
-
-from deepfm_tuner.tuner.registry.integrity import TAG_DIGEST, discard_version, policy_digest_for, pull_fix, verify_download
-from deepfm_tuner.tuner.serving.pyfunc import ARTIFACT_KEY, OUTPUT_COLUMN, ScoringPolicyModel, conform, log_policy_model
+from deepfm_tuner.model.policy import POLICY_FILE, ScoringPolicy
 from deepfm_tuner.tuner.registry.gate import AucComparison, delong_test, gate
+from deepfm_tuner.tuner.registry.integrity import TAG_DIGEST, discard_version, policy_digest_for
+from deepfm_tuner.tuner.registry.refs import CHALLENGER, CHAMPION, RegistryError, using_client
+from deepfm_tuner.tuner.serving.pyfunc import log_policy_model
+from deepfm_tuner.tuner.serving.scoring import predict_frame
 
-import mlflow  # noqa: E402  (after .pyfunc, which sets the quiet defaults)
-from mlflow import MlflowClient  # noqa: E402
-from mlflow.exceptions import MlflowException  # noqa: E402
-
-CHAMPION, CHALLENGER = "champion", "challenger"
 TAG_POLICY_YAML, TAG_TEST_AUC, TAG_TEST_LOGLOSS, TAG_REASON = "policy_yaml", "test_auc", "test_logloss", "promotion"
-OUTPUT_FORMATS = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet"}
-_NAME = r"[^/@:\s][^/@:]*"
-_REFERENCE = re.compile(rf"^(?:models:/)?(?P<name>{_NAME})(?:@(?P<alias>[\w-]+)|/(?P<version>\d+))?$")
-
-
-class RegistryError(UserInputError):
-    """A model reference that does not parse, or names nothing in the registry."""
-
-
-class ModelNotFoundError(RegistryError):
-    """The registered model, alias or version does not exist."""
 
 
 class PromotionCheckError(RegistryError):
     """A registered version failed to load or score; no alias was moved."""
 
 
-@dataclass(frozen=True)
-class ModelRef:
-    """A parsed model reference: exactly one of alias / version is set."""
-
-    name: str
-    alias: str | None = None
-    version: str | None = None
-
-    @property
-    def uri(self) -> str:
-        return f"models:/{self.name}@{self.alias}" if self.alias else f"models:/{self.name}/{self.version}"
-
-
-def parse_model_ref(reference: str) -> ModelRef:
-    """`NAME`, `NAME@alias`, `NAME/VERSION`, optionally prefixed by `models:/`; bare NAME means NAME@champion."""
-    match = _REFERENCE.match(reference.strip())
-    if not match:
-        raise RegistryError(f"cannot read model reference {reference!r}; use NAME, NAME@alias or NAME/VERSION "
-                            f"(optionally prefixed by models:/), e.g. models:/ctr@champion")
-    name, alias, version = match.group("name"), match.group("alias"), match.group("version")
-    if alias is None and version is None:
-        alias = CHAMPION
-    return ModelRef(name, alias, version)
-
-
-def resolve_model_version(reference: str, client: MlflowClient | None = None):
-    """The registry's ModelVersion a reference points at; a one-line ModelNotFoundError otherwise."""
-    client = client or MlflowClient()
-    ref = parse_model_ref(reference)
-    try:
-        client.get_registered_model(ref.name)
-    except MlflowException:
-        names = [m.name for m in client.search_registered_models(max_results=1000)]
-        known = f"; registered models: {', '.join(sorted(names)[:10])}" if names else "; the registry is empty"
-        raise ModelNotFoundError(f"no registered model '{ref.name}' in {client.tracking_uri}"
-                                 f"{did_you_mean(ref.name, names)}{known}") from None
-    try:
-        if ref.alias:
-            return client.get_model_version_by_alias(ref.name, ref.alias)
-        return client.get_model_version(ref.name, ref.version)
-    except MlflowException:
-        what = f"alias '{ref.alias}'" if ref.alias else f"version {ref.version}"
-        raise ModelNotFoundError(f"registered model '{ref.name}' has no {what}; {_versions_hint(client, ref.name)}") \
-            from None
-
-
-def _versions_hint(client: MlflowClient, name: str) -> str:
-    model = client.get_registered_model(name)
-    versions = sorted(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
-    aliases = ", ".join(f"@{a}" for a in sorted(model.aliases)) or "none"
-    shown = ", ".join(map(str, versions[-10:])) or "none"
-    return f"versions: {shown}; aliases: {aliases}"
-
-
-@contextlib.contextmanager
-def _using(client: MlflowClient) -> Iterator[None]:
-    """Point mlflow's fluent API (runs, load_model, downloads) at the client's stores for the duration, then
-    restore the previous settings exactly (mlflow's setters also write MLFLOW_*_URI into the environment)."""
-    tracking, registry = client.tracking_uri, client._registry_uri
-    if mlflow.get_tracking_uri() == tracking and mlflow.get_registry_uri() == registry:
-        yield
-        return
-    from mlflow.tracking._model_registry import utils as registry_utils
-    from mlflow.tracking._tracking_service import utils as tracking_utils
-
-    saved = (tracking_utils._tracking_uri, registry_utils._registry_uri)
-    saved_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-    mlflow.set_tracking_uri(tracking)
-    mlflow.set_registry_uri(registry)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(saved[0])
-        registry_utils._registry_uri = saved[1]
-        for key, value in saved_env.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
-# -- scoring helpers -------------------------------------------------------------------------------
-def predict_frame(pyfunc_model, frame: pd.DataFrame, source: str = "input") -> np.ndarray:
-    """Probabilities from a loaded pyfunc model for a raw frame (conformed to its signature first)."""
-    schema = _check_columns(pyfunc_model, frame, source)
-    return np.asarray(pyfunc_model.predict(conform(frame, schema)), dtype=np.float64).reshape(-1)
-
-
-def batch_scorer(pyfunc_model, source: str) -> Callable[[pd.DataFrame], np.ndarray]:
-    """The fastest exact way to score many frames with a loaded model: a scoring policy's own `predict` when the
-    model is one (no decoding of dictionary-encoded tokens for MLflow's type check, then hashing them again;
-    the encoder still names a missing or non-numeric column), else `predict_frame`."""
-    python_model = pyfunc_model.unwrap_python_model() if hasattr(pyfunc_model, "unwrap_python_model") else None
-    if not isinstance(python_model, ScoringPolicyModel):
-        return lambda frame: predict_frame(pyfunc_model, frame, source)
-
-    def score(frame: pd.DataFrame) -> np.ndarray:
-        _check_columns(pyfunc_model, frame, source)
-        return python_model.policy.predict(frame).astype(np.float64)
-
-    return score
-
-
-def _check_columns(pyfunc_model, frame: pd.DataFrame, source: str):
-    schema = pyfunc_model.metadata.get_input_schema()
-    if schema is not None and schema.has_input_names():
-        missing = [c for c in schema.input_names() if c not in frame.columns]
-        if missing:
-            shown = ", ".join(f"'{c}'" for c in missing[:5]) + (" ..." if len(missing) > 5 else "")
-            raise DataError(f"{source}: missing column(s) {shown}{did_you_mean(missing[0], map(str, frame.columns))}"
-                            f"; the model needs {len(schema.input_names())} feature columns")
-    return schema
-
-
-# -- promotion -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class PromotionResult:
     name: str
@@ -220,9 +79,6 @@ def promote_policy(
     The gate: DeLong's paired test of test AUC(policy) - AUC(champion) on the same rows; `require` is
     "not_worse" (promote unless significantly worse at `alpha`) or "better" (only if significantly better).
     `baseline_dir` (the study's V1 baseline policy) gets the same comparison, recorded as `baseline.*` tags."""
-    if require not in ("not_worse", "better") or not 0 < alpha < 1:
-        raise UserInputError(f"promotion gate: require must be not_worse or better and 0 < alpha < 1, "
-                             f"got require={require!r}, alpha={alpha!r}")
     client = client or MlflowClient()
     policy_dir = Path(policy_dir)
     schema = ScoringPolicy.load(policy_dir).encoder.schema
@@ -231,7 +87,7 @@ def promote_policy(
     if not 0 < labels.sum() < len(labels):
         raise DataError(f"promotion test frame: column '{schema.label}' holds only one class in {len(labels):,} rows; "
                         f"AUC needs clicks and non-clicks, so use a larger or different test set")
-    with _using(client):
+    with using_client(client):
         try:
             run = client.get_run(run_id)
         except MlflowException:
@@ -365,8 +221,6 @@ def _log_model_metrics(client: MlflowClient, run, model_id: str) -> None:
     """Put the run's score metrics on the logged model: each re-logged exactly as recorded (same value, step and
     timestamp) with the model's id, as MLflow itself links a run's metrics to a model, so the run's history gains
     no duplicate."""
-    from mlflow.entities import Metric
-
     have = {m.key for m in (client.get_logged_model(model_id).metrics or [])}
     metrics = []
     for key in sorted(run.data.metrics):
@@ -382,8 +236,6 @@ def _link_version(client: MlflowClient, model_id: str | None, mv) -> None:
     UI's logged-model page reads it to show the version instead of 'Not registered' / 'Register model'."""
     if not model_id:
         return
-    from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
-
     existing = client.get_logged_model(model_id).tags.get(MLFLOW_MODEL_VERSIONS)
     versions = (json.loads(existing) if existing else []) + [{"name": mv.name, "version": mv.version}]
     client.set_logged_model_tags(model_id, {MLFLOW_MODEL_VERSIONS: json.dumps(versions)})
@@ -406,117 +258,3 @@ def _champion_scores(client: MlflowClient, name: str, test_frame: pd.DataFrame,
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         raise PromotionCheckError(f"the current champion (version {champion.version} of '{name}') cannot score "
                                   f"the test frame ({first}); compare by hand or force the promotion") from exc
-
-
-# -- pull ------------------------------------------------------------------------------------------
-def pull_model(model_uri: str, out_dir: str | Path, *, client: MlflowClient | None = None) -> Path:
-    """Download a registered version into `out_dir`:
-
-        out_dir/model/        the MLflow model (MLmodel, code, artifacts): mlflow.pyfunc.load_model works on it
-        out_dir/policy/       the scoring-policy directory: model.policy.ScoringPolicy.load works on it
-        out_dir/policy.yaml   the version's V1 policy YAML
-        out_dir/source.json   which name, version, aliases and run it came from
-    """
-    client = client or MlflowClient()
-    out_dir = Path(out_dir)
-    mv = resolve_model_version(model_uri, client)
-    for part in ("model", "policy", POLICY_FILE):
-        if (out_dir / part).exists():
-            raise UserInputError(f"{out_dir / part} already exists; pull into an empty or new --out directory")
-    created_out = not out_dir.exists()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with _removed_if_failed(out_dir if created_out else None), _using(client), \
-            tempfile.TemporaryDirectory(dir=out_dir, prefix=".pull-") as tmp:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{mv.name}/{mv.version}", dst_path=tmp))
-        flavor = mlflow.models.Model.load(str(local)).flavors["python_function"]
-        policy_src = local / flavor["artifacts"][ARTIFACT_KEY]["path"]
-        verify_download(policy_src, mv)  # a damaged store copy is refused before anything is copied
-        ScoringPolicy.load(policy_src, fix=pull_fix(mv.name, mv.version))  # and it must load (older versions too)
-        shutil.copytree(policy_src, out_dir / "policy")
-        shutil.copyfile(policy_src / POLICY_FILE, out_dir / POLICY_FILE)
-        shutil.move(str(local), out_dir / "model")
-    source = {"model_uri": parse_model_ref(model_uri).uri, "name": mv.name, "version": int(mv.version),
-              "aliases": list(mv.aliases), "run_id": mv.run_id, "tracking_uri": client.tracking_uri}
-    (out_dir / "source.json").write_text(json.dumps(source, indent=2) + "\n")
-    return out_dir
-
-
-@contextlib.contextmanager
-def _removed_if_failed(folder: Path | None) -> Iterator[None]:
-    """A pull that fails leaves no --out folder it created (nothing half-written)."""
-    try:
-        yield
-    except BaseException:
-        if folder is not None:
-            shutil.rmtree(folder, ignore_errors=True)
-        raise
-
-
-# -- batch scoring ---------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ScoreResult:
-    rows: int
-    seconds: float
-    output: Path
-    name: str
-    version: int
-
-    @property
-    def rows_per_second(self) -> float:
-        return self.rows / self.seconds if self.seconds > 0 else float("inf")
-
-
-def output_format(path: str | Path) -> str:
-    suffix = Path(path).suffix.lower()
-    if suffix not in OUTPUT_FORMATS:
-        raise UserInputError(f"cannot tell the output format of {path}; name it .csv, .tsv or .parquet")
-    return OUTPUT_FORMATS[suffix]
-
-
-def score_file(
-    model_uri: str,
-    input_path: str | Path,
-    output_path: str | Path,
-    *,
-    fmt: str | None = None,
-    batch_size: int = 100_000,
-    progress: Callable[[int, int], None] | None = None,
-    client: MlflowClient | None = None,
-) -> ScoreResult:
-    """Score every row of `input_path` with a registered model; write the input columns plus `probability`.
-
-    The output format follows `output_path`'s extension (.csv, .tsv, .parquet). `progress(done, total)` is called
-    after each batch of `batch_size` rows.
-    """
-    if batch_size < 1:
-        raise UserInputError(f"batch_size must be >= 1, got {batch_size}")
-    kind = output_format(output_path)
-    client = client or MlflowClient()
-    mv = resolve_model_version(model_uri, client)
-    frame = read_table(input_path, fmt)
-    with _using(client):
-        try:
-            loaded = mlflow.pyfunc.load_model(f"models:/{mv.name}/{mv.version}")
-        except CorruptPolicyError as exc:  # raised by the policy's checksums in load_context
-            raise CorruptPolicyError(f"{mv.name} version {mv.version}: {exc}".replace(
-                LOAD_FIX, pull_fix(mv.name, mv.version))) from None
-    output_path = Path(output_path)
-    output_path.parent.mkdir(parents=True, exist_ok=True)
-    started, total, writer, schema = time.perf_counter(), len(frame), None, None
-    score = batch_scorer(loaded, str(input_path))
-    try:
-        for start in range(0, total, batch_size):
-            chunk = frame.iloc[start : start + batch_size]
-            scores = score(chunk)
-            table = pa.Table.from_pandas(chunk, preserve_index=False).append_column(OUTPUT_COLUMN, pa.array(scores))
-            if writer is None:
-                schema = table.schema
-                writer = (pq.ParquetWriter(output_path, schema) if kind == "parquet" else pacsv.CSVWriter(
-                    output_path, schema, write_options=pacsv.WriteOptions(delimiter="\t" if kind == "tsv" else ",")))
-            writer.write_table(table.cast(schema))
-            if progress is not None:
-                progress(min(start + batch_size, total), total)
-    finally:
-        if writer is not None:
-            writer.close()
-    return ScoreResult(total, time.perf_counter() - started, output_path, mv.name, int(mv.version))

@@ -1,2 +1,3 @@
-"""What a registered model ships and runs: the scoring policy as an MLflow pyfunc model and batch scoring of raw
-rows. Imports only deepfm_tuner.model (and MLflow, pandas, pyarrow): nothing of Optuna, click or the pipeline."""
+"""Scoring with a registered policy, wherever it runs: the pyfunc model MLflow loads and serves (pyfunc), and batch
+scoring of files (scoring). This room depends on the model package, MLflow, NumPy, pandas and PyArrow only: it
+travels with every registered model as code, so a pulled model scores without the tuning tools installed."""

@@ -1,9 +1,9 @@
 """The scoring policy as an MLflow pyfunc model: rebuilt from the policy directory, scores raw DataFrames.
 
 The logged model holds the policy directory (V1 YAML, encoder JSON, state dict, metrics) as the artifact
-"policy" and carries the `model/` and `tuner/` packages as code (this class is pickled by reference to
-`tuner.pyfunc`), so `mlflow.pyfunc.load_model` and `mlflow models serve` need nothing from this repository
-beyond its pip requirements.
+"policy" and carries `deepfm_tuner/model` and `deepfm_tuner/tuner/serving` as code (this class is pickled by
+reference to `deepfm_tuner.tuner.serving.pyfunc`), so `mlflow.pyfunc.load_model` and `mlflow models serve` need
+nothing from this repository beyond its pip requirements.
 
 Signature: one column per feature of the policy's schema; categorical and multi-valued columns are `string`,
 numeric columns are `double`. Nulls are allowed in every column (missing value -> the field's "missing"
@@ -12,7 +12,7 @@ needed, but the signature marks them optional so that MLflow does not refuse a m
 that echoes the request and the whole schema: `predict` refuses it with a short `MissingColumns` error that names
 the missing columns first (HTTP 400 from `mlflow models serve`). The served JSON is parsed to these types by the
 server; Python callers with other dtypes (nullable Int64 counts, Arrow strings, integer categories) pass the frame
-through `conform` first, as `tuner.registry.score_file` does. Output: one `probability` (double) per row.
+through `conform` first, as `serving.scoring.predict_frame` does. Output: one `probability` (double) per row.
 """
 
 from __future__ import annotations
@@ -41,8 +41,10 @@ from deepfm_tuner.model.policy import POLICY_FILE, ScoringPolicy
 
 ARTIFACT_KEY = "policy"
 OUTPUT_COLUMN = "probability"
-# Pinned loosely to what the policy needs at load time; the project itself travels as code (code_paths).
-PIP_REQUIREMENTS = ["torch", "numpy", "pandas", "pyarrow", "scikit-learn", "pyyaml", f"mlflow=={mlflow.__version__}"]
+# Pinned loosely to what the policy needs at load time (psutil: the model's memory check before it allocates);
+# the project itself travels as code (code_paths).
+PIP_REQUIREMENTS = ["torch", "numpy", "pandas", "pyarrow", "scikit-learn", "pyyaml", "psutil", "pydantic>=2.7",
+                    f"mlflow=={mlflow.__version__}"]
 
 
 class ScoringPolicyModel(mlflow.pyfunc.PythonModel):

@@ -7,7 +7,7 @@
 The CLI's `--storage` / `--tracking-uri` options (tuner.cli.options) read the DEEPFM_* variables and show them in
 --help. Resolving has no side effects (no folder or database is
 created); opening a store is the caller's step. MLflow's process-wide settings are not touched here: every
-command passes the resolved URI to an explicit client (tuner.registry.refs.using is the one place that points
+command passes the resolved URI to an explicit client (tuner.registry.refs.using_client is the one place that points
 MLflow's fluent API at a client's stores, and restores it).
 """
 
