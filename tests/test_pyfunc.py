@@ -216,7 +216,7 @@ def test_a_pulled_model_scores_in_a_fresh_venv_with_only_the_serving_dependencie
     requirements = [line for line in (tmp_path / "pulled" / "model" / "requirements.txt").read_text().splitlines()
                     if line.strip()]
     assert {canonicalize_name(Requirement(line).name) for line in requirements} == {
-        "torch", "numpy", "pandas", "pyarrow", "mlflow", "scikit-learn", "pyyaml", "psutil"}
+        "torch", "numpy", "pandas", "pyarrow", "mlflow", "scikit-learn", "pyyaml", "psutil", "pydantic"}
     python = serving_environment(tmp_path / "venv", requirements)
     env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path), "MLFLOW_DISABLE_TELEMETRY": "true"}
     done = subprocess.run([str(python), "-I", "-c", FRESH_SCRIPT, str(tmp_path / "pulled"), str(rows),
