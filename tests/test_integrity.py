@@ -16,7 +16,7 @@ from deepfm_tuner.model.checksums import CHECKSUMS_FILE, CorruptPolicyError, fil
 from deepfm_tuner.model.data.frames import split_rows
 from deepfm_tuner.model.policy import ScoringPolicy
 from deepfm_tuner.model.train import train
-from test_cli import assert_one_line_error
+from support import assert_one_line_error
 from deepfm_tuner.tuner.registry import promotion as registry
 from deepfm_tuner.tuner.cli import main
 from deepfm_tuner.tuner.registry.promotion import PromotionCheckError, promote_policy

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from deepfm_tuner.model.policy import ScoringPolicy
-from test_tune import write_study
+from support import write_study
 from deepfm_tuner.tuner.cli import main
 from deepfm_tuner.tuner.spec.study import load_study
 from deepfm_tuner.tuner.pipeline.tune import tune

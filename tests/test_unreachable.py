@@ -7,7 +7,7 @@ import time
 import pytest
 import yaml
 
-from test_cli import assert_one_line_error, run
+from support import assert_one_line_error, run
 
 DEAD_MLFLOW = "http://127.0.0.1:9"  # discard port: nothing listens, connections are refused
 DEAD_POSTGRES = "postgresql+psycopg2://u:secret@127.0.0.1:9/db"

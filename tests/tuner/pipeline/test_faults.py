@@ -12,7 +12,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from test_cli import assert_one_line_error, run
+from support import assert_one_line_error, run
 
 STUDY = {"study": {"name": "t", "n_trials": 1, "promote": False}, "data": {"synthetic": {"rows": 600}},
          "training": {"batch_size": 256, "max_epochs": 1, "device": "cpu", "threads": 1},

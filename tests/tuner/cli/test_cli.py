@@ -7,34 +7,7 @@ import yaml
 from click.testing import CliRunner
 
 from deepfm_tuner.tuner.cli import main
-
-POLICY = """policy_configs:
-  scoring_policy:
-    policy_type: deepfm
-    embedding_dim: 4
-    deep_hidden_units: [16]
-    activation_fn: "relu"
-    dropout: 0.0
-    learning_rate: 0.01
-training:
-  batch_size: 256
-  max_epochs: 2
-  device: cpu
-  threads: 1
-"""
-
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-
-def assert_one_line_error(result, *fragments):
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.output.strip().splitlines() if line]
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
-    for fragment in fragments:
-        assert fragment in lines[0]
-    assert "Traceback" not in result.output
+from support import POLICY, assert_one_line_error, run
 
 
 @pytest.fixture()
@@ -106,3 +79,17 @@ def test_every_command_has_help_with_an_example():
         result = run(*path, "--help")
         assert result.exit_code == 0
         assert "Example:" in (command.help or ""), f"deepfm {' '.join(path)} has no example"
+
+
+def test_cli_reuses_a_complete_folder_and_regenerates_with_force(in_tmp):
+    def synth(*args):
+        return CliRunner().invoke(main, ["data", "synth", "--max-cardinality", "100", "--out", "d", *args])
+
+    assert synth("--rows", "1000").output.startswith("wrote 900 train + 100 test rows to d/")
+    result = synth("--rows", "1000")
+    assert result.exit_code == 0 and result.output.startswith("reusing the 900 train + 100 test rows in d/")
+    result = synth("--rows", "2000")
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
+    assert "rows 1000 there, 2000 asked" in result.output and "--out" in result.output and "--force" in result.output
+    result = synth("--rows", "2000", "--force")
+    assert result.exit_code == 0 and result.output.startswith("wrote 1,800 train + 200 test rows to d/")

@@ -7,12 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 from deepfm_tuner.model.errors import DataError
 from deepfm_tuner.model.data.synth import SynthSpec, bayes_metrics, generate, write_criteo_tsv, write_dataset
 from deepfm_tuner.model.metrics import classification_metrics
-from deepfm_tuner.tuner.cli import main
 
 
 def test_criteo_shape_missing_values_and_click_rate():
@@ -126,15 +124,3 @@ def test_complete_folder_is_reused_unless_overwritten(tmp_path):
     assert (tmp_path / "mine" / "notes.txt").exists()
 
 
-def test_cli_reuses_a_complete_folder_and_regenerates_with_force(in_tmp):
-    def synth(*args):
-        return CliRunner().invoke(main, ["data", "synth", "--max-cardinality", "100", "--out", "d", *args])
-
-    assert synth("--rows", "1000").output.startswith("wrote 900 train + 100 test rows to d/")
-    result = synth("--rows", "1000")
-    assert result.exit_code == 0 and result.output.startswith("reusing the 900 train + 100 test rows in d/")
-    result = synth("--rows", "2000")
-    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
-    assert "rows 1000 there, 2000 asked" in result.output and "--out" in result.output and "--force" in result.output
-    result = synth("--rows", "2000", "--force")
-    assert result.exit_code == 0 and result.output.startswith("wrote 1,800 train + 200 test rows to d/")

@@ -15,7 +15,7 @@ import optuna
 import pytest
 import yaml
 
-from test_cli import assert_one_line_error, run
+from support import assert_one_line_error, run
 
 STUDY = {"study": {"name": "t", "n_trials": 1}, "data": {"synthetic": {"rows": 600}}}
 

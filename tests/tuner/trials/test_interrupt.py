@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from support import ROOT
+
 
 def _running_trials(db: Path) -> int:
     if not db.exists():
@@ -78,6 +80,6 @@ except KeyboardInterrupt:
     print("interrupted")
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                          cwd=Path(__file__).resolve().parents[1])
+                          cwd=ROOT)
     assert done.stdout.strip() == "interrupted", done.stdout + done.stderr
     assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr, done.stderr

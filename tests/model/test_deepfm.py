@@ -5,7 +5,7 @@ import itertools
 import torch
 
 from deepfm_tuner.model.config import PolicyConfig
-from deepfm_tuner.model.deepfm import DeepFM, fm_interaction
+from deepfm_tuner.model.deepfm import DeepFM, estimate_parameters, fm_interaction
 
 POLICY = PolicyConfig(embedding_dim=4, deep_hidden_units=(8, 4), dropout=0.0)
 
@@ -89,3 +89,9 @@ def test_state_dict_holds_only_learned_weights():
     keys = set(model().state_dict())
     assert {"embedding.weight", "first_order.weight", "bias"} <= keys
     assert not any("offsets" in k or "slot_to_field" in k for k in keys)
+
+
+def test_estimate_parameters_matches_the_allocated_model():
+    policy = PolicyConfig(embedding_dim=4, deep_hidden_units=(8, 4), dropout=0.0)
+    model = DeepFM([5, 7], [4], [3], 2, policy)
+    assert estimate_parameters([5, 7], [4], 2, policy) == sum(p.numel() for p in model.parameters())

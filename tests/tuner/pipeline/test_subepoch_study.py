@@ -1,95 +1,23 @@
-"""Sub-epoch evaluation (training.eval_every): a fixed validation sample every fraction of an epoch, reported to
-Optuna and MLflow at the same steps, pruning before an epoch ends; the kept epoch is still chosen on the full
-validation split, and evaluating changes nothing in training."""
+"""Sub-epoch evaluation in a study (training.eval_every): Optuna and MLflow get the points at the same steps, pruning
+acts before an epoch ends; the kept epoch is still chosen on the full validation split. The training loop's side:
+tests/model/test_subepoch.py."""
 
 import os
 
 import optuna
 import pytest
-import torch
+from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
-from deepfm_tuner.model.config import PolicyConfig
-from deepfm_tuner.model.train import eval_rows, train, validation_sample
-from tests.conftest import TINY_POLICY, TINY_TRAINING
+from deepfm_tuner.tuner.cli import main
+from deepfm_tuner.tuner.pipeline.handle import init_study
+from deepfm_tuner.tuner.pipeline.report import write_report
+from deepfm_tuner.tuner.pipeline.tune import load_data, tune
+from deepfm_tuner.tuner.spec.study import load_study
+from deepfm_tuner.tuner.trials.names import curve_name
+from deepfm_tuner.tuner.trials.record import pruned_at_epoch, pruned_where, trial_score
+from support import write_study
 
-QUARTERS = TINY_TRAINING.replace(eval_every=0.25, max_epochs=2, patience=0)
-
-
-def test_a_quarter_epoch_gives_four_points_per_epoch_the_last_at_its_end(tiny_prepared):
-    points = []
-    result = train(tiny_prepared, TINY_POLICY, QUARTERS, on_eval=points.append)
-    n, batch = len(tiny_prepared.train), QUARTERS.batch_size
-    assert [p.step for p in points] == list(range(8)) and [p.epoch for p in points] == [0] * 4 + [1] * 4
-    samples = [p.samples for p in points]
-    assert samples == sorted(set(samples))  # strictly increasing
-    assert samples[3] == n and samples[7] == 2 * n == result.samples == result.history[-1].samples
-    for k, p in enumerate(points):  # each point is taken after the batch that reaches k/4 of the epoch's rows
-        target = (p.epoch + ((k % 4) + 1) / 4) * n
-        assert target <= p.samples < target + batch and p.epochs == pytest.approx(p.samples / n)
-    assert [m.samples for m in result.history] == [n, 2 * n]
-
-
-def test_sub_epoch_evaluation_does_not_change_training(tiny_prepared):
-    """Same seed, with and without on_eval: identical epochs (evaluation runs under no_grad in eval mode and
-    draws its sample from its own generator, so dropout's and the shuffle's random streams are untouched)."""
-    policy = PolicyConfig(embedding_dim=4, deep_hidden_units=(16, 8), dropout=0.3, learning_rate=0.01)
-    plain = train(tiny_prepared, policy, QUARTERS)
-    evaluated = train(tiny_prepared, policy, QUARTERS, on_eval=lambda m: None)
-    key = [(m.train_loss, m.val_auc, m.val_logloss, m.samples) for m in plain.history]
-    assert [(m.train_loss, m.val_auc, m.val_logloss, m.samples) for m in evaluated.history] == key
-    assert plain.best_epoch == evaluated.best_epoch
-    for a, b in zip(plain.model.state_dict().values(), evaluated.model.state_dict().values()):
-        assert torch.equal(a, b)
-
-
-def test_the_sample_is_fixed_and_the_whole_split_when_smaller(tiny_prepared):
-    val = tiny_prepared.val
-    a, b = validation_sample(val, 100, seed=7), validation_sample(val, 100, seed=7)
-    assert len(a) == 100 and torch.equal(a.labels, b.labels) and torch.equal(a.categorical, b.categorical)
-    assert not torch.equal(validation_sample(val, 100, seed=8).categorical, a.categorical)
-    assert validation_sample(val, len(val), seed=7) is val
-    # a sample as large as the split: the epoch's end point equals the epoch's full validation
-    points = []
-    result = train(tiny_prepared, TINY_POLICY, QUARTERS.replace(eval_sample_rows=len(val)), on_eval=points.append)
-    for epoch in result.history:
-        end = points[epoch.epoch * 4 + 3]
-        assert (end.val_auc, end.val_logloss) == (epoch.val_auc, epoch.val_logloss)
-    points = []
-    train(tiny_prepared, TINY_POLICY, QUARTERS.replace(eval_sample_rows=50, max_epochs=1), on_eval=points.append)
-    assert points[3].val_auc != result.history[0].val_auc  # 50 rows, not the full split (same training)
-
-
-def test_points_line_up_across_batch_sizes(tiny_prepared):
-    """Points are row fractions, not step counts: batch sizes 100 and 256 report the same steps, each within
-    a batch of the same row count."""
-    n = len(tiny_prepared.train)
-    control = TINY_TRAINING.replace(eval_every=0.3, max_epochs=1)
-    assert eval_rows(n, control) == [round(0.3 * n), round(0.6 * n), round(0.9 * n), n]
-    for batch in (100, 256):
-        points = []
-        train(tiny_prepared, TINY_POLICY, control.replace(batch_size=batch), on_eval=points.append)
-        assert [p.step for p in points] == [0, 1, 2, 3]
-        assert all(t <= p.samples < t + batch for t, p in zip(eval_rows(n, control), points))
-
-
-def test_a_point_that_asks_to_stop_ends_the_epoch_there(tiny_prepared):
-    seen = []
-    result = train(tiny_prepared, TINY_POLICY, QUARTERS, on_eval=lambda m: m.step == 1,
-                   on_epoch=seen.append)
-    n = len(tiny_prepared.train)
-    assert result.stop_reason.startswith("stopped by callback at step 1")
-    assert n / 2 <= result.samples < n and len(result.history) == 1 and seen == result.history
-    assert result.best_epoch == 0
-
-
-def test_without_eval_every_on_eval_is_never_called(tiny_prepared):
-    calls = []
-    train(tiny_prepared, TINY_POLICY, TINY_TRAINING.replace(max_epochs=1), on_eval=calls.append)
-    assert calls == []
-
-
-# -- tuning: Optuna's steps are MLflow's, pruning acts within the first epoch ---------------------------------
 FAKE = {"embedding_dim": 4, "deep_hidden_units": "16-8", "learning_rate": 0.01}
 FAKE_DISTRIBUTIONS = {
     "embedding_dim": optuna.distributions.CategoricalDistribution([4, 8]),
@@ -101,11 +29,6 @@ FAKE_DISTRIBUTIONS = {
 def half_epochs(tmp_path_factory):
     """A 5-trial study reporting every half epoch (2 epochs: steps 0-3): the V1 baseline, two earlier trials
     at 0.99 on every step (so the median pruner stops any real trial at its first report), two real trials."""
-    from tests.test_tune import write_study
-    from deepfm_tuner.tuner.pipeline.handle import init_study
-    from deepfm_tuner.tuner.spec.study import load_study
-    from deepfm_tuner.tuner.pipeline.tune import tune
-
     folder = tmp_path_factory.mktemp("subepoch")
     old = os.getcwd()
     os.chdir(folder)
@@ -151,9 +74,6 @@ def test_sub_epoch_steps_match_between_optuna_and_mlflow(half_epochs):
 
 @pytest.mark.slow
 def test_a_clearly_worse_trial_is_pruned_before_its_first_epoch_ends(half_epochs, monkeypatch):
-    from deepfm_tuner.tuner.pipeline.tune import load_data
-    from deepfm_tuner.tuner.trials.record import pruned_at_epoch, pruned_where, trial_score
-
     folder, spec, result = half_epochs
     monkeypatch.chdir(folder)  # the study's encoded dataset, mapped again
     client, runs = _runs(folder)
@@ -177,12 +97,6 @@ def test_a_clearly_worse_trial_is_pruned_before_its_first_epoch_ends(half_epochs
 
 @pytest.mark.slow
 def test_status_and_report_read_a_sub_epoch_study(half_epochs, monkeypatch):
-    from click.testing import CliRunner
-
-    from deepfm_tuner.tuner.cli import main
-    from deepfm_tuner.tuner.pipeline.report import write_report
-    from deepfm_tuner.tuner.trials.names import curve_name
-
     folder, spec, result = half_epochs
     monkeypatch.chdir(folder)
     out = CliRunner().invoke(main, ["status", str(folder / "tiny.yaml")])
@@ -192,16 +106,10 @@ def test_status_and_report_read_a_sub_epoch_study(half_epochs, monkeypatch):
     assert '"yaxis":{"title":{"text":"step_val_auc"}}' in page.read_text()
 
 
-
 @pytest.mark.slow
 def test_a_pruned_trial_of_a_logloss_study_is_scored_by_its_lowest_logloss(tmp_path, monkeypatch):
     """One meaning per metric: a pruned trial's score_val_logloss is its best epoch by the study metric (lowest
     logloss), as a complete trial's is, not the logloss of its best-AUC epoch."""
-    from tests.test_tune import write_study
-    from deepfm_tuner.tuner.pipeline.handle import init_study
-    from deepfm_tuner.tuner.spec.study import load_study
-    from deepfm_tuner.tuner.pipeline.tune import tune
-
     monkeypatch.chdir(tmp_path)
     path = write_study(tmp_path, study__n_trials=4, study__metric="val_logloss",
                        study__pruner={"type": "median", "n_startup_trials": 1, "n_warmup_steps": 1},

@@ -12,12 +12,10 @@ import torch
 import yaml
 
 from conftest import TINY_POLICY, TINY_TRAINING
-from deepfm_tuner.model.config import PolicyConfig, load_yaml
-from deepfm_tuner.model.deepfm import DeepFM, estimate_parameters
-from deepfm_tuner.model.errors import ConfigError, UserInputError
+from deepfm_tuner.model.errors import ConfigError
 from deepfm_tuner.model.train import train
-from test_cli import POLICY, assert_one_line_error, run
 from deepfm_tuner.tuner.spec.study import load_study
+from support import POLICY, assert_one_line_error, run
 
 STUDY = {
     "study": {"name": "t", "n_trials": 1, "pruner": "none"},
@@ -48,26 +46,7 @@ def test_duplicate_key_in_a_study_file_is_refused(tmp_path):
         load_study(path)
 
 
-def test_same_key_in_different_mappings_is_fine(tmp_path):
-    path = tmp_path / "x.yaml"
-    path.write_text("a: {name: 1}\nb: {name: 2}\n")
-    assert load_yaml(path) == {"a": {"name": 1}, "b": {"name": 2}}
-
-
-# -- 8: absurd model sizes ---------------------------------------------------------------------------
-def test_estimate_parameters_matches_the_allocated_model():
-    policy = PolicyConfig(embedding_dim=4, deep_hidden_units=(8, 4), dropout=0.0)
-    model = DeepFM([5, 7], [4], [3], 2, policy)
-    assert estimate_parameters([5, 7], [4], 2, policy) == sum(p.numel() for p in model.parameters())
-
-
-def test_absurd_hidden_width_is_a_config_error():
-    with pytest.raises(ConfigError, match="width 10000000 is larger than 65536"):
-        PolicyConfig(deep_hidden_units=(10**7,))
-    with pytest.raises(ConfigError, match="embedding_dim must be at most 4096"):
-        PolicyConfig(embedding_dim=10**6)
-
-
+# -- 8: absurd model sizes (the estimate and the config's limits: tests/model/) -----------------------
 HUGE = POLICY.replace("embedding_dim: 4", "embedding_dim: 1024").replace("[16]", "[65536, 65536, 65536, 65536]")
 
 
@@ -96,7 +75,7 @@ def test_a_study_trial_too_large_fails_with_the_reason_and_the_study_ends(in_tmp
     assert not any(r.getMessage().endswith("failed with value None.") for r in caplog.records)
 
 
-# -- 9: registered_model checked with MLflow's rules when the study is read ---------------------------
+# -- 9: registered_model checked with MLflow's rules when the study is read (the rule: tests/tuner/spec/)
 @pytest.mark.parametrize("name", ["team/ctr", "ctr:v1", ""])
 def test_invalid_registered_model_name_fails_before_anything_runs(in_tmp, name):
     write_study(in_tmp / "s.yaml", registered_model=name)
@@ -104,43 +83,12 @@ def test_invalid_registered_model_name_fails_before_anything_runs(in_tmp, name):
     assert not (in_tmp / "mlruns").exists()
 
 
-@pytest.mark.parametrize("name", ["ctr", "deepfm-ctr", "a b", "team/ctr", "ctr:v1", "", "  ", ".", "..", "a/../b",
-                                  "./ctr", "ctr.", "-x", "ctr@champion"])
-def test_the_model_name_rule_is_mlflows(name):
-    """Reading a study file checks the name without importing MLflow (seconds): the rule must stay MLflow's."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.utils.validation import _validate_model_name
-
-    from deepfm_tuner.model.errors import ConfigError
-    from deepfm_tuner.tuner.spec.study import _mlflow_accepts
-
-    try:
-        _validate_model_name(name)
-        mlflow_accepts = True
-    except MlflowException:
-        mlflow_accepts = False
-    try:
-        _mlflow_accepts(name)
-        ours = True
-    except (ConfigError, ValueError):
-        ours = False
-    assert ours == mlflow_accepts
-
-
-# -- 18: device, patience, skipped trials --------------------------------------------------------------
+# -- 18: device, skipped trials (patience: tests/model/test_train.py) --------------------------------
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_without_a_cuda_device_is_one_line(in_tmp):
     (in_tmp / "policy.yaml").write_text(POLICY)
     assert_one_line_error(run("train", "--policy", "policy.yaml", "--synthetic", 500, "--device", "cuda"),
                           "no CUDA device is available", "use 'auto' or 'cpu'")
-
-
-def test_patience_zero_means_no_early_stopping(tiny_prepared):
-    policy = PolicyConfig(embedding_dim=4, deep_hidden_units=(8,), dropout=0.0, learning_rate=1e-12)  # AUC flat
-    result = train(tiny_prepared, policy, TINY_TRAINING.replace(max_epochs=4, patience=0))
-    assert len(result.history) == 4 and result.stop_reason == "reached max_epochs=4"
-    stopped = train(tiny_prepared, policy, TINY_TRAINING.replace(max_epochs=4, patience=1))
-    assert len(stopped.history) < 4 and stopped.stop_reason.startswith("early stop")
 
 
 def _study_with_a_skipped_trial(storage=None) -> optuna.Study:
@@ -198,5 +146,3 @@ def test_callback_stop_reason_and_pruned_trial_lines_are_one_based(tiny_prepared
     assert "score_val_auc 0.6100, pruned at epoch 1" in console.export_text()
 
 
-def test_user_errors_are_user_input_errors():
-    assert issubclass(ConfigError, UserInputError)

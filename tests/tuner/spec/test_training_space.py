@@ -22,6 +22,7 @@ from deepfm_tuner.tuner.spec.space import (TRAINING_DEFAULTS, Choices, Range, ch
                          suggest_training)
 from deepfm_tuner.tuner.spec.study import load_study
 from deepfm_tuner.tuner.pipeline.tune import tune
+from support import ROOT
 
 POLICY = {"embedding_dim": 8, "deep_hidden_units": [32], "activation_fn": "relu", "dropout": 0.0,
           "learning_rate": {"low": 1e-3, "high": 1e-2, "log": True}}
@@ -142,9 +143,7 @@ def test_train_reads_column_roles_from_a_schema_file(in_tmp):
     (in_tmp / "policy.yaml").write_text(yaml.safe_dump({"policy_configs": {"scoring_policy": {
         "policy_type": "deepfm", "embedding_dim": 4, "deep_hidden_units": [8], "activation_fn": "relu",
         "dropout": 0.0, "learning_rate": 0.01}}, "training": {"max_epochs": 1, "device": "cpu", "threads": 1}}))
-    from pathlib import Path
-
-    data = str(Path(__file__).resolve().parents[1] / "data/open-bandit/men.csv")
+    data = str(ROOT / "data/open-bandit/men.csv")
     command = [sys.executable, "-m", "deepfm_tuner.tuner.cli", "train", "--policy", "policy.yaml", "--data", data]
     done = subprocess.run(command + ["--schema", "schema.yaml", "--out", "out"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

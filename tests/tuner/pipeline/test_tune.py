@@ -4,35 +4,15 @@ from pathlib import Path
 
 import optuna
 import pytest
-import yaml
 from mlflow.tracking import MlflowClient
 
 from deepfm_tuner.model.config import PolicyConfig, policy_to_v1_yaml, read_policy_yaml
 from deepfm_tuner.tuner.spec.space import policy_from_params
 from deepfm_tuner.tuner.spec.study import load_study
 from deepfm_tuner.tuner.pipeline.tune import load_data, tune
+from support import write_study
 
 pytestmark = pytest.mark.slow
-
-STUDY = {
-    "study": {"name": "tiny", "n_trials": 6, "sampler": {"type": "random", "seed": 3},
-              "pruner": {"type": "median", "n_startup_trials": 1, "n_warmup_steps": 0}, "promote": False},
-    "data": {"synthetic": {"rows": 3000, "seed": 1, "max_cardinality": 200}},
-    "training": {"batch_size": 256, "max_epochs": 3, "patience": 2, "seed": 0, "device": "cpu", "threads": 1},
-    "policy_configs": {"scoring_policy": {
-        "embedding_dim": {"choices": [4, 8]}, "deep_hidden_units": {"choices": [[16], [16, 8]]},
-        "activation_fn": "relu", "dropout": 0.0, "learning_rate": {"low": 1.0e-4, "high": 3.0e-2, "log": True}}},
-}
-
-
-def write_study(folder: Path, **changes) -> Path:
-    document = yaml.safe_load(yaml.safe_dump(STUDY))
-    for key, value in changes.items():
-        section, name = key.split("__")
-        document[section][name] = value
-    path = folder / "tiny.yaml"
-    path.write_text(yaml.safe_dump(document))
-    return path
 
 
 def runs_of(experiment="deepfm-tiny"):

@@ -344,27 +344,3 @@ def test_a_local_worker_runs_the_same_command_as_a_remote_one():
     assert template[:2] == cmd[3:5] and set(["--workers", "1", "--no-promote"]) <= set(template)
 
 
-@pytest.mark.parametrize("env, message", [
-    ({"DEEPFM_HEARTBEAT_SECONDS": "0"}, "DEEPFM_HEARTBEAT_SECONDS='0' must be a whole number"),
-    ({"DEEPFM_GRACE_SECONDS": "soon"}, "DEEPFM_GRACE_SECONDS='soon' must be a whole number"),
-    ({"DEEPFM_HEARTBEAT_SECONDS": "5", "DEEPFM_GRACE_SECONDS": "5"}, "must be larger than DEEPFM_HEARTBEAT_SECONDS"),
-])
-def test_bad_heartbeat_settings_name_the_variable(monkeypatch, env, message):
-    from deepfm_tuner.model.errors import ConfigError
-    from deepfm_tuner.tuner.stores.optuna_storage import heartbeat_settings
-
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
-        heartbeat_settings()
-
-
-def test_heartbeat_settings_come_from_the_environment(monkeypatch):
-    from deepfm_tuner.tuner.stores.optuna_storage import GRACE_SECONDS, HEARTBEAT_SECONDS, heartbeat_settings
-
-    monkeypatch.delenv("DEEPFM_HEARTBEAT_SECONDS", raising=False)
-    monkeypatch.delenv("DEEPFM_GRACE_SECONDS", raising=False)
-    assert heartbeat_settings() == (HEARTBEAT_SECONDS, GRACE_SECONDS)
-    monkeypatch.setenv("DEEPFM_HEARTBEAT_SECONDS", "2")
-    monkeypatch.setenv("DEEPFM_GRACE_SECONDS", "7")
-    assert heartbeat_settings() == (2, 7)

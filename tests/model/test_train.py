@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import TINY_POLICY, TINY_TRAINING
 from deepfm_tuner.model.config import PolicyConfig
 from deepfm_tuner.model.errors import TrainingDiverged
 from deepfm_tuner.model.policy import ScoringPolicy
 from deepfm_tuner.model.train import evaluate, train
-from tests.conftest import TINY_POLICY, TINY_TRAINING
 
 
 def test_training_learns_signal_from_synthetic_data(tiny_prepared):
@@ -111,3 +111,11 @@ def test_the_kept_epoch_follows_the_selected_metric(tiny_prepared):
     assert by_auc.best.val_auc == max(m.val_auc for m in by_auc.history)
     with pytest.raises(ValueError, match="select must be one of"):
         train(tiny_prepared, policy, control, select="auc")
+
+
+def test_patience_zero_means_no_early_stopping(tiny_prepared):
+    policy = PolicyConfig(embedding_dim=4, deep_hidden_units=(8,), dropout=0.0, learning_rate=1e-12)  # AUC flat
+    result = train(tiny_prepared, policy, TINY_TRAINING.replace(max_epochs=4, patience=0))
+    assert len(result.history) == 4 and result.stop_reason == "reached max_epochs=4"
+    stopped = train(tiny_prepared, policy, TINY_TRAINING.replace(max_epochs=4, patience=1))
+    assert len(stopped.history) < 4 and stopped.stop_reason.startswith("early stop")

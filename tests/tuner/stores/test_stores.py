@@ -1,5 +1,6 @@
 """Issue #11 item 17: every command resolves its stores by one order (flag > DEEPFM_* > study file >
-MLFLOW_TRACKING_URI > embedded default), from one option definition that shows the variables in --help."""
+MLFLOW_TRACKING_URI > embedded default), from one option definition that shows the variables in --help; the
+Optuna heartbeat settings come from the environment too."""
 
 from __future__ import annotations
 
@@ -8,11 +9,10 @@ from types import SimpleNamespace
 import pytest
 from click.testing import CliRunner
 
-from test_cli import assert_one_line_error, run
 from deepfm_tuner.tuner.cli import main
-from deepfm_tuner.tuner.stores.locations import DEFAULT_OPTUNA_STORAGE, DEFAULT_TRACKING_URI
+from deepfm_tuner.tuner.stores.locations import DEFAULT_OPTUNA_STORAGE, DEFAULT_TRACKING_URI, resolve_stores
 from deepfm_tuner.tuner.stores.optuna_storage import resolve_storage
-from deepfm_tuner.tuner.stores.locations import resolve_stores
+from support import assert_one_line_error, run
 
 FLAG_S, ENV_S, FILE_S = "sqlite:///flag/o.db", "sqlite:///env/o.db", "sqlite:///file/o.db"
 FLAG_T, ENV_T, FILE_T, MLF_T = "sqlite:///flag/m.db", "sqlite:///env/m.db", "sqlite:///file/m.db", "http://mlflow:5000"
@@ -74,3 +74,29 @@ def test_registry_and_ui_commands_honour_deepfm_tracking_uri(in_tmp, monkeypatch
     monkeypatch.setenv("DEEPFM_TRACKING_URI", f"sqlite:///{in_tmp}/team/mlflow.db")
     assert_one_line_error(run(*args), f"no MLflow store at {in_tmp}/team/mlflow.db")
     assert not (in_tmp / "mlruns").exists()
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"DEEPFM_HEARTBEAT_SECONDS": "0"}, "DEEPFM_HEARTBEAT_SECONDS='0' must be a whole number"),
+    ({"DEEPFM_GRACE_SECONDS": "soon"}, "DEEPFM_GRACE_SECONDS='soon' must be a whole number"),
+    ({"DEEPFM_HEARTBEAT_SECONDS": "5", "DEEPFM_GRACE_SECONDS": "5"}, "must be larger than DEEPFM_HEARTBEAT_SECONDS"),
+])
+def test_bad_heartbeat_settings_name_the_variable(monkeypatch, env, message):
+    from deepfm_tuner.model.errors import ConfigError
+    from deepfm_tuner.tuner.stores.optuna_storage import heartbeat_settings
+
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        heartbeat_settings()
+
+
+def test_heartbeat_settings_come_from_the_environment(monkeypatch):
+    from deepfm_tuner.tuner.stores.optuna_storage import GRACE_SECONDS, HEARTBEAT_SECONDS, heartbeat_settings
+
+    monkeypatch.delenv("DEEPFM_HEARTBEAT_SECONDS", raising=False)
+    monkeypatch.delenv("DEEPFM_GRACE_SECONDS", raising=False)
+    assert heartbeat_settings() == (HEARTBEAT_SECONDS, GRACE_SECONDS)
+    monkeypatch.setenv("DEEPFM_HEARTBEAT_SECONDS", "2")
+    monkeypatch.setenv("DEEPFM_GRACE_SECONDS", "7")
+    assert heartbeat_settings() == (2, 7)

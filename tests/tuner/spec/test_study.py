@@ -9,6 +9,7 @@ import yaml
 from deepfm_tuner.model.errors import ConfigError
 from deepfm_tuner.tuner.spec.space import DEFAULT_SPACE, Choices, Fixed, Layers, Range, parse_space, suggest_policy
 from deepfm_tuner.tuner.spec.study import load_study
+from support import ROOT
 
 BASE = {"study": {"n_trials": 3}, "data": {"synthetic": {"rows": 1000}}}
 
@@ -20,7 +21,7 @@ def study_file(tmp_path: Path, **sections) -> Path:
     return path
 
 
-STUDIES = Path(__file__).resolve().parents[1] / "studies"
+STUDIES = ROOT / "studies"
 
 
 @pytest.mark.parametrize("path", sorted(p for p in STUDIES.glob("*.yaml") if p.name != "policy.yaml"),
@@ -162,3 +163,25 @@ def test_pruners_count_reports_hyperband_from_one_report_to_all_of_them(tmp_path
     assert (median._n_warmup_steps, median._n_min_trials, median._n_startup_trials) == (4, 3, 2)
     with pytest.raises(ConfigError, match="study.pruner.n_min_trials must be an integer >= 1"):
         load_study(study_file(tmp_path, study={"n_trials": 3, "pruner": {"type": "median", "n_min_trials": 0}}))
+
+
+@pytest.mark.parametrize("name", ["ctr", "deepfm-ctr", "a b", "team/ctr", "ctr:v1", "", "  ", ".", "..", "a/../b",
+                                  "./ctr", "ctr.", "-x", "ctr@champion"])
+def test_the_model_name_rule_is_mlflows(name):
+    """Reading a study file checks the name without importing MLflow (seconds): the rule must stay MLflow's."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.validation import _validate_model_name
+
+    from deepfm_tuner.tuner.spec.study import _mlflow_accepts
+
+    try:
+        _validate_model_name(name)
+        mlflow_accepts = True
+    except MlflowException:
+        mlflow_accepts = False
+    try:
+        _mlflow_accepts(name)
+        ours = True
+    except (ConfigError, ValueError):
+        ours = False
+    assert ours == mlflow_accepts

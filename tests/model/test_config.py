@@ -2,9 +2,9 @@
 
 import pytest
 
-from deepfm_tuner.model.config import (ACTIVATIONS, PolicyConfig, TrainConfig, policy_to_v1_yaml, read_policy_yaml,
-                          write_policy_yaml)
-from deepfm_tuner.model.errors import ConfigError
+from deepfm_tuner.model.config import (ACTIVATIONS, PolicyConfig, TrainConfig, load_yaml, policy_to_v1_yaml,
+                                       read_policy_yaml, write_policy_yaml)
+from deepfm_tuner.model.errors import ConfigError, UserInputError
 
 SEED_V1 = """policy_configs:
   scoring_policy:
@@ -124,3 +124,20 @@ def test_evaluation_points_per_epoch_count_the_epoch_end(every, points):
     assert TrainConfig(eval_every=every).evals_per_epoch == points
     with pytest.raises(ConfigError, match="training.eval_sample_rows must be an integer >= 1"):
         TrainConfig(eval_every=every, eval_sample_rows=0)
+
+
+def test_same_key_in_different_mappings_is_fine(tmp_path):
+    path = tmp_path / "x.yaml"
+    path.write_text("a: {name: 1}\nb: {name: 2}\n")
+    assert load_yaml(path) == {"a": {"name": 1}, "b": {"name": 2}}
+
+
+def test_absurd_hidden_width_is_a_config_error():
+    with pytest.raises(ConfigError, match="width 10000000 is larger than 65536"):
+        PolicyConfig(deep_hidden_units=(10**7,))
+    with pytest.raises(ConfigError, match="embedding_dim must be at most 4096"):
+        PolicyConfig(embedding_dim=10**6)
+
+
+def test_user_errors_are_user_input_errors():
+    assert issubclass(ConfigError, UserInputError)

@@ -1,4 +1,4 @@
-"""DeLong's paired AUC test (tuner.stats): the fast midrank algorithm against the O(n^2) definition."""
+"""DeLong's paired AUC test (tuner.registry.gate): the fast midrank algorithm against the O(n^2) definition."""
 
 from __future__ import annotations
 

@@ -13,8 +13,8 @@ import time
 import pytest
 import yaml
 
-from test_cli import POLICY, assert_one_line_error, run
 from deepfm_tuner.tuner.stores.retry import retry
+from support import POLICY, assert_one_line_error, run
 
 
 def _mount_tmpfs(path, options: str) -> None:
