@@ -1,8 +1,8 @@
-"""Shared fixtures: tiny deterministic data, a trained tiny policy, isolated MLflow/Optuna stores."""
+"""Shared fixtures: tiny deterministic data, a study file in the test's folder, isolated MLflow/Optuna stores."""
 
 from __future__ import annotations
 
-import os
+import functools
 from pathlib import Path
 
 import pandas as pd
@@ -18,6 +18,7 @@ from deepfm_tuner.model.data.frames import split_rows  # noqa: E402
 from deepfm_tuner.model.data.tensors import prepare  # noqa: E402
 from deepfm_tuner.model.data.schema import criteo_schema  # noqa: E402
 from deepfm_tuner.model.data.synth import SynthSpec, generate, write_dataset  # noqa: E402
+from support import write_study  # noqa: E402
 
 TINY_POLICY = PolicyConfig(embedding_dim=4, deep_hidden_units=(16, 8), dropout=0.0, learning_rate=0.01)
 TINY_TRAINING = TrainConfig(batch_size=256, max_epochs=3, patience=2, seed=0, device="cpu", threads=1)
@@ -41,6 +42,13 @@ def tiny_criteo_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("criteo")
     write_dataset(SynthSpec(rows=3000, seed=1, max_cardinality=200), out)
     return out
+
+
+@pytest.fixture()
+def study_file(tmp_path):
+    """support.write_study aimed at the test's own folder: study_file(document=TINY_STUDY, filename=None,
+    **changes) -> Path. Module-scoped fixtures, which outlive a test's folder, call write_study itself."""
+    return functools.partial(write_study, tmp_path)
 
 
 @pytest.fixture()

@@ -58,15 +58,19 @@ TINY_STUDY = {
 }
 
 
-def write_study(folder: Path, document: dict = TINY_STUDY, filename: str | None = None, *, sort_keys: bool = True,
-                **changes) -> Path:
-    """Write `document` as folder/filename (by default the study's name + .yaml) and return its path. Each
-    `section__key=value` sets one key of one section (made if missing), e.g. study__n_trials=2; the document
-    itself is never changed. sort_keys=False keeps the document's order (for tests that name a line)."""
+def write_study(folder: Path, document: dict = TINY_STUDY, filename: str | None = None, *,
+                sort_keys: bool = True, **changes) -> Path:
+    """Write `document` as folder/filename (by default the study's name + .yaml) and return its path. A change
+    `section__key=value` sets one key of one section (made if missing), e.g. study__n_trials=2; `section=value`
+    replaces the whole section. The document itself is never changed. sort_keys=False keeps the document's order
+    (for tests that name a line)."""
     document = copy.deepcopy(document)
     for change, value in changes.items():
-        section, key = change.split("__")
-        document.setdefault(section, {})[key] = value
+        section, _, key = change.partition("__")
+        if key:
+            document.setdefault(section, {})[key] = value
+        else:
+            document[section] = value
     path = Path(folder) / (filename or f"{document['study']['name']}.yaml")
     path.write_text(yaml.safe_dump(document, sort_keys=sort_keys))
     return path

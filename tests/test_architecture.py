@@ -125,16 +125,15 @@ def test_help_imports_no_torch_optuna_or_mlflow(tmp_path):
     assert out.stdout.strip() == "[]"
 
 
-def test_prepare_on_a_cache_hit_and_status_import_no_torch(in_tmp):
+def test_prepare_on_a_cache_hit_and_status_import_no_torch(in_tmp, study_file):
     """The commands that neither train nor score start without torch or scikit-learn (seconds of imports)."""
-    import yaml
     from click.testing import CliRunner
 
     from deepfm_tuner.tuner.cli import main
 
     study = {"study": {"name": "t", "n_trials": 1, "promote": False}, "data": {"synthetic": {"rows": 600}},
              "training": {"batch_size": 256, "max_epochs": 1, "device": "cpu", "threads": 1}}
-    (in_tmp / "s.yaml").write_text(yaml.safe_dump(study))
+    study_file(study, "s.yaml")
     assert CliRunner().invoke(main, ["tune", "s.yaml"]).exit_code == 0  # builds the encoded dataset, one trial
     for command in (["data", "prepare", "s.yaml"], ["status", "s.yaml"]):
         code = ("import sys\nfrom deepfm_tuner.tuner.cli import main\n"

@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import pytest
-import yaml
 from click.testing import CliRunner
 
 from deepfm_tuner.tuner.cli import main
@@ -48,10 +47,10 @@ def test_train_on_a_csv_with_an_inferred_schema(policy_file, in_tmp, tiny_frame)
     (["tune", "missing.yaml"], ["missing.yaml does not exist"]),
     (["status", "study.yaml"], ["no study named 'study'"]),
 ])
-def test_bad_input_is_one_line_and_exit_code_2(policy_file, in_tmp, args, fragments):
+def test_bad_input_is_one_line_and_exit_code_2(policy_file, in_tmp, study_file, args, fragments):
     (in_tmp / "bad_labels.csv").write_text("label,city\n0,a\n3,b\n")
     (in_tmp / "empty.csv").write_text("")
-    (in_tmp / "study.yaml").write_text(yaml.safe_dump({"study": {"n_trials": 1}, "data": {"synthetic": {"rows": 500}}}))
+    study_file({"study": {"n_trials": 1}, "data": {"synthetic": {"rows": 500}}}, "study.yaml")
     assert_one_line_error(run(*args), *fragments)
 
 
@@ -61,8 +60,8 @@ def test_bad_policy_value_is_one_line(policy_file, in_tmp):
                           "scoring_policy.dropout must be in [0, 1), got 1.5")
 
 
-def test_tune_with_missing_data_leaves_no_study_or_run(in_tmp):
-    (in_tmp / "s.yaml").write_text(yaml.safe_dump({"study": {"n_trials": 1}, "data": {"train": "gone.csv"}}))
+def test_tune_with_missing_data_leaves_no_study_or_run(in_tmp, study_file):
+    study_file({"study": {"n_trials": 1}, "data": {"train": "gone.csv"}}, "s.yaml")
     assert_one_line_error(run("tune", "s.yaml"), "gone.csv does not exist")
     assert not (in_tmp / "mlruns" / "optuna.db").exists() and not (in_tmp / "mlruns" / "mlflow.db").exists()
 

@@ -9,10 +9,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import yaml
-from click.testing import CliRunner
 
-from deepfm_tuner.tuner.cli import main
+from support import run
 
 pytestmark = pytest.mark.slow
 
@@ -25,14 +23,9 @@ STUDY = {
 }
 
 
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-
 @pytest.fixture()
-def tuned(in_tmp) -> Path:
-    path = in_tmp / "clitiny.yaml"
-    path.write_text(yaml.safe_dump(STUDY))
+def tuned(in_tmp, study_file) -> Path:
+    path = study_file(STUDY)
     result = run("tune", path)
     assert result.exit_code == 0, result.output
     assert "best trial" in result.output and "policy_configs:" in result.output

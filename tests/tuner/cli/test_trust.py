@@ -9,7 +9,6 @@ import time
 import optuna
 import pytest
 import torch
-import yaml
 
 from conftest import TINY_POLICY, TINY_TRAINING
 from deepfm_tuner.model.errors import ConfigError
@@ -26,12 +25,6 @@ STUDY = {
 }
 
 
-def write_study(path, **study):
-    document = {**STUDY, "study": {**STUDY["study"], **study}}
-    path.write_text(yaml.safe_dump(document, sort_keys=False))
-    return path
-
-
 # -- 7: duplicate YAML keys --------------------------------------------------------------------------
 def test_duplicate_yaml_key_is_one_line_naming_the_key_and_line(in_tmp):
     (in_tmp / "policy.yaml").write_text(POLICY.replace("    dropout: 0.0\n", "    dropout: 0.0\n    dropout: 0.3\n"))
@@ -39,8 +32,8 @@ def test_duplicate_yaml_key_is_one_line_naming_the_key_and_line(in_tmp):
                           "policy.yaml", "duplicate key 'dropout' at line 8", "first at line 7")
 
 
-def test_duplicate_key_in_a_study_file_is_refused(tmp_path):
-    path = write_study(tmp_path / "s.yaml")
+def test_duplicate_key_in_a_study_file_is_refused(study_file):
+    path = study_file(STUDY, "s.yaml", sort_keys=False)  # in the file's order: n_trials on line 3
     path.write_text(path.read_text().replace("  n_trials: 1\n", "  n_trials: 1\n  n_trials: 50\n"))
     with pytest.raises(ConfigError, match="duplicate key 'n_trials' at line 4"):
         load_study(path)
@@ -58,13 +51,11 @@ def test_train_refuses_a_model_too_large_for_memory_before_allocating(in_tmp):
     assert time.monotonic() - started < 30
 
 
-def test_a_study_trial_too_large_fails_with_the_reason_and_the_study_ends(in_tmp, caplog):
+def test_a_study_trial_too_large_fails_with_the_reason_and_the_study_ends(in_tmp, caplog, study_file):
     from deepfm_tuner.tuner.pipeline.tune import tune
 
-    document = {**STUDY, "policy_configs": {"scoring_policy": {**STUDY["policy_configs"]["scoring_policy"],
-                                                               "embedding_dim": 1024,
-                                                               "deep_hidden_units": [65536] * 4}}}
-    (in_tmp / "s.yaml").write_text(yaml.safe_dump(document))
+    too_large = {**STUDY["policy_configs"]["scoring_policy"], "embedding_dim": 1024, "deep_hidden_units": [65536] * 4}
+    study_file(STUDY, "s.yaml", policy_configs__scoring_policy=too_large)
     started = time.monotonic()
     with caplog.at_level(logging.WARNING, logger="optuna"):
         result = tune(load_study(in_tmp / "s.yaml"), promote=False)
@@ -77,8 +68,8 @@ def test_a_study_trial_too_large_fails_with_the_reason_and_the_study_ends(in_tmp
 
 # -- 9: registered_model checked with MLflow's rules when the study is read (the rule: tests/tuner/spec/)
 @pytest.mark.parametrize("name", ["team/ctr", "ctr:v1", ""])
-def test_invalid_registered_model_name_fails_before_anything_runs(in_tmp, name):
-    write_study(in_tmp / "s.yaml", registered_model=name)
+def test_invalid_registered_model_name_fails_before_anything_runs(in_tmp, name, study_file):
+    study_file(STUDY, "s.yaml", sort_keys=False, study__registered_model=name)
     assert_one_line_error(run("tune", "s.yaml"), "study.registered_model", "refused by MLflow", "'deepfm-ctr'")
     assert not (in_tmp / "mlruns").exists()
 
@@ -108,11 +99,11 @@ def test_skipped_trials_are_counted_as_skipped_not_failed():
     assert trial_counts(_study_with_a_skipped_trial()) == {"COMPLETE": 1, "SKIPPED": 1, "FAIL": 1}
 
 
-def test_status_shows_skipped_trials(in_tmp):
+def test_status_shows_skipped_trials(in_tmp, study_file):
     from deepfm_tuner.tuner.stores.locations import resolve_stores
     from deepfm_tuner.tuner.stores.optuna_storage import resolve_storage
 
-    write_study(in_tmp / "t.yaml")
+    study_file(STUDY, "t.yaml", sort_keys=False)
     _study_with_a_skipped_trial(resolve_storage(resolve_stores().storage_url))
     result = run("status", "t.yaml")
     assert result.exit_code == 0, result.output

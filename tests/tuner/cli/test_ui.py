@@ -13,7 +13,6 @@ from pathlib import Path
 
 import optuna
 import pytest
-import yaml
 
 from support import assert_one_line_error, run
 
@@ -21,10 +20,8 @@ STUDY = {"study": {"name": "t", "n_trials": 1}, "data": {"synthetic": {"rows": 6
 
 
 @pytest.fixture()
-def study_file(in_tmp) -> Path:
-    path = in_tmp / "t.yaml"
-    path.write_text(yaml.safe_dump(STUDY))
-    return path
+def ui_study(in_tmp, study_file) -> Path:
+    return study_file(STUDY, "t.yaml")
 
 
 @pytest.fixture()
@@ -62,7 +59,7 @@ def test_ui_on_a_taken_port_is_one_line(in_tmp, taken_port, no_exec):
     assert not no_exec
 
 
-def test_ui_prints_the_direct_link_to_the_study_runs(study_file, no_exec):
+def test_ui_prints_the_direct_link_to_the_study_runs(ui_study, no_exec):
     from mlflow import MlflowClient
 
     from deepfm_tuner.tuner.stores.locations import resolve_stores
@@ -70,30 +67,30 @@ def test_ui_prints_the_direct_link_to_the_study_runs(study_file, no_exec):
 
     experiment_id = MlflowClient(resolve_tracking_uri(resolve_stores().tracking_uri)).create_experiment("deepfm-t")
     port = free_port()
-    result = run("ui", study_file, "--port", port)
+    result = run("ui", ui_study, "--port", port)
     assert result.exit_code == 0, result.output
     assert f"MLflow UI on http://127.0.0.1:{port}/#/experiments/{experiment_id} " in result.output
     assert "'Model training'" in result.output
     assert no_exec and no_exec[0][1:3] == ["ui", "--backend-store-uri"]
 
 
-def test_dashboard_without_the_extra_names_the_install_command(study_file, monkeypatch, no_exec):
+def test_dashboard_without_the_extra_names_the_install_command(ui_study, monkeypatch, no_exec):
     monkeypatch.setitem(sys.modules, "optuna_dashboard", None)  # import fails as if not installed
-    assert_one_line_error(run("dashboard", study_file), "optuna-dashboard is not installed",
+    assert_one_line_error(run("dashboard", ui_study), "optuna-dashboard is not installed",
                           "pip install 'deepfm-tuner[dashboard]'")
 
 
-def test_dashboard_without_a_storage_or_on_a_taken_port_is_one_line(study_file, taken_port, no_exec):
+def test_dashboard_without_a_storage_or_on_a_taken_port_is_one_line(ui_study, taken_port, no_exec):
     pytest.importorskip("optuna_dashboard")
-    assert_one_line_error(run("dashboard", study_file), "no Optuna storage at mlruns/optuna.db")
-    (study_file.parent / "mlruns").mkdir()
-    (study_file.parent / "mlruns" / "optuna.db").touch()
-    assert_one_line_error(run("dashboard", study_file, "--port", taken_port), f"port {taken_port}", "already in use")
+    assert_one_line_error(run("dashboard", ui_study), "no Optuna storage at mlruns/optuna.db")
+    (ui_study.parent / "mlruns").mkdir()
+    (ui_study.parent / "mlruns" / "optuna.db").touch()
+    assert_one_line_error(run("dashboard", ui_study, "--port", taken_port), f"port {taken_port}", "already in use")
     assert not no_exec
 
 
 @pytest.mark.slow
-def test_dashboard_serves_the_study_on_localhost(study_file):
+def test_dashboard_serves_the_study_on_localhost(ui_study):
     pytest.importorskip("optuna_dashboard")
     from deepfm_tuner.tuner.stores.locations import resolve_stores
     from deepfm_tuner.tuner.stores.optuna_storage import resolve_storage
@@ -101,7 +98,7 @@ def test_dashboard_serves_the_study_on_localhost(study_file):
     optuna.create_study(storage=resolve_storage(resolve_stores().storage_url), study_name="t")
     port = free_port()
     deepfm = str(Path(sys.executable).with_name("deepfm"))
-    server = subprocess.Popen([deepfm, "dashboard", str(study_file), "--port", str(port)], cwd=study_file.parent,
+    server = subprocess.Popen([deepfm, "dashboard", str(ui_study), "--port", str(port)], cwd=ui_study.parent,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         deadline, status = time.monotonic() + 60, None

@@ -4,7 +4,6 @@ on the test rows; the baseline trial is registered instead, and the message says
 from __future__ import annotations
 
 import pytest
-import yaml
 
 from deepfm_tuner.tuner.pipeline.promotion import promote_study
 from deepfm_tuner.tuner.spec.study import load_study
@@ -12,17 +11,16 @@ from deepfm_tuner.tuner.pipeline.tune import tune
 
 
 @pytest.mark.slow
-def test_a_tuned_model_worse_than_the_baseline_on_test_is_replaced_by_the_baseline(in_tmp):
+def test_a_tuned_model_worse_than_the_baseline_on_test_is_replaced_by_the_baseline(in_tmp, study_file):
     # the baseline trains at learning rate 1e-5 (the closest choice to V1's 0.001): a weak model; the tuned
     # 0.03 is far better on validation. Scored on label-flipped test rows the better model is the worse one.
-    (in_tmp / "guard.yaml").write_text(yaml.safe_dump({
+    spec = load_study(study_file({
         "study": {"name": "guard", "n_trials": 3, "promote": False, "registered_model": "guard-m",
                   "sampler": {"type": "random", "seed": 3}},
         "data": {"synthetic": {"rows": 6000, "seed": 2, "max_cardinality": 200}, "test_fraction": 0.4},
         "training": {"batch_size": 256, "max_epochs": 2, "seed": 0, "device": "cpu", "threads": 1},
         "policy_configs": {"scoring_policy": {"embedding_dim": 8, "deep_hidden_units": [32], "activation_fn": "relu",
                                               "dropout": 0.0, "learning_rate": {"choices": [1.0e-5, 0.03]}}}}))
-    spec = load_study(in_tmp / "guard.yaml")
     result = tune(spec)
     best, base = result.best_trial, result.handle.study.trials[0]
     assert best.params["learning_rate"] == 0.03 and base.params["learning_rate"] == 1e-5

@@ -12,17 +12,11 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from support import assert_one_line_error, run
+from support import assert_one_line_error, run, write_study
 
 STUDY = {"study": {"name": "t", "n_trials": 1, "promote": False}, "data": {"synthetic": {"rows": 600}},
          "training": {"batch_size": 256, "max_epochs": 1, "device": "cpu", "threads": 1},
          "policy_configs": {"scoring_policy": {"embedding_dim": 4, "deep_hidden_units": [8], "dropout": 0.0}}}
-
-
-def write_study(directory, filename="s.yaml", **study):
-    document = {**STUDY, "study": {**STUDY["study"], **study}}
-    (directory / filename).write_text(yaml.safe_dump(document, sort_keys=False))
-    return directory / filename
 
 
 def local_client(directory) -> MlflowClient:
@@ -53,8 +47,9 @@ def full_artifact_root(in_tmp):
 
 
 @pytest.mark.slow
-def test_a_full_artifact_disk_fails_the_trials_and_the_parent_run_with_the_reason(in_tmp, full_artifact_root):
-    write_study(in_tmp)
+def test_a_full_artifact_disk_fails_the_trials_and_the_parent_run_with_the_reason(in_tmp, full_artifact_root,
+                                                                                  study_file):
+    study_file(STUDY, "s.yaml", sort_keys=False)
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     done = subprocess.run([sys.executable, "-m", "deepfm_tuner.tuner.cli", "tune", "s.yaml"], cwd=in_tmp, env=env,
                           capture_output=True, text=True, timeout=300)
@@ -87,7 +82,7 @@ def tuned(tmp_path_factory):
     previous = os.getcwd()
     os.chdir(folder)
     try:
-        write_study(folder)
+        write_study(folder, STUDY, "s.yaml", sort_keys=False)
         result = run("tune", "s.yaml")
         assert result.exit_code == 0, result.output
     finally:
@@ -104,7 +99,7 @@ def in_tuned(tuned, monkeypatch):
 
 @pytest.mark.slow
 def test_promote_with_a_wrong_study_name_creates_nothing(in_tuned):
-    write_study(in_tuned, "other.yaml", name="tt")
+    write_study(in_tuned, STUDY, "other.yaml", sort_keys=False, study__name="tt")
     client = local_client(in_tuned)
     runs_before = len(client.search_runs([client.get_experiment_by_name("deepfm-t").experiment_id]))
     encoded_before = sorted(p.name for p in (in_tuned / "data").rglob("*"))
@@ -123,7 +118,7 @@ def test_status_prints_what_the_best_trial_trained_not_the_edited_study_file(in_
     edited = yaml.safe_load((in_tuned / "s.yaml").read_text())
     edited["policy_configs"]["scoring_policy"]["embedding_dim"] = 8
     edited["training"]["batch_size"] = 512
-    (in_tuned / "edited.yaml").write_text(yaml.safe_dump(edited, sort_keys=False))
+    write_study(in_tuned, edited, "edited.yaml", sort_keys=False)
     result = run("status", "edited.yaml")
     assert result.exit_code == 0, result.output
     assert "best trial 0 trained:" in result.output

@@ -107,13 +107,13 @@ def test_status_and_report_read_a_sub_epoch_study(half_epochs, monkeypatch):
 
 
 @pytest.mark.slow
-def test_a_pruned_trial_of_a_logloss_study_is_scored_by_its_lowest_logloss(tmp_path, monkeypatch):
+def test_a_pruned_trial_of_a_logloss_study_is_scored_by_its_lowest_logloss(tmp_path, monkeypatch, study_file):
     """One meaning per metric: a pruned trial's score_val_logloss is its best epoch by the study metric (lowest
     logloss), as a complete trial's is, not the logloss of its best-AUC epoch."""
     monkeypatch.chdir(tmp_path)
-    path = write_study(tmp_path, study__n_trials=4, study__metric="val_logloss",
-                       study__pruner={"type": "median", "n_startup_trials": 1, "n_warmup_steps": 1},
-                       training__max_epochs=3, training__patience=0)
+    path = study_file(study__n_trials=4, study__metric="val_logloss",
+                      study__pruner={"type": "median", "n_startup_trials": 1, "n_warmup_steps": 1},
+                      training__max_epochs=3, training__patience=0)
     spec = load_study(path)
     study = init_study(spec).study
     for _ in range(2):  # far better earlier trials: every real one is pruned after its 2nd epoch

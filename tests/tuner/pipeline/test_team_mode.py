@@ -24,6 +24,17 @@ from services import (ServiceError, missing_reason, mlflow_server, postgres_serv
 SKIP_REASON = missing_reason()
 FAST_HEARTBEAT = {"DEEPFM_HEARTBEAT_SECONDS": "1", "DEEPFM_GRACE_SECONDS": "4"}
 WAIT_SECONDS = 240
+STUDY = {  # a tiny study: 3,000 synthetic rows, 2 epochs, a small space with a pruner; each test names its own
+    "study": {"metric": "val_auc", "sampler": {"type": "tpe", "seed": 7, "n_startup_trials": 4},
+              "pruner": {"type": "median", "n_startup_trials": 3, "n_warmup_steps": 1}},
+    "data": {"synthetic": {"rows": 3000, "seed": 1, "max_cardinality": 200}},
+    "training": {"batch_size": 256, "max_epochs": 2, "patience": 1, "seed": 0, "threads": 1},
+    "policy_configs": {"scoring_policy": {
+        "policy_type": "deepfm", "embedding_dim": {"choices": [4, 8]},
+        "deep_hidden_units": {"choices": [[16, 8], [32]]}, "activation_fn": "relu",
+        "dropout": {"low": 0.0, "high": 0.2, "step": 0.1},
+        "learning_rate": {"low": 1.0e-3, "high": 3.0e-2, "log": True}}},
+}
 
 
 @pytest.fixture(scope="module")
@@ -59,37 +70,6 @@ def launcher(tmp_path):
     yield launch
     for proc in started:
         stop_group(proc, grace=5)
-
-
-def write_study(directory: Path, name: str, n_trials: int, *, batch_size: int = 256, rows: int = 3000) -> Path:
-    """A tiny study: ~3,000 synthetic rows, 2 epochs, a small space with a pruner."""
-    path = directory / f"{name}.yaml"
-    path.write_text(f"""\
-study:
-  name: {name}
-  n_trials: {n_trials}
-  metric: val_auc
-  sampler: {{type: tpe, seed: 7, n_startup_trials: 4}}
-  pruner: {{type: median, n_startup_trials: 3, n_warmup_steps: 1}}
-  registered_model: deepfm-{name}
-data:
-  synthetic: {{rows: {rows}, seed: 1, max_cardinality: 200}}
-training:
-  batch_size: {batch_size}
-  max_epochs: 2
-  patience: 1
-  seed: 0
-  threads: 1
-policy_configs:
-  scoring_policy:
-    policy_type: deepfm
-    embedding_dim: {{choices: [4, 8]}}
-    deep_hidden_units: {{choices: [[16, 8], [32]]}}
-    activation_fn: relu
-    dropout: {{low: 0.0, high: 0.2, step: 0.1}}
-    learning_rate: {{low: 1.0e-3, high: 3.0e-2, log: true}}
-""")
-    return path
 
 
 def wait_all(procs, timeout=WAIT_SECONDS) -> None:
@@ -131,10 +111,10 @@ def finished(study) -> list:
 
 @pytest.mark.slow
 @pytest.mark.services
-def test_three_local_workers_share_one_study_and_promote_once(services, launcher, tmp_path):
+def test_three_local_workers_share_one_study_and_promote_once(services, launcher, study_file):
     pg, uri = services
     storage = pg.url("optuna")
-    study_path = write_study(tmp_path, "team3", n_trials=12)
+    study_path = study_file(STUDY, study__name="team3", study__n_trials=12, study__registered_model="deepfm-team3")
     proc = launcher(["tune", str(study_path), "--storage", storage, "--tracking-uri", uri, "--workers", "3"],
                     name="tune-workers-3")
     wait_all([proc])
@@ -179,13 +159,14 @@ def test_three_local_workers_share_one_study_and_promote_once(services, launcher
 
 @pytest.mark.slow
 @pytest.mark.services
-def test_killed_worker_trial_is_failed_and_rerun_by_a_live_worker(services, launcher, tmp_path):
+def test_killed_worker_trial_is_failed_and_rerun_by_a_live_worker(services, launcher, study_file):
     import optuna
 
     pg, uri = services
     storage = pg.url("optuna")
     total = 9
-    study_path = write_study(tmp_path, "fault", n_trials=total, batch_size=32)  # slower trials: room to kill
+    study_path = study_file(STUDY, study__name="fault", study__n_trials=total, study__registered_model="deepfm-fault",
+                            training__batch_size=32)  # slower trials: room to kill
     args = worker_args(str(study_path), storage, uri)
     workers = [launcher(args, name=f"worker-{i}") for i in range(3)]
     by_pid = {w.pid: w for w in workers}
@@ -240,11 +221,11 @@ def test_killed_worker_trial_is_failed_and_rerun_by_a_live_worker(services, laun
 
 @pytest.mark.slow
 @pytest.mark.services
-def test_two_workers_started_at_once_on_a_new_database_share_one_study(services, launcher, tmp_path):
+def test_two_workers_started_at_once_on_a_new_database_share_one_study(services, launcher, study_file):
     pg, uri = services
     pg.create_database("optuna_race")  # brand new: the workers race to create Optuna's tables too
     storage = pg.url("optuna_race")
-    study_path = write_study(tmp_path, "race", n_trials=4)
+    study_path = study_file(STUDY, study__name="race", study__n_trials=4, study__registered_model="deepfm-race")
     args = worker_args(str(study_path), storage, uri)
     first, second = launcher(args, name="race-1"), launcher(args, name="race-2")
     wait_all([first, second])
@@ -294,9 +275,9 @@ def test_storage_opened_by_three_processes_at_the_same_instant_on_a_new_database
 
 # -- without services: local workers over the default SQLite stores -------------------------------------------
 @pytest.mark.slow
-def test_ctrl_c_stops_local_workers_and_closes_their_runs_on_sqlite(launcher, tmp_path):
-
-    study_path = write_study(tmp_path, "local", n_trials=40, batch_size=64)
+def test_ctrl_c_stops_local_workers_and_closes_their_runs_on_sqlite(launcher, tmp_path, study_file):
+    study_path = study_file(STUDY, study__name="local", study__n_trials=40, study__registered_model="deepfm-local",
+                            training__batch_size=64)
     parent = launcher(["tune", str(study_path), "--workers", "2", "--no-promote"], name="local-workers")
     storage = f"sqlite:///{tmp_path}/mlruns/optuna.db"
     deadline = time.monotonic() + 150

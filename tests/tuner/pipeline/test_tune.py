@@ -230,8 +230,8 @@ def test_parent_run_reports_the_lift_over_the_baseline(in_study):
     assert metrics["lift_over_baseline"] >= 0  # the baseline is one of the trials the best is chosen from
 
 
-def test_resume_adds_trials_without_duplicating_runs(in_tmp):
-    path = write_study(in_tmp, study__n_trials=2)
+def test_resume_adds_trials_without_duplicating_runs(in_tmp, study_file):
+    path = study_file(study__n_trials=2)
     data = load_data(load_study(path))
     tune(load_study(path), data=data)
     result = tune(load_study(path).with_overrides(n_trials=4), data=data)
@@ -242,10 +242,10 @@ def test_resume_adds_trials_without_duplicating_runs(in_tmp):
     assert [t.number for t in result.handle.study.trials if t.user_attrs.get("baseline")] == [0]  # queued once
 
 
-def test_promotion_compares_the_best_trial_with_the_baseline(in_tmp):
+def test_promotion_compares_the_best_trial_with_the_baseline(in_tmp, study_file):
     """End to end: the champion's version carries gate.* and baseline.* tags; the message says whether tuning
     helped over the V1 baseline."""
-    path = write_study(in_tmp, study__n_trials=3, study__promote=True)
+    path = study_file(study__n_trials=3, study__promote=True)
     result = tune(load_study(path))
     promotion = result.promotion
     assert promotion.alias == "champion" and promotion.gate is None  # the first champion: nothing to compare
@@ -263,8 +263,8 @@ def test_promotion_compares_the_best_trial_with_the_baseline(in_tmp):
     assert tags["gate.decision"] in ("promoted", "kept_challenger") and "95% CI" in again.promotion.reason
 
 
-def test_ctrl_c_leaves_no_running_trial_or_run(in_tmp):
-    path = write_study(in_tmp, study__n_trials=3)
+def test_ctrl_c_leaves_no_running_trial_or_run(in_tmp, study_file):
+    path = study_file(study__n_trials=3)
 
     def interrupt(trial, metrics):
         if trial.number == 1 and metrics.epoch == 0:
@@ -284,12 +284,12 @@ def test_ctrl_c_leaves_no_running_trial_or_run(in_tmp):
     assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials) == 3
 
 
-def test_a_worker_without_summary_leaves_the_parent_run_to_its_coordinator(in_tmp):
+def test_a_worker_without_summary_leaves_the_parent_run_to_its_coordinator(in_tmp, study_file):
     """`--workers N` runs its workers with --no-summary: the parent run stays open with no report until the
     coordinator summarises once, after every worker."""
     from deepfm_tuner.tuner.pipeline.summary import summarise
 
-    path = write_study(in_tmp, study__n_trials=2)
+    path = study_file(study__n_trials=2)
     result = tune(load_study(path), summary=False)
     client, parents, trials = runs_of()
     assert len(trials) == 2 and parents[0].info.status == "RUNNING"
@@ -299,13 +299,13 @@ def test_a_worker_without_summary_leaves_the_parent_run_to_its_coordinator(in_tm
     assert parents[0].info.status == "FINISHED" and "score_val_auc" in parents[0].data.metrics
 
 
-def test_the_baseline_is_never_pruned(in_tmp):
+def test_the_baseline_is_never_pruned(in_tmp, study_file):
     """Two earlier trials far better at every epoch would make the median pruner stop any trial; the baseline
     still runs to the end, since it is the reference for the lift and the promotion comparison."""
     from deepfm_tuner.tuner.pipeline.handle import init_study
 
-    path = write_study(in_tmp, study__n_trials=3,
-                       study__pruner={"type": "median", "n_startup_trials": 0, "n_warmup_steps": 0})
+    path = study_file(study__n_trials=3,
+                      study__pruner={"type": "median", "n_startup_trials": 0, "n_warmup_steps": 0})
     study = init_study(load_study(path)).study
     params = {"embedding_dim": 4, "deep_hidden_units": "16-8", "learning_rate": 0.01}
     distributions = {"embedding_dim": optuna.distributions.CategoricalDistribution([4, 8]),

@@ -1,7 +1,5 @@
 """Study files: every hyperparameter fixed or tunable, defaults for unset ones, one-line errors at the edge."""
 
-from pathlib import Path
-
 import optuna
 import pytest
 import yaml
@@ -12,13 +10,6 @@ from deepfm_tuner.tuner.spec.study import load_study
 from support import ROOT
 
 BASE = {"study": {"n_trials": 3}, "data": {"synthetic": {"rows": 1000}}}
-
-
-def study_file(tmp_path: Path, **sections) -> Path:
-    document = {**BASE, **sections}
-    path = tmp_path / "s.yaml"
-    path.write_text(yaml.safe_dump(document))
-    return path
 
 
 STUDIES = ROOT / "studies"
@@ -37,8 +28,8 @@ def test_shipped_policy_file_is_the_seed_v1_config():
     assert read_policy_yaml(STUDIES / "policy.yaml")[0] == PolicyConfig()
 
 
-def test_unset_hyperparameters_get_default_ranges(tmp_path):
-    spec = load_study(study_file(tmp_path, policy_configs={"scoring_policy": {"embedding_dim": 16}}))
+def test_unset_hyperparameters_get_default_ranges(study_file):
+    spec = load_study(study_file(BASE, "s.yaml", policy_configs={"scoring_policy": {"embedding_dim": 16}}))
     assert spec.space["embedding_dim"] == Fixed(16)
     for name in ("deep_hidden_units", "activation_fn", "dropout", "learning_rate"):
         assert spec.space[name] == DEFAULT_SPACE[name]
@@ -81,9 +72,9 @@ def test_suggested_policies_are_always_valid_and_use_stable_names():
     ({"dropout": {"low": 0.1, "high": 1.5}}, "must be in [0, 1)"),
     ({"dropuot": 0.1}, "did you mean 'dropout'"),
 ])
-def test_bad_search_spaces_are_one_line_errors(tmp_path, block, message):
+def test_bad_search_spaces_are_one_line_errors(study_file, block, message):
     with pytest.raises(ConfigError) as info:
-        load_study(study_file(tmp_path, policy_configs={"scoring_policy": block}))
+        load_study(study_file(BASE, "s.yaml", policy_configs={"scoring_policy": block}))
     assert message in str(info.value) and "\n" not in str(info.value)
 
 
@@ -110,24 +101,23 @@ def test_scientific_notation_in_ranges_is_a_number_though_yaml_1_1_reads_it_as_t
     ({"n_trials": 3, "trials": 4}, "unknown key 'trials'"),
     ({"n_trials": None}, "set n_trials, timeout, or both"),
 ])
-def test_bad_study_settings_are_one_line_errors(tmp_path, study, message):
+def test_bad_study_settings_are_one_line_errors(study_file, study, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
-        load_study(study_file(tmp_path, study=study))
+        load_study(study_file(BASE, "s.yaml", study=study))
 
 
-def test_missing_data_block_says_what_to_write(tmp_path):
-    path = tmp_path / "s.yaml"
-    path.write_text(yaml.safe_dump({"study": {"n_trials": 2}}))
+def test_missing_data_block_says_what_to_write(study_file):
+    path = study_file({"study": {"n_trials": 2}}, "s.yaml")
     with pytest.raises(ConfigError, match="missing 'data:' block"):
         load_study(path)
 
 
-def test_promotion_and_warm_start_blocks_parse_with_defaults(tmp_path):
+def test_promotion_and_warm_start_blocks_parse_with_defaults(study_file):
     from deepfm_tuner.tuner.spec.study import PromotionSpec, WarmStartSpec
 
-    spec = load_study(study_file(tmp_path))
+    spec = load_study(study_file(BASE, "s.yaml"))
     assert spec.promotion == PromotionSpec("not_worse", 0.05) and spec.warm_start is None
-    spec = load_study(study_file(tmp_path, promotion={"require": "better", "alpha": 0.01},
+    spec = load_study(study_file(BASE, "s.yaml", promotion={"require": "better", "alpha": 0.01},
                                  study={"n_trials": 3, "warm_start": {"from": "old", "top_k": 2}}))
     assert spec.promotion == PromotionSpec("better", 0.01)
     assert spec.warm_start == WarmStartSpec("old", 2, None)
@@ -142,18 +132,18 @@ def test_promotion_and_warm_start_blocks_parse_with_defaults(tmp_path):
     ({"study": {"n_trials": 3, "warm_start": {"from": "old", "top_k": 0}}}, "top_k must be an integer >= 1"),
     ({"study": {"n_trials": 3, "warm_start": {"from": "old", "topk": 3}}}, "did you mean 'top_k'"),
 ])
-def test_bad_promotion_and_warm_start_blocks_are_one_line_errors(tmp_path, sections, message):
+def test_bad_promotion_and_warm_start_blocks_are_one_line_errors(study_file, sections, message):
     with pytest.raises(ConfigError) as info:
-        load_study(study_file(tmp_path, **sections))
+        load_study(study_file(BASE, "s.yaml", **sections))
     assert message in str(info.value) and "\n" not in str(info.value)
 
 
-def test_pruners_count_reports_hyperband_from_one_report_to_all_of_them(tmp_path):
+def test_pruners_count_reports_hyperband_from_one_report_to_all_of_them(study_file):
     """With eval_every 0.25 a trial reports 4 times an epoch: hyperband's resource is one report, its maximum
     max_epochs x 4; the median pruner's warm-up counts reports and takes n_min_trials."""
     from deepfm_tuner.tuner.spec.study import PrunerSpec
 
-    spec = load_study(study_file(tmp_path, study={"n_trials": 3, "pruner": {"type": "hyperband"}},
+    spec = load_study(study_file(BASE, "s.yaml", study={"n_trials": 3, "pruner": {"type": "hyperband"}},
                                  training={"max_epochs": 3, "eval_every": 0.25}))
     assert spec.training.evals_per_epoch == 4
     hyperband = spec.pruner.build(spec.training.max_epochs, spec.training.evals_per_epoch)
@@ -162,7 +152,7 @@ def test_pruners_count_reports_hyperband_from_one_report_to_all_of_them(tmp_path
     median = PrunerSpec("median", n_startup_trials=2, n_warmup_steps=4, n_min_trials=3).build(3, 4)
     assert (median._n_warmup_steps, median._n_min_trials, median._n_startup_trials) == (4, 3, 2)
     with pytest.raises(ConfigError, match="study.pruner.n_min_trials must be an integer >= 1"):
-        load_study(study_file(tmp_path, study={"n_trials": 3, "pruner": {"type": "median", "n_min_trials": 0}}))
+        load_study(study_file(BASE, "s.yaml", study={"n_trials": 3, "pruner": {"type": "median", "n_min_trials": 0}}))
 
 
 @pytest.mark.parametrize("name", ["ctr", "deepfm-ctr", "a b", "team/ctr", "ctr:v1", "", "  ", ".", "..", "a/../b",

@@ -24,21 +24,13 @@ from deepfm_tuner.tuner.spec.study import load_study
 from deepfm_tuner.tuner.pipeline.tune import tune
 from support import ROOT
 
-POLICY = {"embedding_dim": 8, "deep_hidden_units": [32], "activation_fn": "relu", "dropout": 0.0,
-          "learning_rate": {"low": 1e-3, "high": 1e-2, "log": True}}
-
-
-def study_file(folder, name, training, n_trials=2, policy=POLICY):
-    document = {
-        "study": {"name": name, "n_trials": n_trials, "promote": False, "sampler": {"type": "random", "seed": 0}},
-        "data": {"synthetic": {"rows": 2000, "seed": 1, "max_cardinality": 200}},
-        "training": {"batch_size": 256, "max_epochs": 2, "patience": 2, "seed": 0, "device": "cpu", "threads": 1,
-                     **training},
-        "policy_configs": {"scoring_policy": policy},
-    }
-    path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(document))
-    return path
+STUDY = {  # each test names its study
+    "study": {"n_trials": 2, "promote": False, "sampler": {"type": "random", "seed": 0}},
+    "data": {"synthetic": {"rows": 2000, "seed": 1, "max_cardinality": 200}},
+    "training": {"batch_size": 256, "max_epochs": 2, "patience": 2, "seed": 0, "device": "cpu", "threads": 1},
+    "policy_configs": {"scoring_policy": {"embedding_dim": 8, "deep_hidden_units": [32], "activation_fn": "relu",
+                                          "dropout": 0.0, "learning_rate": {"low": 1e-3, "high": 1e-2, "log": True}}},
+}
 
 
 def test_training_block_splits_fixed_values_from_tuned_knobs():
@@ -105,11 +97,12 @@ def _embedding_norm(tracking_uri: str, trial, folder) -> float:
 
 
 @pytest.mark.slow
-def test_a_tuned_embedding_l2_reaches_the_optimizer_and_the_best_policy_file(in_tmp):
+def test_a_tuned_embedding_l2_reaches_the_optimizer_and_the_best_policy_file(in_tmp, study_file):
     tracking = "sqlite:///mlruns/mlflow.db"
-    strong = load_study(study_file(in_tmp, "strong", {"embedding_l2": {"low": 20.0, "high": 50.0, "log": True},
-                                                      "batch_size": {"choices": [128, 256]}}))
-    plain = load_study(study_file(in_tmp, "plain", {}, n_trials=1))
+    strong = load_study(study_file(STUDY, study__name="strong",
+                                   training__embedding_l2={"low": 20.0, "high": 50.0, "log": True},
+                                   training__batch_size={"choices": [128, 256]}))
+    plain = load_study(study_file(STUDY, study__name="plain", study__n_trials=1))
     strong_result = tune(strong, tracking_uri=tracking)
     plain_result = tune(plain, tracking_uri=tracking)
 

@@ -11,10 +11,12 @@ import subprocess
 import time
 
 import pytest
-import yaml
 
 from deepfm_tuner.tuner.stores.retry import retry
 from support import POLICY, assert_one_line_error, run
+
+STUDY = {"study": {"name": "t", "n_trials": 1}, "data": {"synthetic": {"rows": 600}},
+         "training": {"batch_size": 256, "max_epochs": 1, "device": "cpu", "threads": 1}}
 
 
 def _mount_tmpfs(path, options: str) -> None:
@@ -61,14 +63,9 @@ def full_dir(small_dir):
     return small_dir
 
 
-def write_study(in_tmp, **study):
-    document = {"study": {"name": "t", "n_trials": 1, **study}, "data": {"synthetic": {"rows": 600}},
-                "training": {"batch_size": 256, "max_epochs": 1, "device": "cpu", "threads": 1}}
-    (in_tmp / "s.yaml").write_text(yaml.safe_dump(document))
-
-
-def test_tune_with_a_read_only_store_is_one_line_without_retries(in_tmp, read_only_dir):
-    write_study(in_tmp, storage=f"sqlite:///{read_only_dir}/optuna.db", tracking_uri=f"sqlite:///{read_only_dir}/mlflow.db")
+def test_tune_with_a_read_only_store_is_one_line_without_retries(in_tmp, read_only_dir, study_file):
+    study_file(STUDY, "s.yaml", study__storage=f"sqlite:///{read_only_dir}/optuna.db",
+               study__tracking_uri=f"sqlite:///{read_only_dir}/mlflow.db")
     started = time.monotonic()
     assert_one_line_error(run("tune", "s.yaml"), f"cannot write to {read_only_dir}", "writable")
     assert time.monotonic() - started < 30
@@ -119,10 +116,10 @@ def test_retry_never_retries_a_read_only_or_full_disk():
     assert len(calls) == 1
 
 
-def test_an_encoded_dataset_that_fills_its_disk_is_one_line_and_leaves_nothing(in_tmp, small_dir, tiny_criteo_dir):
-    (in_tmp / "s.yaml").write_text(yaml.safe_dump({
-        "study": {"name": "s"}, "data": {"train": str(tiny_criteo_dir / "train.tsv"), "format": "criteo",
-                                          "encoded_dir": str(small_dir / "encoded")}}))
+def test_an_encoded_dataset_that_fills_its_disk_is_one_line_and_leaves_nothing(in_tmp, small_dir, tiny_criteo_dir,
+                                                                                 study_file):
+    study_file({"study": {"name": "s"}, "data": {"train": str(tiny_criteo_dir / "train.tsv"), "format": "criteo",
+                                                 "encoded_dir": str(small_dir / "encoded")}}, "s.yaml")
     result = run("data", "prepare", "s.yaml")
     assert_one_line_error(result, f"cannot write the encoded dataset under {small_dir / 'encoded'}",
                           "No space left on device", "set data.encoded_dir")

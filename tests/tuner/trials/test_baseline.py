@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import optuna
 import pytest
-import yaml
 
 from deepfm_tuner.model.config import PolicyConfig
 from deepfm_tuner.tuner.trials.baseline import baseline_params, baseline_trial, describe_lift, lift_over_baseline
@@ -62,9 +61,8 @@ STUDY = {
 }
 
 
-def test_the_baseline_is_queued_once_at_creation_not_on_resume(in_tmp):
-    path = in_tmp / "base.yaml"
-    path.write_text(yaml.safe_dump(STUDY))
+def test_the_baseline_is_queued_once_at_creation_not_on_resume(in_tmp, study_file):
+    path = study_file(STUDY)
     handle = init_study(load_study(path))
     waiting = handle.study.get_trials(states=(optuna.trial.TrialState.WAITING,))
     assert len(waiting) == 1 and waiting[0].user_attrs["baseline"] is True

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import optuna
 import pytest
-import yaml
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
@@ -19,6 +18,7 @@ from deepfm_tuner.tuner.cli import main
 from deepfm_tuner.tuner.trials.finalists import candidates, current_result, finalist_seeds, table_lines
 from deepfm_tuner.tuner.spec.study import FinalistsSpec, load_study
 from deepfm_tuner.tuner.pipeline.tune import load_data, tune
+from support import write_study
 
 STUDY = {
     "study": {"name": "fin", "n_trials": 3, "sampler": {"type": "random", "seed": 3},
@@ -29,14 +29,6 @@ STUDY = {
         "embedding_dim": {"choices": [4, 8]}, "deep_hidden_units": [16], "activation_fn": "relu", "dropout": 0.0,
         "learning_rate": {"low": 1.0e-3, "high": 3.0e-2, "log": True}}},
 }
-
-
-def write_study(folder: Path, study_changes=None) -> Path:
-    document = yaml.safe_load(yaml.safe_dump(STUDY))
-    document["study"].update(study_changes or {})
-    path = folder / "fin.yaml"
-    path.write_text(yaml.safe_dump(document))
-    return path
 
 
 def runs(role: str):
@@ -51,10 +43,10 @@ def has_checkpoint(client, run_id: str) -> bool:
 
 
 # -- the study file ----------------------------------------------------------------------------------------------
-def test_finalists_block_parses_and_is_off_by_default(tmp_path):
-    assert load_study(write_study(tmp_path, {"finalists": None})).finalists is None
-    assert load_study(write_study(tmp_path)).finalists == FinalistsSpec(2, 2)
-    assert load_study(write_study(tmp_path, {"finalists": {"top_k": 1}})).finalists == FinalistsSpec(1, 3)
+def test_finalists_block_parses_and_is_off_by_default(study_file):
+    assert load_study(study_file(STUDY, study__finalists=None)).finalists is None
+    assert load_study(study_file(STUDY)).finalists == FinalistsSpec(2, 2)
+    assert load_study(study_file(STUDY, study__finalists={"top_k": 1})).finalists == FinalistsSpec(1, 3)
 
 
 @pytest.mark.parametrize("block, message", [
@@ -64,14 +56,14 @@ def test_finalists_block_parses_and_is_off_by_default(tmp_path):
     ({"top_k": 2, "seed": 3}, "did you mean 'seeds'"),
     (3, "study.finalists must be a mapping such as {top_k: 3, seeds: 3}"),
 ])
-def test_bad_finalists_blocks_are_one_line_errors(tmp_path, block, message):
+def test_bad_finalists_blocks_are_one_line_errors(study_file, block, message):
     with pytest.raises(ConfigError) as info:
-        load_study(write_study(tmp_path, {"finalists": block}))
+        load_study(study_file(STUDY, study__finalists=block))
     assert message in str(info.value) and "\n" not in str(info.value)
 
 
-def test_a_bad_finalists_block_stops_tune_with_one_line_and_exit_2(in_tmp):
-    path = write_study(in_tmp, {"finalists": {"top_k": -1, "seeds": 2}})
+def test_a_bad_finalists_block_stops_tune_with_one_line_and_exit_2(in_tmp, study_file):
+    path = study_file(STUDY, study__finalists={"top_k": -1, "seeds": 2})
     result = CliRunner().invoke(main, ["tune", str(path)], catch_exceptions=False)
     assert result.exit_code == 2, result.output
     lines = [line for line in result.output.strip().splitlines() if line]
@@ -89,10 +81,10 @@ def in_memory_study(values: list[float]) -> optuna.Study:
     return study
 
 
-def test_the_choice_is_the_best_mean_of_the_retrains_not_the_best_single_trial(tmp_path):
+def test_the_choice_is_the_best_mean_of_the_retrains_not_the_best_single_trial(study_file):
     """Trial 0 was the luckiest single run; trial 1's retrains are better on average, so it is chosen. The
     original values are not in the mean (reported beside it), and the std is the sample std."""
-    spec = load_study(write_study(tmp_path))
+    spec = load_study(study_file(STUDY))
     study = in_memory_study([0.80, 0.79, 0.60])
     assert [t.number for t in candidates(study, 2)] == [0, 1]
     assert finalist_seeds(study.trials[0], spec) == [8, 9]  # the trial's own seed (7) plus 1..seeds
@@ -122,7 +114,7 @@ def finalised(tmp_path_factory):
     old = os.getcwd()
     os.chdir(folder)
     try:
-        path = write_study(folder, {"promote": True})
+        path = write_study(folder, STUDY, study__promote=True)
         result = tune(load_study(path))
         yield folder, path, result
     finally:
@@ -207,8 +199,8 @@ def test_a_resumed_study_does_not_rerun_its_finalists(in_finalised):
     assert result.exit_code == 0 and "<- chosen" in result.output and "finalists (mean" in result.output
 
 
-def test_more_trials_rerun_only_what_the_new_top_needs(in_tmp):
-    path = write_study(in_tmp, {"finalists": {"top_k": 1, "seeds": 1}, "n_trials": 2})
+def test_more_trials_rerun_only_what_the_new_top_needs(in_tmp, study_file):
+    path = study_file(STUDY, study__finalists={"top_k": 1, "seeds": 1}, study__n_trials=2)
     data = load_data(load_study(path))
     first = tune(load_study(path), data=data)
     second = tune(load_study(path).with_overrides(n_trials=4), data=data)
@@ -219,8 +211,9 @@ def test_more_trials_rerun_only_what_the_new_top_needs(in_tmp):
     assert [f.trial for f in second.finalists.finalists] == [candidates(second.handle.study, 1)[0].number]
 
 
-def test_ctrl_c_during_finalists_leaves_no_running_run_and_resume_finishes_them(in_tmp, monkeypatch):
-    path = write_study(in_tmp)
+def test_ctrl_c_during_finalists_leaves_no_running_run_and_resume_finishes_them(in_tmp, study_file,
+                                                                                 monkeypatch):
+    path = study_file(STUDY)
     real_train, calls = finalist_runs.train, {"n": 0}
 
     def interrupted(*args, **kwargs):
@@ -248,9 +241,9 @@ def test_ctrl_c_during_finalists_leaves_no_running_run_and_resume_finishes_them(
                 for r in finished}) == 4
 
 
-def test_local_workers_leave_the_finalists_to_their_coordinator(in_tmp):
+def test_local_workers_leave_the_finalists_to_their_coordinator(in_tmp, study_file):
     """`--workers 2`: the workers run no finalists (they do not summarise); the coordinator runs them once."""
-    path = write_study(in_tmp, {"finalists": {"top_k": 1, "seeds": 2}, "n_trials": 2})
+    path = study_file(STUDY, study__finalists={"top_k": 1, "seeds": 2}, study__n_trials=2)
     result = tune(load_study(path), workers=2, threads=1)
     _, finals = runs("finalist")
     assert len(finals) == 2 and result.finalists.trained == 2

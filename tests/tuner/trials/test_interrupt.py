@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from support import ROOT
 
@@ -28,10 +27,10 @@ def _running_trials(db: Path) -> int:
 
 
 @pytest.mark.slow
-def test_ctrl_c_during_a_trial_is_one_line_and_closes_every_run(tmp_path):
+def test_ctrl_c_during_a_trial_is_one_line_and_closes_every_run(tmp_path, study_file):
     document = {"study": {"name": "t", "n_trials": 2, "pruner": "none"}, "data": {"synthetic": {"rows": 20000}},
                 "training": {"batch_size": 256, "max_epochs": 50, "patience": 0, "device": "cpu", "threads": 1}}
-    (tmp_path / "s.yaml").write_text(yaml.safe_dump(document))
+    study_file(document, "s.yaml")
     deepfm = str(Path(sys.executable).with_name("deepfm"))
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "COLUMNS": "200"}
     proc = subprocess.Popen([deepfm, "tune", "s.yaml", "--no-promote"], cwd=tmp_path, env=env,
