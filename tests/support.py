@@ -1,9 +1,11 @@
 """What tests in several rooms share, imported by name (`from support import run`): pytest puts tests/ on sys.path
 for its conftest.py. The CLI in-process with its one-line-error check, the one writer of study files (the
-`study_file` fixture is this writer aimed at the test's own folder), and the repository's root."""
+`study_file` fixture is this writer aimed at the test's own folder), child processes that cannot outlive their
+test, and the repository's root."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from pathlib import Path
 
@@ -74,3 +76,16 @@ def write_study(folder: Path, document: dict = TINY_STUDY, filename: str | None 
     path = Path(folder) / (filename or f"{document['study']['name']}.yaml")
     path.write_text(yaml.safe_dump(document, sort_keys=sort_keys))
     return path
+
+
+@contextlib.contextmanager
+def killed_at_exit(processes):
+    """Kill the multiprocessing children still alive when the block ends, however it ends (a failed assertion, a
+    pytest-timeout): one left waiting on a barrier would otherwise hang the interpreter's exit, which joins them."""
+    try:
+        yield processes
+    finally:
+        for process in processes:
+            if process.is_alive():
+                process.kill()
+                process.join(timeout=10)

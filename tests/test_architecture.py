@@ -125,6 +125,7 @@ def test_help_imports_no_torch_optuna_or_mlflow(tmp_path):
     assert out.stdout.strip() == "[]"
 
 
+@pytest.mark.slow
 def test_prepare_on_a_cache_hit_and_status_import_no_torch(in_tmp, study_file):
     """The commands that neither train nor score start without torch or scikit-learn (seconds of imports)."""
     from click.testing import CliRunner

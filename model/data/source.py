@@ -27,7 +27,7 @@ Fraction = Float("must be a number in [0, 1)", ge=0, lt=1)
 
 @with_config(CONFIG)
 class SynthOptions(TypedDict, total=False):
-    """A data block's `synthetic:`: SynthSpec's knobs (tests/test_data.py keeps the two in step)."""
+    """A data block's `synthetic:`: SynthSpec's knobs (tests/model/data/test_data.py keeps the two in step)."""
 
     rows: Int(100)
     seed: Int(0)

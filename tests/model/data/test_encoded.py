@@ -156,6 +156,7 @@ def _prepare_in_child(args):
     return str(prepared.folder), prepared.cache_hit, int(prepared.train.categorical.sum())
 
 
+@pytest.mark.slow
 def test_concurrent_workers_build_once_and_the_others_map_it(tiny_criteo_dir, tmp_path):
     root = str(tmp_path / "encoded")
     with multiprocessing.get_context("spawn").Pool(3) as pool:

@@ -11,6 +11,7 @@ import pytest
 from deepfm_tuner.model.errors import DataError
 from deepfm_tuner.model.data.synth import SynthSpec, bayes_metrics, generate, write_criteo_tsv, write_dataset
 from deepfm_tuner.model.metrics import classification_metrics
+from support import killed_at_exit
 
 
 def test_criteo_shape_missing_values_and_click_rate():
@@ -86,11 +87,12 @@ def test_concurrent_writers_generate_once(tmp_path):
     barrier = ctx.Barrier(2)
     procs = [ctx.Process(target=_race, args=(tmp_path / "d", tmp_path / "count", barrier, tmp_path / f"r{i}"))
              for i in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=120)
-        assert p.exitcode == 0
+    with killed_at_exit(procs):
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(timeout=120)
+            assert p.exitcode == 0
     assert (tmp_path / "count").read_text() == "generated\n"
     truth = json.loads((tmp_path / "d" / "truth.json").read_text())
     assert json.loads((tmp_path / "r0").read_text()) == json.loads((tmp_path / "r1").read_text()) == truth

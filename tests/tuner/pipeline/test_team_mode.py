@@ -19,6 +19,7 @@ import pytest
 
 from services import (ServiceError, missing_reason, mlflow_server, postgres_server, stop_group,
                       worker_args)
+from support import killed_at_exit
 
 
 SKIP_REASON = missing_reason()
@@ -266,10 +267,11 @@ def test_storage_opened_by_three_processes_at_the_same_instant_on_a_new_database
     barrier, results = ctx.Barrier(3), ctx.Queue()
     procs = [ctx.Process(target=_open_storage_at_once, args=(pg.url("optuna_barrier"), barrier, results))
              for _ in range(3)]
-    for proc in procs:
-        proc.start()
-    for proc in procs:
-        proc.join(timeout=60)
+    with killed_at_exit(procs):
+        for proc in procs:
+            proc.start()
+        for proc in procs:
+            proc.join(timeout=60)
     assert [results.get(timeout=5) for _ in procs] == ["ok"] * 3
 
 

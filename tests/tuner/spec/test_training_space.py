@@ -129,6 +129,7 @@ def test_a_tuned_embedding_l2_reaches_the_optimizer_and_the_best_policy_file(in_
     assert float(parent_tags["best.training.embedding_l2"]) == pytest.approx(control.embedding_l2)
 
 
+@pytest.mark.slow
 def test_train_reads_column_roles_from_a_schema_file(in_tmp):
     """An integer column (position: 1..3) is numeric when inferred; --schema makes it categorical."""
     (in_tmp / "schema.yaml").write_text(yaml.safe_dump(

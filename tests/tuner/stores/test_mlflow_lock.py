@@ -6,6 +6,7 @@ from __future__ import annotations
 import multiprocessing
 
 from deepfm_tuner.tuner.stores.tracking import StudyTracker, resolve_tracking_uri
+from support import killed_at_exit
 
 
 def _open_tracker(uri, barrier, results) -> None:
@@ -23,8 +24,9 @@ def test_two_processes_creating_the_mlflow_store_at_once_both_succeed(tmp_path):
         uri = resolve_tracking_uri(f"sqlite:///{tmp_path}/{attempt}/mlflow.db")
         barrier, results = ctx.Barrier(2), ctx.Queue()
         procs = [ctx.Process(target=_open_tracker, args=(uri, barrier, results)) for _ in range(2)]
-        for proc in procs:
-            proc.start()
-        for proc in procs:
-            proc.join(120)
+        with killed_at_exit(procs):
+            for proc in procs:
+                proc.start()
+            for proc in procs:
+                proc.join(120)
         assert [results.get(timeout=5) for _ in procs] == ["ok", "ok"]

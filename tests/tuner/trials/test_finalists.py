@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import statistics
 from pathlib import Path
 
 import optuna
+import psutil
 import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
@@ -241,7 +243,19 @@ def test_ctrl_c_during_finalists_leaves_no_running_run_and_resume_finishes_them(
                 for r in finished}) == 4
 
 
-def test_local_workers_leave_the_finalists_to_their_coordinator(in_tmp, study_file):
+@pytest.fixture()
+def workers_killed_at_exit():
+    """tune(workers=N) stops its worker processes (each in its own session) on Ctrl-C; when a failure or a
+    pytest-timeout ends the test instead, this kills the ones left running."""
+    yield
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if "deepfm_tuner.tuner.cli" in child.cmdline():
+                child.kill()
+
+
+@pytest.mark.slow
+def test_local_workers_leave_the_finalists_to_their_coordinator(in_tmp, study_file, workers_killed_at_exit):
     """`--workers 2`: the workers run no finalists (they do not summarise); the coordinator runs them once."""
     path = study_file(STUDY, study__finalists={"top_k": 1, "seeds": 2}, study__n_trials=2)
     result = tune(load_study(path), workers=2, threads=1)
