@@ -15,9 +15,10 @@ quiet_optuna()
 
 from deepfm_tuner.model.config import PolicyConfig, TrainConfig  # noqa: E402
 from deepfm_tuner.model.data.frames import split_rows  # noqa: E402
-from deepfm_tuner.model.data.tensors import prepare  # noqa: E402
 from deepfm_tuner.model.data.schema import criteo_schema  # noqa: E402
 from deepfm_tuner.model.data.synth import SynthSpec, generate, write_dataset  # noqa: E402
+from deepfm_tuner.model.data.tensors import prepare  # noqa: E402
+
 from support import write_study  # noqa: E402
 
 TINY_POLICY = PolicyConfig(embedding_dim=4, deep_hidden_units=(16, 8), dropout=0.0, learning_rate=0.01)

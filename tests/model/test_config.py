@@ -2,8 +2,15 @@
 
 import pytest
 
-from deepfm_tuner.model.config import (ACTIVATIONS, PolicyConfig, TrainConfig, load_yaml, policy_to_v1_yaml,
-                                       read_policy_yaml, write_policy_yaml)
+from deepfm_tuner.model.config import (
+    ACTIVATIONS,
+    PolicyConfig,
+    TrainConfig,
+    load_yaml,
+    policy_to_v1_yaml,
+    read_policy_yaml,
+    write_policy_yaml,
+)
 from deepfm_tuner.model.errors import ConfigError, UserInputError
 
 SEED_V1 = """policy_configs:

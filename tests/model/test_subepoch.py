@@ -5,9 +5,10 @@ How a study reports and prunes on these points: tests/tuner/pipeline/test_subepo
 import pytest
 import torch
 
-from conftest import TINY_POLICY, TINY_TRAINING
 from deepfm_tuner.model.config import PolicyConfig
 from deepfm_tuner.model.train import eval_rows, train, validation_sample
+
+from conftest import TINY_POLICY, TINY_TRAINING
 
 QUARTERS = TINY_TRAINING.replace(eval_every=0.25, max_epochs=2, patience=0)
 

@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY_POLICY, TINY_TRAINING
 from deepfm_tuner.model.config import PolicyConfig
 from deepfm_tuner.model.errors import TrainingDiverged
 from deepfm_tuner.model.policy import ScoringPolicy
 from deepfm_tuner.model.train import evaluate, train
+
+from conftest import TINY_POLICY, TINY_TRAINING
 
 
 def test_training_learns_signal_from_synthetic_data(tiny_prepared):

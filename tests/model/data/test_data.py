@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 
 from deepfm_tuner.model.data.frames import check_labels, read_table, split_rows
+from deepfm_tuner.model.data.schema import CRITEO_COLUMNS, FeatureSchema, infer_schema
 from deepfm_tuner.model.data.source import DataSpec, SynthOptions
 from deepfm_tuner.model.data.synth import SynthSpec
 from deepfm_tuner.model.errors import ConfigError, DataError
-from deepfm_tuner.model.data.schema import CRITEO_COLUMNS, FeatureSchema, infer_schema
 
 OPEN_BANDIT = "data/open-bandit"
 

@@ -13,16 +13,16 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import TINY_POLICY, TINY_TRAINING
 from deepfm_tuner.model import train as training_loop
-from deepfm_tuner.model.train import epoch_batches
 from deepfm_tuner.model.data import build, cache, staging
 from deepfm_tuner.model.data import reader as ingest
 from deepfm_tuner.model.data.frames import Split, read_table
-from deepfm_tuner.model.data.tensors import prepare
 from deepfm_tuner.model.data.source import DataSpec
+from deepfm_tuner.model.data.tensors import prepare
 from deepfm_tuner.model.errors import DataError
-from deepfm_tuner.model.train import train
+from deepfm_tuner.model.train import epoch_batches, train
+
+from conftest import TINY_POLICY, TINY_TRAINING
 
 
 def criteo_spec(directory: Path, tmp_path: Path, **extra) -> DataSpec:

@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 
 from deepfm_tuner.model.data.encoder import MISSING, OOV, FeatureEncoder
-from deepfm_tuner.model.errors import DataError
 from deepfm_tuner.model.data.schema import FeatureSchema
+from deepfm_tuner.model.errors import DataError
 
 SCHEMA = FeatureSchema(label="y", categorical=("c",), multivalued=("t",), numeric=("n",), min_count=1)
 

@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deepfm_tuner.model.errors import DataError
 from deepfm_tuner.model.data.synth import SynthSpec, bayes_metrics, generate, write_criteo_tsv, write_dataset
+from deepfm_tuner.model.errors import DataError
 from deepfm_tuner.model.metrics import classification_metrics
+
 from support import killed_at_exit
 
 

@@ -6,6 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from deepfm_tuner.tuner.cli import main
+
 from support import POLICY, assert_one_line_error, run
 
 

@@ -10,10 +10,11 @@ import optuna
 import pytest
 import torch
 
-from conftest import TINY_POLICY, TINY_TRAINING
 from deepfm_tuner.model.errors import ConfigError
 from deepfm_tuner.model.train import train
 from deepfm_tuner.tuner.spec.study import load_study
+
+from conftest import TINY_POLICY, TINY_TRAINING
 from support import POLICY, assert_one_line_error, run
 
 STUDY = {

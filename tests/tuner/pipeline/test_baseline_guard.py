@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from deepfm_tuner.tuner.pipeline.promotion import promote_study
-from deepfm_tuner.tuner.spec.study import load_study
 from deepfm_tuner.tuner.pipeline.tune import tune
+from deepfm_tuner.tuner.spec.study import load_study
 
 
 @pytest.mark.slow

@@ -16,6 +16,7 @@ from deepfm_tuner.tuner.pipeline.tune import load_data, tune
 from deepfm_tuner.tuner.spec.study import load_study
 from deepfm_tuner.tuner.trials.names import curve_name
 from deepfm_tuner.tuner.trials.record import pruned_at_epoch, pruned_where, trial_score
+
 from support import write_study
 
 FAKE = {"embedding_dim": 4, "deep_hidden_units": "16-8", "learning_rate": 0.01}

@@ -17,10 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from services import (ServiceError, missing_reason, mlflow_server, postgres_server, stop_group,
-                      worker_args)
+from services import ServiceError, missing_reason, mlflow_server, postgres_server, stop_group, worker_args
 from support import killed_at_exit
-
 
 SKIP_REASON = missing_reason()
 FAST_HEARTBEAT = {"DEEPFM_HEARTBEAT_SECONDS": "1", "DEEPFM_GRACE_SECONDS": "4"}

@@ -7,9 +7,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from deepfm_tuner.model.config import PolicyConfig, policy_to_v1_yaml, read_policy_yaml
+from deepfm_tuner.tuner.pipeline.tune import load_data, tune
 from deepfm_tuner.tuner.spec.space import policy_from_params
 from deepfm_tuner.tuner.spec.study import load_study
-from deepfm_tuner.tuner.pipeline.tune import load_data, tune
+
 from support import write_study
 
 pytestmark = pytest.mark.slow

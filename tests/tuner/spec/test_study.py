@@ -7,6 +7,7 @@ import yaml
 from deepfm_tuner.model.errors import ConfigError
 from deepfm_tuner.tuner.spec.space import DEFAULT_SPACE, Choices, Fixed, Layers, Range, parse_space, suggest_policy
 from deepfm_tuner.tuner.spec.study import load_study
+
 from support import ROOT
 
 BASE = {"study": {"n_trials": 3}, "data": {"synthetic": {"rows": 1000}}}

@@ -15,13 +15,21 @@ from mlflow.artifacts import download_artifacts
 from deepfm_tuner.model.config import TrainConfig, read_policy_yaml
 from deepfm_tuner.model.errors import ConfigError
 from deepfm_tuner.model.policy import ScoringPolicy
-from deepfm_tuner.tuner.trials.baseline import baseline_params
-from deepfm_tuner.tuner.trials.runs import download_checkpoint
-from deepfm_tuner.tuner.trials.record import trained_config
-from deepfm_tuner.tuner.spec.space import (TRAINING_DEFAULTS, Choices, Range, check_params, parse_space, parse_training,
-                         suggest_training)
-from deepfm_tuner.tuner.spec.study import load_study
 from deepfm_tuner.tuner.pipeline.tune import tune
+from deepfm_tuner.tuner.spec.space import (
+    TRAINING_DEFAULTS,
+    Choices,
+    Range,
+    check_params,
+    parse_space,
+    parse_training,
+    suggest_training,
+)
+from deepfm_tuner.tuner.spec.study import load_study
+from deepfm_tuner.tuner.trials.baseline import baseline_params
+from deepfm_tuner.tuner.trials.record import trained_config
+from deepfm_tuner.tuner.trials.runs import download_checkpoint
+
 from support import ROOT
 
 STUDY = {  # each test names its study

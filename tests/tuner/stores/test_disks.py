@@ -13,6 +13,7 @@ import time
 import pytest
 
 from deepfm_tuner.tuner.stores.retry import retry
+
 from support import POLICY, assert_one_line_error, run
 
 STUDY = {"study": {"name": "t", "n_trials": 1}, "data": {"synthetic": {"rows": 600}},

@@ -6,6 +6,7 @@ from __future__ import annotations
 import multiprocessing
 
 from deepfm_tuner.tuner.stores.tracking import StudyTracker, resolve_tracking_uri
+
 from support import killed_at_exit
 
 

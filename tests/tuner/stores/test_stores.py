@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from deepfm_tuner.tuner.cli import main
 from deepfm_tuner.tuner.stores.locations import DEFAULT_OPTUNA_STORAGE, DEFAULT_TRACKING_URI, resolve_stores
 from deepfm_tuner.tuner.stores.optuna_storage import resolve_storage
+
 from support import assert_one_line_error, run
 
 FLAG_S, ENV_S, FILE_S = "sqlite:///flag/o.db", "sqlite:///env/o.db", "sqlite:///file/o.db"

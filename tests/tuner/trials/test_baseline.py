@@ -6,10 +6,10 @@ import optuna
 import pytest
 
 from deepfm_tuner.model.config import PolicyConfig
-from deepfm_tuner.tuner.trials.baseline import baseline_params, baseline_trial, describe_lift, lift_over_baseline
 from deepfm_tuner.tuner.pipeline.handle import init_study
 from deepfm_tuner.tuner.spec.space import parse_space, policy_from_params
 from deepfm_tuner.tuner.spec.study import load_study
+from deepfm_tuner.tuner.trials.baseline import baseline_params, baseline_trial, describe_lift, lift_over_baseline
 
 V1 = PolicyConfig()
 

@@ -15,11 +15,12 @@ from mlflow.tracking import MlflowClient
 
 from deepfm_tuner.model.config import PolicyConfig, TrainConfig
 from deepfm_tuner.model.errors import ConfigError
-from deepfm_tuner.tuner.trials import finalist_runs
 from deepfm_tuner.tuner.cli import main
-from deepfm_tuner.tuner.trials.finalists import candidates, current_result, finalist_seeds, table_lines
-from deepfm_tuner.tuner.spec.study import FinalistsSpec, load_study
 from deepfm_tuner.tuner.pipeline.tune import load_data, tune
+from deepfm_tuner.tuner.spec.study import FinalistsSpec, load_study
+from deepfm_tuner.tuner.trials import finalist_runs
+from deepfm_tuner.tuner.trials.finalists import candidates, current_result, finalist_seeds, table_lines
+
 from support import write_study
 
 STUDY = {

@@ -8,8 +8,8 @@ from mlflow.tracking import MlflowClient
 
 from deepfm_tuner.model.errors import ConfigError
 from deepfm_tuner.tuner.pipeline.handle import init_study
-from deepfm_tuner.tuner.stores.optuna_storage import open_storage, resolve_storage
 from deepfm_tuner.tuner.spec.study import load_study
+from deepfm_tuner.tuner.stores.optuna_storage import open_storage, resolve_storage
 
 OLD_SPACE = {
     "embedding_dim": optuna.distributions.CategoricalDistribution([8, 16, 32]),

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
 from mlflow import MlflowClient
 
 from deepfm_tuner.tuner.pipeline.handle import existing_handle
@@ -22,9 +21,8 @@ STUDY = {
 }
 
 
-def test_a_finalist_run_left_running_by_a_dead_process_is_closed_failed_by_the_next_tune(in_tmp):
-    path = in_tmp / "dead.yaml"
-    path.write_text(yaml.safe_dump(STUDY))
+def test_a_finalist_run_left_running_by_a_dead_process_is_closed_failed_by_the_next_tune(in_tmp, study_file):
+    path = study_file(STUDY)
     spec = load_study(path)
     tune(spec)
     handle = existing_handle(spec, resolve_stores(spec=spec), str(path))
