@@ -6,6 +6,9 @@
     weights.pt      the model's state dict, loaded with weights_only=True (never a pickled module)
     metrics.json    per-epoch history, best epoch, and any evaluation metrics
     checksums.json  sha256 and size of every other file, written last; checked by `load`
+
+`deepfm pull --out DIR` writes this directory to DIR/policy/ (beside DIR/source.json and the MLflow model):
+`load` takes DIR itself too.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from deepfm_tuner.model.parallel import scoring_pool
 
 POLICY_FILE, TRAINING_FILE, ENCODER_FILE, WEIGHTS_FILE, METRICS_FILE = (
     "policy.yaml", "training.yaml", "encoder.json", "weights.pt", "metrics.json")
+PULLED_POLICY = "policy"  # where `deepfm pull --out DIR` puts the policy directory: DIR/policy/
 PREDICT_BATCH = 262144  # rows encoded per call (large: the encoder parallelises over columns)
 LOAD_FIX = "pull it again with 'deepfm pull', or re-promote (or re-train) the policy"
 MODEL_BATCH = 2048  # rows per forward pass on the CPU: activations stay in cache, few Python calls per row
@@ -100,7 +104,7 @@ class ScoringPolicy:
         sample = sample_frame(path, fmt, rows=10, block_bytes=1 << 20)
         schema.check_columns(sample, str(path))
         labels, scores, rows = [], [], 0
-        for batch in stream_batches(path, fmt, read_types(schema, lambda: sample, fmt)):
+        for batch in stream_batches(path, fmt, read_types(schema, lambda: sample, fmt), schema.label):
             labels.append(batch_labels(batch, schema.label, str(path), rows))
             scores.append(self.predict(as_frame(batch)))
             rows += batch.num_rows
@@ -131,8 +135,11 @@ class ScoringPolicy:
     @classmethod
     def load(cls, directory: str | Path, device: str = "cpu", fix: str = LOAD_FIX) -> "ScoringPolicy":
         """The policy in `directory`, its files checked against checksums.json first (when it has one): a
-        truncated or altered file is a one-line CorruptPolicyError that names it and `fix`."""
+        truncated or altered file is a one-line CorruptPolicyError that names it and `fix`. `directory` may be
+        what `deepfm pull --out` wrote: its policy directory is then loaded."""
         directory = Path(directory)
+        if not (directory / WEIGHTS_FILE).is_file() and (directory / PULLED_POLICY / WEIGHTS_FILE).is_file():
+            directory = directory / PULLED_POLICY
         missing = [f for f in (POLICY_FILE, ENCODER_FILE, WEIGHTS_FILE) if not (directory / f).is_file()]
         if missing:
             raise DataError(f"{directory} is not a scoring-policy directory: missing {', '.join(missing)}; "

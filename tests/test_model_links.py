@@ -19,7 +19,7 @@ from deepfm_tuner.tuner.registry.promotion import promote_policy
 from mlflow import MlflowClient  # noqa: E402  (after tuner: quiet defaults)
 from mlflow.entities import Metric  # noqa: E402
 
-CURVE = [0.60, 0.72, 0.66]  # epoch_val_auc per step: the best epoch is step 1
+CURVE = [0.60, 0.72, 0.66]  # epoch_val_auc per step: the best epoch is step 1, the 2nd epoch (best_epoch 2)
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def promoted(tiny_prepared, tiny_frame, tmp_path_factory):
     now = int(time.time() * 1000)
     client.log_batch(run_id, metrics=[Metric("epoch_val_auc", v, now + i, i) for i, v in enumerate(CURVE)]
                      + [Metric("epoch_val_logloss", 0.5 - v / 10, now + i, i) for i, v in enumerate(CURVE)]
-                     + [Metric("score_val_auc", max(CURVE), now + 5, 0), Metric("best_epoch", 1, now + 5, 0),
+                     + [Metric("score_val_auc", max(CURVE), now + 5, 0), Metric("best_epoch", 2, now + 5, 0),
                         Metric("train_seconds", 1.5, now + 5, 0)])
     client.set_terminated(run_id, "FINISHED")
     policy_dir = ScoringPolicy(TINY_POLICY, TINY_TRAINING, tiny_prepared.encoder,
@@ -67,7 +67,7 @@ def test_logged_model_carries_the_score_and_the_best_epoch_not_epoch_0(promoted)
     metrics = {m.key: m for m in model.metrics}
     assert metrics["score_val_auc"].value == pytest.approx(max(CURVE))
     assert metrics["epoch_val_auc"].value == pytest.approx(CURVE[1]) and metrics["epoch_val_auc"].step == 1
-    assert metrics["best_epoch"].value == 1
+    assert metrics["best_epoch"].value == 2  # counted from 1, as people read it
     assert "train_seconds" not in metrics  # only the score and best-epoch metrics are the model's
     # linking re-logs the same points: the run's histories gain no duplicate
     assert len(client.get_metric_history(run_id, "score_val_auc")) == 1

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -52,10 +53,6 @@ class _Progress:
     def __init__(self, log: Log):
         self.log, self.started, self.pending = log, time.monotonic(), []
 
-    def warn(self, message: str) -> None:
-        """Something the user must see whatever the build's length."""
-        self.log(message)
-
     def __call__(self, message: str) -> None:
         self.pending.append(message)
         if time.monotonic() - self.started >= self.QUIET_SECONDS:
@@ -80,7 +77,10 @@ def build(folder: Path, sources: list[Source], schema_for: Callable, rule: Split
     extra = (rule.order_by,) if rule.order_by else ()
     types = read_types(schema, sample, main.fmt, extra)
     for source in sources[1:]:
-        schema.check_columns(sample_frame(source.path, source.fmt, rows=10, block_bytes=1 << 20), source.path)
+        first_rows = _first_rows(source)
+        if source.role == "split":  # one of several training files: the same columns as the first
+            _same_columns(source, first_rows, main)
+        schema.check_columns(first_rows, source.path)
     bad_numbers: dict[str, tuple[int, tuple[str, int] | None]] = {}  # column -> (count, first bad value, row)
 
     def parse_all(types: dict[str, pa.DataType]):
@@ -98,7 +98,7 @@ def build(folder: Path, sources: list[Source], schema_for: Callable, rule: Split
         try:
             for source in sources:
                 read_from = 0
-                for batch in _grouped(stream_batches(source.path, source.fmt, types)):
+                for batch in _grouped(stream_batches(source.path, source.fmt, types, schema.label)):
                     n = batch.num_rows
                     arrays = {"labels": batch_labels(batch, schema.label, source.path, read_from)}
                     arrays["categorical"] = np.empty((n, len(schema.categorical)), dtype=np.int32)
@@ -157,16 +157,18 @@ def build(folder: Path, sources: list[Source], schema_for: Callable, rule: Split
                 raise
             types = {**types, exc.column: pa.string()}
     total_rows = sum(len(c) for c in codes)
+    warnings = []  # kept in the manifest: every command that maps the dataset repeats them (cache.open_or_build)
     for column, (count, (value, row)) in bad_numbers.items():
         where = f"e.g. {value!r} at row {row}"
         if count > max(BAD_NUMBERS_ALLOWED, BAD_NUMBERS_SHARE * total_rows):
             raise DataError(f"numeric column '{column}' has {count:,} values that are not numbers ({where}); fix "
                             f"the data, or declare the column categorical in the schema")
-        log.warn(f"numeric column '{column}': {count:,} value(s) that are not numbers read as missing ({where})")
+        warnings.append(f"numeric column '{column}': {count:,} value(s) that are not numbers read as missing "
+                        f"({where})")
     split = np.concatenate(codes)
     if not split_rows:
         split = _time_ordered_split(split, np.concatenate(order_values), sources, rule)
-        test_writer = _write_test_rows_after(sources, types, split, folder)
+        test_writer = _write_test_rows_after(sources, types, schema.label, split, folder)
     if test_writer is not None:
         test_writer.close()
     counts = {part: int((split == i).sum()) for i, part in enumerate(PARTS)}
@@ -205,7 +207,7 @@ def build(folder: Path, sources: list[Source], schema_for: Callable, rule: Split
         "format_version": FORMAT_VERSION, "fingerprint": fingerprint,
         "sources": [s.identity() for s in sources], "split": rule.__dict__, "schema": schema.to_dict(),
         "rows": counts, "clicks": clicks, "fields": len(schema.features),
-        "not_numbers_read_as_missing": {c: count for c, (count, _) in bad_numbers.items()},
+        "not_numbers_read_as_missing": {c: count for c, (count, _) in bad_numbers.items()}, "warnings": warnings,
         "seconds": {"parse": round(parsed - started, 3), "total": round(time.perf_counter() - started, 3)},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "files": {name: {"size": (folder / name).stat().st_size, "checksum": sampled_checksum(folder / name)}
@@ -214,6 +216,24 @@ def build(folder: Path, sources: list[Source], schema_for: Callable, rule: Split
     (folder / "manifest.json").write_text(json.dumps(info, indent=1) + "\n")  # written last: the commit mark
     log(f"encoded {sum(counts.values()):,} rows in {info['seconds']['total']:.1f} s "
         f"({counts['train']:,} train / {counts['val']:,} val / {counts['test']:,} test)")
+
+
+def _first_rows(source: Source) -> pd.DataFrame:
+    return sample_frame(source.path, source.fmt, rows=10, block_bytes=1 << 20)
+
+
+def _same_columns(source: Source, first_rows: pd.DataFrame, main: Source) -> None:
+    """The training files are one dataset (e.g. one file a day): each has the first one's columns."""
+    if source.fmt != main.fmt:
+        raise DataError(f"{source.path}: a {source.fmt} file among data.train's {main.fmt} files; the files of "
+                        f"data.train must all have one format: convert it, or give data.format")
+    have, want = list(map(str, first_rows.columns)), list(map(str, _first_rows(main).columns))
+    if set(have) != set(want):
+        missing, extra = [c for c in want if c not in have], [c for c in have if c not in want]
+        differ = "; ".join(part for part in (f"missing {', '.join(map(repr, missing))}" if missing else "",
+                                             f"extra {', '.join(map(repr, extra))}" if extra else "") if part)
+        raise DataError(f"{source.path}: its columns differ from {main.path}'s ({differ}); the files of data.train "
+                        f"must all have the same columns")
 
 
 GROUP_ROWS = 1 << 18  # parsed blocks are processed ~256k rows at a time: fewer distinct tokens to look up per row
@@ -269,11 +289,11 @@ def _write_test_rows(writer: pq.ParquetWriter | None, rows: pa.Table | pa.Record
     return writer
 
 
-def _write_test_rows_after(sources: list[Source], types: dict, split: np.ndarray, folder: Path):
+def _write_test_rows_after(sources: list[Source], types: dict, label: str, split: np.ndarray, folder: Path):
     """Time-ordered splits know their test rows only after pass 1: read the files again for those rows."""
     writer, start = None, 0
     for source in sources:
-        for batch in stream_batches(source.path, source.fmt, types):
+        for batch in stream_batches(source.path, source.fmt, types, label):
             mask = split[start:start + batch.num_rows] == 2
             if mask.any():
                 writer = _write_test_rows(writer, batch.filter(pa.array(mask)), folder)

@@ -25,13 +25,14 @@ from deepfm_tuner.model.data.encoder import EncodedFeatures, FeatureEncoder
 from deepfm_tuner.model.data.layout import ARRAYS, FORMAT_VERSION, PARTS, Source, SplitRule, sampled_checksum
 from deepfm_tuner.model.data.tensors import EncodedRows, PreparedData
 from deepfm_tuner.model.errors import DataError
-from deepfm_tuner.model.filelock import file_lock
+from deepfm_tuner.model.filelock import file_lock, try_file_lock
 
 
 # -- the public entry --------------------------------------------------------------------------------------
 def open_or_build(sources: list[Source], schema_for: Callable, rule: SplitRule, root: str | Path,
                   settings: dict, log: Log = lambda message: None) -> PreparedData:
-    """Map the encoded dataset for these sources and settings, building it first if it does not exist.
+    """Map the encoded dataset for these sources and settings, building it first if it does not exist; what the
+    build warned about (e.g. text read as missing numbers) is logged again on every map.
 
     `schema_for(sample, fmt)` settles the schema (`sample()` gives the first rows of the main file); `settings` (schema
     hints, encoder and split settings) go into the fingerprint."""
@@ -40,19 +41,19 @@ def open_or_build(sources: list[Source], schema_for: Callable, rule: SplitRule, 
     folder = root / fingerprint
     problem = _check(folder)
     if problem is None:
-        return load(folder)  # a hit: the caller's summary says "hit"
+        return _mapped(folder, True, log)  # a hit: the caller's summary says "hit"
+    _check_root(root)
     try:
         root.mkdir(parents=True, exist_ok=True)
         with file_lock(root / f"{fingerprint}.lock"):
             problem = _check(folder)  # another worker may have built it while this one waited
             if problem is None:
-                return load(folder)  # built by another process while this one waited
+                return _mapped(folder, True, log)  # built by another process while this one waited
             if folder.exists():
                 log(f"encoded dataset at {folder} is unusable ({problem}); rebuilding it")
                 shutil.rmtree(folder)
-            for stale in root.glob(f".{fingerprint}.tmp-*"):  # a killed build's leftovers (we hold the lock)
-                shutil.rmtree(stale, ignore_errors=True)
-            tmp = root / f".{fingerprint}.tmp-{os.getpid()}"
+            _remove_abandoned_builds(root, fingerprint)
+            tmp = root / f".{fingerprint}{TMP_PREFIX}{os.getpid()}"
             try:
                 build(tmp, sources, schema_for, rule, fingerprint,
                       lambda message: log(message.replace(str(tmp), str(folder))))
@@ -65,7 +66,52 @@ def open_or_build(sources: list[Source], schema_for: Callable, rule: SplitRule, 
             raise
         raise DataError(f"cannot write the encoded dataset under {root}: {exc.strerror}; free some space or set "
                         f"data.encoded_dir to a writable folder on a disk with room for it") from None
-    return load(folder, hit=False)
+    return _mapped(folder, False, log)
+
+
+def _mapped(folder: Path, hit: bool, log: Log) -> PreparedData:
+    prepared = load(folder, hit=hit)
+    for warning in manifest(folder).get("warnings", []):
+        log(warning)
+    return prepared
+
+
+def _check_root(root: Path) -> None:
+    """`encoded_dir` must be a folder, or a path where one can be made: not a file, nor under one."""
+    for path in (root, *root.parents):
+        if path.exists() and not path.is_dir():
+            where = "is" if path == root else f"is under {path}, which is"
+            raise DataError(f"data.encoded_dir {root} {where} a file, not a folder; set data.encoded_dir to a "
+                            f"folder (or move the file away)")
+        if path.exists():
+            return
+
+
+TMP_PREFIX = ".tmp-"  # a build writes into <root>/.<fingerprint>.tmp-<pid>, renamed into place when complete
+
+
+def _remove_abandoned_builds(root: Path, fingerprint: str) -> None:
+    """Temp folders of builds that were killed: this fingerprint's (its lock is ours), and any other fingerprint's
+    whose builder is gone (its lock is free and its pid is not a live process here), so a source that changed after
+    a killed build leaves nothing behind. A build still running keeps its folder."""
+    for stale in root.glob(f".*{TMP_PREFIX}*"):
+        other, _, pid = stale.name[1:].partition(TMP_PREFIX)
+        if other == fingerprint:
+            shutil.rmtree(stale, ignore_errors=True)
+        elif pid.isdigit() and not _alive(int(pid)):
+            with try_file_lock(root / f"{other}.lock") as free:
+                if free:
+                    shutil.rmtree(stale, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def _fingerprint(sources: list[Source], rule: SplitRule, settings: dict) -> str:

@@ -62,15 +62,40 @@ def _header(path: Path, fmt: str) -> list[str]:
         return next(csv.reader(handle, delimiter="\t" if fmt == "tsv" else ","), [])
 
 
-def _parse_error(path: Path, fmt: str, exc: Exception) -> DataError:
-    first = str(exc).strip().splitlines()[0]
-    if "conversion error" not in first:
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _parse_error(path: Path, fmt: str, exc: Exception, label: str | None, column: str | None = None) -> DataError:
+    """One line for a value that does not parse: the label column's says what labels must be (declaring it
+    categorical, the advice for a feature column, would be wrong for it)."""
+    first = _first_line(exc)
+    if column is None and "conversion error" not in first:
         return DataError(f"{path}: cannot parse as {fmt}: {first}")
-    found = re.search(r"CSV column #(\d+)", first)
-    names = _header(path, fmt) if found else []
-    column = names[int(found.group(1))] if found and int(found.group(1)) < len(names) else None
+    if column is None:
+        found = re.search(r"CSV column #(\d+)", first)
+        names = _header(path, fmt) if found else []
+        column = names[int(found.group(1))] if found and int(found.group(1)) < len(names) else None
+    if column is not None and column == label:
+        found = re.search(r"'([^']*)'", first)
+        value = repr(found.group(1)) if found else "a value"
+        return DataError(f"{path}: label column '{label}' holds {value}, not a label; labels must be 0 or 1 (or "
+                         f"true/false): map clicks to 1 and non-clicks to 0")
     return ValueParseError(f"{path}: cannot parse as {fmt}: {first}; fix the data, or declare the column "
                            f"categorical in the schema", column)
+
+
+def _parquet(path: Path) -> pq.ParquetFile:
+    try:
+        return pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise _damaged(path, exc) from None
+
+
+def _damaged(path: Path, exc: Exception) -> DataError:
+    """A Parquet file that cannot be read at all (not Parquet, truncated, corrupt pages)."""
+    return DataError(f"{path}: not a readable Parquet file ({_first_line(exc)}); write the file again, or give its "
+                     f"real format (data.format / --format)")
 
 
 def numbers_from_text(values: pa.Array, column: str, source: str, first_row: int, bad: dict) -> np.ndarray:
@@ -94,9 +119,12 @@ def sample_frame(path: str | Path, fmt: str | None = None, rows: int = SAMPLE_RO
     them (for schema inference and column checks)."""
     path, fmt = check_file(path, fmt)
     if fmt == "parquet":
-        batches = pq.ParquetFile(path).iter_batches(batch_size=rows)
-        first = next(batches, None)
-        table = pa.Table.from_batches([first]) if first is not None else pq.read_schema(path).empty_table()
+        source = _parquet(path)
+        try:
+            first = next(source.iter_batches(batch_size=rows), None)
+        except (pa.ArrowException, OSError) as exc:
+            raise _damaged(path, exc) from None
+        table = pa.Table.from_batches([first]) if first is not None else source.schema_arrow.empty_table()
     else:
         try:
             reader = pacsv.open_csv(path, **_csv_options(fmt, criteo_types() if fmt == "criteo" else None, None,
@@ -105,7 +133,7 @@ def sample_frame(path: str | Path, fmt: str | None = None, rows: int = SAMPLE_RO
         except StopIteration:
             raise DataError(f"{path}: the file has no data rows") from None
         except (pa.ArrowInvalid, OSError) as exc:
-            raise _parse_error(path, fmt, exc) from None
+            raise _parse_error(path, fmt, exc, None) from None
         table = pa.Table.from_batches([batch]).slice(0, rows)
     if table.num_rows == 0:
         raise DataError(f"{path}: the file has no data rows")
@@ -123,7 +151,9 @@ def read_types(schema: FeatureSchema, sample: Callable[[], pd.DataFrame], fmt: s
         types = criteo_types()
         return {c: types[c] for c in (schema.label, *schema.features, *extra) if c in types}
     sample_types = pa.Schema.from_pandas(sample(), preserve_index=False)
-    types: dict[str, pa.DataType] = {schema.label: pa.float64()}
+    label = sample_types.field(schema.label).type if schema.label in sample_types.names else None
+    # true/false labels (a CSV parser reads them as booleans, never as numbers) are read as they are
+    types: dict[str, pa.DataType] = {schema.label: pa.bool_() if label == pa.bool_() else pa.float64()}
     types.update({c: pa.float64() for c in schema.numeric})
     types.update({c: pa.string() for c in schema.multivalued})
     for col in (*schema.categorical, *extra):
@@ -134,43 +164,57 @@ def read_types(schema: FeatureSchema, sample: Callable[[], pd.DataFrame], fmt: s
     return types
 
 
-def stream_batches(path: str | Path, fmt: str | None, types: dict[str, pa.DataType],
+def stream_batches(path: str | Path, fmt: str | None, types: dict[str, pa.DataType], label: str | None = None,
                    block_bytes: int = BLOCK_BYTES) -> Iterator[pa.RecordBatch]:
     """Record batches of `types`' columns (in that order), parsed with those types; a bad value is a DataError
-    naming the file, the column and the value."""
+    naming the file, the column and the value (for the `label` column: what labels must be)."""
     path, fmt = check_file(path, fmt)
     columns = list(types)
     if fmt == "parquet":
-        source = pq.ParquetFile(path)
-        missing = [c for c in columns if c not in source.schema_arrow.names]
-        if missing:
-            raise DataError(f"{path}: missing column(s) {', '.join(map(repr, missing))}")
-        for batch in source.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=columns):
-            try:
-                yield pa.RecordBatch.from_arrays(
-                    [batch.column(c) if batch.column(c).type == t else batch.column(c).cast(t) for c, t in types.items()],
-                    names=columns)
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-                raise _parse_error(path, fmt, exc) from None
+        yield from _parquet_batches(path, types, label)
         return
     try:
         reader = pacsv.open_csv(path, **_csv_options(fmt, types, columns, block_bytes))
         for batch in reader:
             yield batch.select(columns)
     except (pa.ArrowInvalid, OSError) as exc:
-        raise _parse_error(path, fmt, exc) from None
+        raise _parse_error(path, fmt, exc, label) from None
+
+
+def _parquet_batches(path: Path, types: dict[str, pa.DataType], label: str | None) -> Iterator[pa.RecordBatch]:
+    source = _parquet(path)
+    missing = [c for c in types if c not in source.schema_arrow.names]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {', '.join(map(repr, missing))}")
+    batches = source.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=list(types))
+    while True:
+        try:
+            batch = next(batches, None)
+        except (pa.ArrowException, OSError) as exc:  # a page that cannot be decoded
+            raise _damaged(path, exc) from None
+        if batch is None:
+            return
+        arrays = []
+        for column, kind in types.items():
+            try:
+                arrays.append(batch.column(column) if batch.column(column).type == kind else
+                              batch.column(column).cast(kind))
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise _parse_error(path, "parquet", exc, label, column) from None
+        yield pa.RecordBatch.from_arrays(arrays, names=list(types))
 
 
 def batch_labels(batch: pa.RecordBatch, label: str, source: str, first_row: int = 0) -> np.ndarray:
-    """A batch's labels as float32 0/1; anything else is an error naming the file, the row and the value."""
-    values = batch.column(label).to_numpy(zero_copy_only=False).astype(np.float64)
+    """A batch's labels as float32 0/1 (true/false too); anything else is an error naming the file, the row and
+    the value."""
+    values = batch.column(label).cast(pa.float64()).to_numpy(zero_copy_only=False)
     bad = ~np.isin(values, (0.0, 1.0))
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         value = values[row]
         shown = "empty" if np.isnan(value) else repr(int(value) if value == int(value) else float(value))
-        raise DataError(f"{source}: column '{label}' must hold labels 0 or 1; row {first_row + row} has {shown} "
-                        f"({int(bad.sum())} bad rows in its block); map clicks to 1 and non-clicks to 0")
+        raise DataError(f"{source}: column '{label}' must hold labels 0 or 1 (or true/false); row {first_row + row} "
+                        f"has {shown} ({int(bad.sum())} bad rows in its block); map clicks to 1 and non-clicks to 0")
     return values.astype(np.float32)
 
 

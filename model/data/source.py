@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Annotated, Any, Callable, ClassVar, Mapping, Optional
 
 import pandas as pd
-from pydantic import model_validator, with_config
+from annotated_types import MinLen
+from pydantic import BeforeValidator, model_validator, with_config
 from typing_extensions import TypedDict
 
 from deepfm_tuner.model.data.cache import open_or_build
@@ -20,7 +21,7 @@ from deepfm_tuner.model.data.schema import FeatureSchema, SchemaHints, criteo_sc
 from deepfm_tuner.model.data.synth import SynthSpec, write_dataset
 from deepfm_tuner.model.data.tensors import PreparedData
 from deepfm_tuner.model.errors import DataError, did_you_mean
-from deepfm_tuner.model.validation import CONFIG, Float, Int, OneOf, Text, declared, parse, refuse
+from deepfm_tuner.model.validation import CONFIG, Float, Int, Must, OneOf, Text, declared, parse, refuse
 
 Fraction = Float("must be a number in [0, 1)", ge=0, lt=1)
 
@@ -36,9 +37,18 @@ class SynthOptions(TypedDict, total=False):
     signal: Float("must be >= 0", ge=0)
 
 
+def _files(value: Any) -> Any:
+    """One path, or a list of them (e.g. one file a day): read in order as one dataset."""
+    return (value,) if isinstance(value, str) else tuple(value) if isinstance(value, list) else value
+
+
+TrainFiles = Annotated[tuple[Text, ...], MinLen(1), BeforeValidator(_files),
+                       Must("must be a file path or a non-empty list of file paths")]
+
+
 @declared("data")
 class DataSpec:
-    train: Optional[Text] = None  # file with train (+ validation unless `valid`, + test unless `test`) rows
+    train: Optional[TrainFiles] = None  # file(s) with train (+ validation unless `valid`, + test unless `test`) rows
     valid: Optional[Text] = None  # optional fixed validation file; otherwise validation rows are split off `train`
     test: Optional[Text] = None  # optional held-out file; otherwise test rows are split off `train`
     format: Optional[Annotated[str, OneOf("format", FORMATS)]] = None  # csv | tsv | parquet | criteo; default from
@@ -52,7 +62,7 @@ class DataSpec:
     split_seed: Int(0) = 42
     order_by: Optional[Text] = None  # split by this column (latest rows -> val, test) instead of at random
 
-    SHAPE: ClassVar[str] = "a mapping such as {train: PATH} or {synthetic: {rows: N}}"
+    SHAPE: ClassVar[str] = "a mapping such as {train: PATH}, {train: [PATH, ...]} or {synthetic: {rows: N}}"
 
     @model_validator(mode="before")
     @classmethod
@@ -84,22 +94,26 @@ class DataSpec:
         return parse(cls, data)
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in dataclasses.asdict(self).items() if v not in (None, {})}
+        shown = {k: v for k, v in dataclasses.asdict(self).items() if v not in (None, {})}
+        if self.train is not None:  # as a file spells it: one path, or a list
+            shown["train"] = self.train[0] if len(self.train) == 1 else list(self.train)
+        return shown
 
     # -- the encoded dataset -----------------------------------------------------------------------
-    def files(self) -> tuple[Path, Path | None, str | None]:
-        """(train file, test file or None, format); generates the synthetic data on first use."""
+    def files(self) -> tuple[list[Path], Path | None, str | None]:
+        """(train files, test file or None, format); generates the synthetic data on first use."""
         if self.synthetic is not None:
             spec = SynthSpec(**self.synthetic)
             folder = Path(self.synthetic_dir) / f"synth-{spec.rows}-seed{spec.seed}-card{spec.max_cardinality}"
             write_dataset(spec, folder, test_fraction=self.test_fraction or 0.1)  # reuses it once complete
-            return folder / "train.tsv", folder / "test.tsv", "criteo"
-        return Path(self.train), Path(self.test) if self.test else None, self.format
+            return [folder / "train.tsv"], folder / "test.tsv", "criteo"
+        return [Path(path) for path in self.train], Path(self.test) if self.test else None, self.format
 
     def sources(self) -> list[Source]:
-        """The files to read, each with the part its rows go to; generates the synthetic data on first use."""
+        """The files to read, each with the part its rows go to (the training files first, in order); generates
+        the synthetic data on first use."""
         train, test, fmt = self.files()
-        parts = [(train, "split"), *([(Path(self.valid), "val")] if self.valid else []),
+        parts = [*((path, "split") for path in train), *([(Path(self.valid), "val")] if self.valid else []),
                  *([(test, "test")] if test is not None else [])]
         return [Source(str(path), check_file(path, fmt)[1], role) for path, role in parts]
 
@@ -116,7 +130,7 @@ class DataSpec:
 
     def resolve_schema(self, sample: Callable[[], pd.DataFrame], fmt: str) -> FeatureSchema:
         """The Criteo preset; or declared roles, the rest inferred from `sample()` (the first rows of the file)."""
-        source = str(self.train or "synthetic data")
+        source = self.train[0] if self.train else "synthetic data"
         hints = dict(self.schema)
         if fmt == "criteo" and not hints:
             return criteo_schema()

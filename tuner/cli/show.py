@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from deepfm_tuner.model.config import policy_to_v1_yaml, policy_with_training_yaml
-from deepfm_tuner.tuner.spec.space import shown_params, tuned_training
+from deepfm_tuner.tuner.spec.space import TRAINING_PREFIX, Fixed, Layers, layers_label, shown_params, tuned_training
 from deepfm_tuner.tuner.trials.baseline import describe_lift, is_baseline
 from deepfm_tuner.tuner.trials.finalists import FinalistsResult, current_result, table_lines
 from deepfm_tuner.tuner.trials.names import ATTR_SKIPPED, ATTR_WARM_START, score_name
@@ -69,27 +70,107 @@ def print_tune_result(console: Console, spec, result, tracking_uri: str | None) 
                       f"(MLflow UI on http://127.0.0.1:5000, 'Model training' view)")
 
 
+# each tuned hyperparameter's column header in `deepfm status` (its full name stays in MLflow and the legend)
+SHORT_NAMES = {"embedding_dim": "emb", "deep_hidden_units": "mlp", "activation_fn": "act", "dropout": "drop",
+               "learning_rate": "lr", f"{TRAINING_PREFIX}embedding_l2": "emb_l2",
+               f"{TRAINING_PREFIX}weight_decay": "wd", f"{TRAINING_PREFIX}batch_size": "batch"}
+
+
+def compact(value) -> str:
+    """A hyperparameter in a few characters: 0.1, 0.25, 3.2e-4, 1e-3, 128-64-32, relu."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (tuple, list)):
+        return layers_label(value)
+    if not isinstance(value, float):
+        return str(value)
+    if value.is_integer() and abs(value) < 1e5:
+        return str(int(value))
+    if 1e-2 <= abs(value) < 1e4:
+        return f"{value:.3g}"
+    mantissa, exponent = f"{value:.1e}".split("e")
+    return f"{mantissa.removesuffix('.0')}e{int(exponent)}"
+
+
+def _tuned_value(params: dict, name: str, spec) -> str:
+    """The trial's value of one tuned hyperparameter ('' when it has none, e.g. a trial that never started)."""
+    shown = shown_params(params)
+    if name in shown:
+        return compact(shown[name])
+    if isinstance(spec, Layers) and f"{name}.depth" in params:
+        return layers_label(params.get(f"{name}.l{i}", 0) for i in range(int(params[f"{name}.depth"])))
+    return ""
+
+
+def compact_seconds(seconds: float) -> str:
+    """41s, 17m, 2.5h: a trial's duration in at most four characters."""
+    if seconds < 99.5:
+        return f"{seconds:.0f}s"
+    if seconds < 5970:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h" if seconds < 35640 else f"{seconds / 3600:.0f}h"
+
+
+# when the table is wider than the terminal, these columns give way first, in this order, down to these widths:
+# the score and best-epoch headers are wider than their values, the state says the most in its first characters
+SHRINK_FIRST = ((2, 6), (3, 4), (1, 8))
+
+
+def _one_line_per_row(headers: tuple[str, ...], rows: list[tuple[str, ...]], width: int) -> Table:
+    """A borderless table whose every row is one line at `width` columns: no cell wraps; when the natural widths
+    do not fit, SHRINK_FIRST's columns are cut short (with an ellipsis) before the rest are."""
+    widths = [max(len(cell) for cell in column) for column in zip(headers, *rows)]
+    limits: dict[int, int] = {}
+    excess = sum(widths) + len(widths) - 1 - width
+    for index, narrowest in SHRINK_FIRST:
+        if excess <= 0:
+            break
+        cut = min(excess, max(0, widths[index] - narrowest))
+        if cut:
+            limits[index] = widths[index] - cut
+            excess -= cut
+    table = Table(box=None, pad_edge=False, collapse_padding=True)
+    for index, header in enumerate(headers):
+        table.add_column(Text(header), justify="left" if index == 1 else "right", no_wrap=True, overflow="ellipsis",
+                         max_width=limits.get(index))
+    for row in rows:
+        table.add_row(*map(Text, row))  # plain text: a value is never read as rich markup
+    return table
+
+
 def print_status(console: Console, study, spec) -> None:
-    """Trials table (number, state, score at the best epoch, best epoch, duration, params), the best trial, the
-    lift over the V1 baseline and the finalists."""
+    """Trials table, one line per trial (number, state, score at the best epoch, best epoch, time, then one narrow
+    column per tuned hyperparameter; the fixed ones stated once above it), the best trial, the lift over the V1
+    baseline and the finalists."""
     score = score_name(spec.metric)
-    table = Table(title=f"study '{spec.name}'")
-    for column in ("#", "state", score, "best epoch", "seconds", "params"):
-        table.add_column(column, justify="left" if column in ("state", "params") else "right",
-                         no_wrap=column != "params")
+    tuned = {**{name: s for name, s in spec.space.items() if not isinstance(s, Fixed)}, **spec.training_space}
+    fixed = {name: s.value for name, s in spec.space.items() if isinstance(s, Fixed)}
+    console.print(f"study '{spec.name}'", markup=False, highlight=False)
+    if fixed:
+        console.print("fixed: " + ", ".join(f"{name} {compact(value)}" for name, value in fixed.items()),
+                      markup=False, highlight=False)
+    if tuned:
+        console.print("tuned: " + ", ".join(f"{SHORT_NAMES.get(name, name)}={name}" for name in tuned),
+                      markup=False, highlight=False)
+    rows, seeded = [], []
     for t in study.get_trials(deepcopy=False):
         value = trial_score(t, spec.direction)
         best_epoch = Training.of(t).best_epoch
-        seconds = f"{t.duration.total_seconds():.1f}" if t.duration else ""
-        params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown_params(t.params).items())
         state = "skipped" if t.user_attrs.get(ATTR_SKIPPED) else t.state.name.lower()
         if pruned_where(t) is not None:
             state = pruned_where(t)
-        origin = " (V1 baseline)" if is_baseline(t) else (
-            f" (from {t.user_attrs[ATTR_WARM_START]})" if t.user_attrs.get(ATTR_WARM_START) else "")
-        table.add_row(str(t.number), state + origin, "" if value is None else f"{value:.4f}",
-                      "" if best_epoch is None else str(human_epoch(best_epoch)), seconds, params)
-    console.print(table)
+        origin = "(V1 baseline)" if is_baseline(t) else (
+            f"(from {t.user_attrs[ATTR_WARM_START]})" if t.user_attrs.get(ATTR_WARM_START) else "")
+        if origin:
+            seeded.append(f"trial {t.number} {origin}")
+        rows.append((str(t.number), state, "" if value is None else f"{value:.4f}",
+                     "" if best_epoch is None else str(human_epoch(best_epoch)),
+                     compact_seconds(t.duration.total_seconds()) if t.duration else "",
+                     *(_tuned_value(t.params, name, s) for name, s in tuned.items())))
+    headers = ("#", "state", score, "best epoch", "time", *(SHORT_NAMES.get(name, name) for name in tuned))
+    console.print(_one_line_per_row(headers, rows, console.width))
+    if seeded:
+        console.print("seeded trials: " + ", ".join(seeded), markup=False, highlight=False)
     counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(trial_counts(study).items()))
     best = best_trial(study)
     console.print(f"{counts or 'no trials'}" + (f"; best trial {best.number}: {score} {best.value:.4f}" if best else ""))

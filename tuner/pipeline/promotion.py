@@ -29,7 +29,7 @@ from deepfm_tuner.tuner.registry.promotion import promote_policy
 from deepfm_tuner.tuner.trials.baseline import baseline_trial
 from deepfm_tuner.tuner.trials.finalists import current_result
 from deepfm_tuner.tuner.trials.names import ATTR_CHECKPOINT, ATTR_RUN_ID, score_name
-from deepfm_tuner.tuner.trials.record import best_trial
+from deepfm_tuner.tuner.trials.record import best_trial, human_epoch
 from deepfm_tuner.tuner.trials.runs import download_checkpoint
 
 
@@ -96,7 +96,8 @@ def _version_tags(spec, trial_number: int, value: float, policy_dir: Path, extra
         score_name(spec.metric): f"{value:.6f}",  # the promoted run's score, under the name its run uses
         **extra,
         **{f"best_epoch_{m}": f"{metrics[m]:.6f}" for m in ("val_auc", "val_logloss") if m != spec.metric},
-        "best_epoch": str(metrics.get("best_epoch", "")),  # 0-based, as the runs' best_epoch metric
+        # counted from 1, as the runs' best_epoch metric (the policy's metrics.json keeps the 0-based index)
+        "best_epoch": str(human_epoch(metrics["best_epoch"])) if "best_epoch" in metrics else "",
         "data_fingerprint": str(metrics.get("data_fingerprint", "")),
     }
 

@@ -24,7 +24,14 @@ from deepfm_tuner.tuner.stores.disks import is_disk_error
 from deepfm_tuner.tuner.stores.retry import retry
 from deepfm_tuner.tuner.trials.baseline import is_baseline, lift_over_baseline
 from deepfm_tuner.tuner.trials.names import ATTR_CHECKPOINT, ATTR_RUN_ID, TAG_FAILURE, curve_name, score_name
-from deepfm_tuner.tuner.trials.record import Training, best_trial, study_disk_failure, trained_config, trial_counts
+from deepfm_tuner.tuner.trials.record import (
+    Training,
+    best_trial,
+    human_epoch,
+    study_disk_failure,
+    trained_config,
+    trial_counts,
+)
 from deepfm_tuner.tuner.trials.runs import prune_checkpoints
 
 
@@ -42,7 +49,7 @@ def summarise(handle: StudyHandle, status: str = "FINISHED") -> optuna.trial.Fro
             metrics[score_name(spec.metric)] = best.value  # the best trial's score, under the trials' name
             training = Training.of(best)
             if training.best_epoch is not None:
-                metrics["best_trial_best_epoch"] = training.best_epoch
+                metrics["best_trial_best_epoch"] = human_epoch(training.best_epoch)
             if training.seconds is not None:
                 metrics["best_trial_train_seconds"] = training.seconds
             tags = {"deepfm.best_trial": str(best.number), "deepfm.best_run_id": best.user_attrs.get(ATTR_RUN_ID, "")}

@@ -196,7 +196,7 @@ def _log_to_run(client: MlflowClient, run, policy_dir: Path, test_frame: pd.Data
     """Log the pyfunc model into `run`, leaving the run in the status (and end time) it had. The logged model gets
     the run's per-epoch metrics of its best epoch (not epoch 0's) and the trial's score (`score_<metric>`)."""
     run_id, status, end_time = run.info.run_id, run.info.status, run.info.end_time
-    step = int(run.data.metrics.get("best_epoch", 0))
+    step = max(0, int(run.data.metrics.get("best_epoch", 1)) - 1)  # best_epoch counts from 1, steps from 0
 
     def log():
         info = log_policy_model(policy_dir, input_example=test_frame.head(5), step=step)

@@ -38,7 +38,7 @@ from deepfm_tuner.tuner.trials.names import (
     score_name,
     sub_epoch,
 )
-from deepfm_tuner.tuner.trials.record import Training, record_failure, record_trained
+from deepfm_tuner.tuner.trials.record import Training, human_epoch, record_failure, record_trained
 from deepfm_tuner.tuner.trials.runs import run_params, run_tags, training_run, worker_name
 
 
@@ -181,7 +181,7 @@ def _record_pruned(trial: optuna.Trial, run, metric: str, by_step: bool, best_so
     if "best" in best_so_far:  # its score so far, so no view ranks a pruned trial by a missing value
         best = best_so_far["best"]
         training.update(score=getattr(best, metric), best_epoch=best.epoch)
-        summary.update({score_name(metric): training["score"], "best_epoch": best.epoch})
+        summary.update({score_name(metric): training["score"], "best_epoch": human_epoch(best.epoch)})
         if not by_step:
             pruned_at = best_so_far["last"].epoch
             training["pruned_at_epoch"] = summary[PRUNED_AT_EPOCH] = pruned_at

@@ -7,9 +7,10 @@
     failure      {"reason": "OSError: [Errno 28] No space left on device: ...", "disk": true}: why the trial failed;
                  a disk that is full, read-only or over quota stops the study (it will not heal by itself)
 
-Epoch numbers: every number a person reads (trial lines, `deepfm train`'s result, stop reasons, pruned trials) is
-1-based, "epoch 1" being the first; MLflow steps, Optuna report steps and the `best_epoch` values stored stay
-0-based, so `human_epoch(e) == e + 1`.
+Epoch numbers: every epoch a person reads (trial lines, `deepfm train`'s result, stop reasons, pruned trials, the
+runs' `best_epoch` metric and the registered version's `best_epoch` tag) is counted from 1, "epoch 1" being the
+first; MLflow steps, Optuna report steps and the indices stored for the code (the `training` attribute's
+best_epoch, a policy's metrics.json) stay 0-based, so `human_epoch(e) == e + 1`.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ class Training:
 
 
 def human_epoch(epoch: int) -> int:
-    """A 0-based epoch index (MLflow step, Optuna step, best_epoch) as people count it: the first epoch is 1."""
+    """A 0-based epoch index (MLflow step, Optuna step, a stored best_epoch) as people count it: the first is 1."""
     return epoch + 1
 
 

@@ -30,6 +30,7 @@ from deepfm_tuner.tuner.trials.names import (
     TAG_STATE,
     score_name,
 )
+from deepfm_tuner.tuner.trials.record import human_epoch
 
 INTERRUPTED = "interrupted (KeyboardInterrupt)"
 
@@ -84,7 +85,7 @@ class TrainingRun:
         self.tracker.log_summary(self.run_id, {
             score_name(metric): value, **{f"best_epoch_{m}": getattr(result.best, m)
                                           for m in ("val_auc", "val_logloss") if m != metric},
-            "best_epoch": result.best_epoch, "train_seconds": result.train_seconds,
+            "best_epoch": human_epoch(result.best_epoch), "train_seconds": result.train_seconds,
             "epochs_trained": len(result.history), **dict(extra)},
             tags={"deepfm.stop_reason": result.stop_reason, TAG_STATE: "COMPLETE"})
         return value

@@ -141,7 +141,7 @@ def test_the_score_has_one_name_in_every_run_pruned_trials_included(in_study):
         curve = client.get_metric_history(run.info.run_id, "epoch_val_auc")
         assert not {"val_auc", "val_logloss", "best_val_auc", "best_val_logloss"} & set(run.data.metrics)
         assert run.data.metrics["score_val_auc"] == pytest.approx(max(m.value for m in curve))
-        assert run.data.metrics["best_epoch"] == max(curve, key=lambda m: m.value).step
+        assert run.data.metrics["best_epoch"] == max(curve, key=lambda m: m.value).step + 1  # counted from 1
         if trial.state.name == "COMPLETE":
             assert run.data.metrics["score_val_auc"] == pytest.approx(trial.value)
             assert "pruned_at_epoch" not in run.data.metrics
