@@ -111,6 +111,56 @@ def test_splits_go_to_the_device_only_with_room_left_after_the_training_state():
     assert training.device_placement(parameters, TINY_POLICY, 3 * GB, 2 * GB, state + 6 * GB, "cuda") == (True, False)
 
 
+# -- 3. a pruned or failed trial's model is freed before the next trial starts ----------------------------------
+STUDY = {
+    "study": {"name": "tiny", "n_trials": 3, "sampler": {"type": "random", "seed": 3},
+              "pruner": {"type": "median", "n_startup_trials": 0, "n_warmup_steps": 0}, "promote": False},
+    "data": {"synthetic": {"rows": 3000, "seed": 1, "max_cardinality": 200}},
+    "training": {"batch_size": 256, "max_epochs": 2, "patience": 2, "seed": 0, "device": "cpu", "threads": 1},
+    "policy_configs": {"scoring_policy": {
+        "embedding_dim": {"choices": [4, 8]}, "deep_hidden_units": {"choices": [[16], [16, 8]]},
+        "activation_fn": "relu", "dropout": 0.0, "learning_rate": {"low": 1.0e-4, "high": 3.0e-2, "log": True}}},
+}
+
+
+@pytest.mark.slow
+def test_a_pruned_or_failed_trials_model_is_freed_before_the_next_trial(in_tmp, monkeypatch):
+    """Trial 0 completes (the baseline), 1 is pruned, 2 diverges (fails), 3 completes. The collector is off, so
+    nothing is freed by chance: when each trial builds its model, every earlier trial's model must be gone."""
+    from deepfm_tuner.tuner.pipeline.tune import tune
+    from deepfm_tuner.tuner.spec.study import load_study
+    from deepfm_tuner.tuner.trials import objective
+
+    (in_tmp / "s.yaml").write_text(yaml.safe_dump(STUDY))
+    models: list[weakref.ref] = []
+    alive_at_start: list[list[int]] = []
+    build = training.build_model
+
+    def recording(*args, **kwargs):
+        alive_at_start.append([i for i, ref in enumerate(models) if ref() is not None])
+        model = build(*args, **kwargs)
+        models.append(weakref.ref(model))
+        return model
+
+    suggest = objective.suggest_policy
+
+    def diverging_trial_2(trial, space):
+        policy = suggest(trial, space)
+        return PolicyConfig(**{**policy.to_dict(), "learning_rate": 1e12}) if trial.number == 2 else policy
+
+    monkeypatch.setattr(training, "build_model", recording)
+    monkeypatch.setattr(optuna.trial.Trial, "should_prune", lambda self: self.number == 1)
+    monkeypatch.setattr(objective, "suggest_policy", diverging_trial_2)
+    gc.collect()
+    gc.disable()
+    try:
+        result = tune(load_study(in_tmp / "s.yaml"), summary=False)
+    finally:
+        gc.enable()
+    assert [t.state.name for t in result.handle.study.trials] == ["COMPLETE", "PRUNED", "FAIL", "COMPLETE"]
+    assert alive_at_start == [[], [], [], []]
+
+
 # -- 6. the FM term in float32 under autocast; evaluation in float32 ---------------------------------------------
 def old_fm_interaction(embeddings: torch.Tensor) -> torch.Tensor:
     """The formula before issue 19: under autocast, `vecdot` runs in bf16."""
