@@ -161,6 +161,64 @@ def test_a_pruned_or_failed_trials_model_is_freed_before_the_next_trial(in_tmp, 
     assert alive_at_start == [[], [], [], []]
 
 
+# -- 4. each local worker gets its own GPU ----------------------------------------------------------------------
+@pytest.mark.parametrize("devices, expected", [
+    (0, [{}, {}, {}, {}]),
+    (1, [{"CUDA_VISIBLE_DEVICES": "0", "DEEPFM_PROCESSES_PER_GPU": "4"}] * 4),
+    (2, [{"CUDA_VISIBLE_DEVICES": d, "DEEPFM_PROCESSES_PER_GPU": "2"} for d in "0101"]),
+    (3, [{"CUDA_VISIBLE_DEVICES": d, "DEEPFM_PROCESSES_PER_GPU": n} for d, n in zip("0120", "2112")]),
+])
+def test_workers_get_gpus_round_robin(devices, expected):
+    gpus = workers.visible_gpus({}, device_count=lambda: devices)
+    assert [workers.gpu_env(i, 4, gpus) for i in range(4)] == expected
+
+
+def test_an_existing_cuda_visible_devices_list_is_respected():
+    assert workers.visible_gpus({"CUDA_VISIBLE_DEVICES": "3, 5"}, device_count=lambda: 8) == ["3", "5"]
+    assert workers.visible_gpus({"CUDA_VISIBLE_DEVICES": "GPU-a1b2,GPU-c3d4"}) == ["GPU-a1b2", "GPU-c3d4"]
+    assert workers.visible_gpus({"CUDA_VISIBLE_DEVICES": ""}, device_count=lambda: 8) == []
+    assert workers.visible_gpus({"CUDA_VISIBLE_DEVICES": "2,-1,3"}, device_count=lambda: 8) == ["2"]
+
+
+@pytest.mark.parametrize("devices", [0, 1, 2, 3])
+def test_start_workers_hands_each_process_its_gpu(devices, monkeypatch):
+    environments = []
+
+    class Process:
+        def __init__(self, command, env, **kwargs):
+            environments.append(env)
+            self.stderr = io.BytesIO(b"")
+
+    class Handle:
+        storage_url, tracking_uri = "sqlite:///s.db", "sqlite:///m.db"
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.delenv(tensors.PROCESSES_PER_GPU_ENV, raising=False)
+    monkeypatch.setattr(workers, "cuda_device_count", lambda: devices)
+    monkeypatch.setattr(workers.subprocess, "Popen", Process)
+    started = workers.start_workers(Handle(), "s.yaml", 3, 1, n_trials=None, timeout=None)
+    for w in started:
+        w.pump.join(timeout=5)
+    assigned = [(env.get("CUDA_VISIBLE_DEVICES"), env.get(tensors.PROCESSES_PER_GPU_ENV)) for env in environments]
+    assert assigned == {0: [(None, None)] * 3, 1: [("0", "3")] * 3, 2: [("0", "2"), ("1", "1"), ("0", "2")],
+                        3: [("0", "1"), ("1", "1"), ("2", "1")]}[devices]
+    assert all(env["DEEPFM_STORAGE"] == "sqlite:///s.db" for env in environments)
+
+
+def test_the_gpu_compose_file_reserves_a_different_device_for_each_worker_service():
+    services = yaml.safe_load((ROOT / "docker-compose.gpu.yml").read_text())["services"]
+    reserved = [s["deploy"]["resources"]["reservations"]["devices"] for s in services.values()]
+    ids = [device["device_ids"] for devices in reserved for device in devices]
+    assert len(ids) == len(services) >= 2 and all(len(i) == 1 for i in ids)
+    assert len({i[0] for i in ids}) == len(ids)  # no two services on one GPU
+    assert not any("count" in device for devices in reserved for device in devices)
+    for name, service in services.items():
+        assert service["image"] == "deepfm-tuner:gpu" and "TORCH_INDEX_URL" in service["build"]["args"]
+        if name != "worker":  # one more worker: the base worker's command, environment and volumes
+            assert service["extends"] == {"file": "docker-compose.yml", "service": "worker"}
+            assert service["depends_on"] == {"init": {"condition": "service_completed_successfully"}}
+
+
 # -- 6. the FM term in float32 under autocast; evaluation in float32 ---------------------------------------------
 def old_fm_interaction(embeddings: torch.Tensor) -> torch.Tensor:
     """The formula before issue 19: under autocast, `vecdot` runs in bf16."""
