@@ -270,8 +270,8 @@ def test_a_model_too_large_for_the_device_is_a_one_line_config_error(monkeypatch
 
 
 def test_a_gpu_run_checks_the_device_not_host_memory(tiny_prepared, monkeypatch):
-    """`placement` on a CUDA device asks the device's budget (host memory plays no part); on the CPU it asks
-    nothing: DeepFM checks the host."""
+    """`placement` on a CUDA device checks the device's budget (host memory plays no part); on the CPU it
+    checks host memory and asks no device."""
     asked = []
     monkeypatch.setattr(training, "device_memory_budget", lambda device: asked.append(device) or 1000)
     with pytest.raises(ConfigError, match="GB of cuda:0 memory is available"):
