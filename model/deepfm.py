@@ -42,11 +42,14 @@ ACTIVATION_LAYERS = {
 
 
 def fm_interaction(embeddings: torch.Tensor) -> torch.Tensor:
-    """Sum over field pairs i<j of <e_i, e_j>, by the identity 1/2 ((sum e)^2 - sum e^2).
-    (B, F, d) -> (B,)"""
-    summed = embeddings.sum(dim=1)
-    sum_of_squares = torch.linalg.vector_norm(embeddings.flatten(1), dim=1).square()  # no (B, F*d) temporary
-    return 0.5 * (torch.linalg.vecdot(summed, summed) - sum_of_squares)
+    """Sum over field pairs i<j of <e_i, e_j>, by the identity 1/2 ((sum e)^2 - sum e^2), in float32 (at least)
+    whatever the autocast: the identity subtracts two nearly equal numbers, and autocast would run `vecdot` in
+    bf16 (8 bits of mantissa: an error of the order of the term itself). (B, F, d) -> (B,)"""
+    with torch.autocast(embeddings.device.type, enabled=False):
+        embeddings = embeddings.to(torch.promote_types(embeddings.dtype, torch.float32))
+        summed = embeddings.sum(dim=1)
+        sum_of_squares = torch.linalg.vector_norm(embeddings.flatten(1), dim=1).square()  # no (B, F*d) temporary
+        return 0.5 * (torch.linalg.vecdot(summed, summed) - sum_of_squares)
 
 
 class Dropout(nn.Dropout):
@@ -84,16 +87,20 @@ def estimate_parameters(categorical_dims: Sequence[int], multivalued_dims: Seque
     return count
 
 
-def check_model_size(parameters: int, config: PolicyConfig, copies: int = TRAINING_COPIES) -> None:
-    """Refuse, before allocating, a model whose training state would not fit in the memory available now."""
+def check_model_size(parameters: int, config: PolicyConfig, copies: int = TRAINING_COPIES,
+                     available: int | None = None, device: str = "cpu") -> None:
+    """Refuse, before allocating, a model whose training state would not fit in the memory available now: the
+    host's, or `available` bytes of `device` (a GPU run holds its training state there, not in host memory)."""
     needed = parameters * 4 * copies
-    available = psutil.virtual_memory().available
+    available = psutil.virtual_memory().available if available is None else available
+    where, fix = ("memory", "") if device == "cpu" else (
+        f"{device} memory", ", or train on the CPU (training.device: cpu)")
     if needed > available:
         raise ConfigError(
             f"scoring_policy: a DeepFM with embedding_dim={config.embedding_dim} and deep_hidden_units="
             f"{list(config.deep_hidden_units)} has {parameters:,} parameters and needs about {needed / 1e9:,.1f} GB "
-            f"to train, but {available / 1e9:,.1f} GB of memory is available; use smaller deep_hidden_units or "
-            f"embedding_dim")
+            f"to train, but {available / 1e9:,.1f} GB of {where} is available; use smaller deep_hidden_units or "
+            f"embedding_dim{fix}")
 
 
 class DeepFM(nn.Module):

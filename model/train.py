@@ -10,19 +10,23 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import nn
 
 from deepfm_tuner.model.config import PolicyConfig, TrainConfig
-from deepfm_tuner.model.data.tensors import PreparedData, TensorData, release_free_memory
-from deepfm_tuner.model.deepfm import DeepFM
+from deepfm_tuner.model.data.tensors import (
+    PreparedData,
+    TensorData,
+    available_memory,
+    device_memory_budget,
+    release_free_memory,
+)
+from deepfm_tuner.model.deepfm import TRAINING_COPIES, DeepFM, check_model_size, estimate_parameters
 from deepfm_tuner.model.errors import ConfigError, TrainingDiverged
 from deepfm_tuner.model.metrics import classification_metrics
 from deepfm_tuner.model.optim import make_optimizers
@@ -34,43 +38,6 @@ EVAL_BATCH = 8192  # rows per evaluation forward: cache-sized, and no 100 MB act
 
 # -- the row order of each epoch: a full shuffle when the split fits in memory, else a block shuffle that touches
 #    one block of a memory-mapped split at a time; sized by the memory this process can still use ----------------
-def available_memory() -> int:
-    """Bytes this process can still use: the machine's available memory, or less under a cgroup memory cap
-    (v2 memory.max, v1 memory.limit_in_bytes) as containers and schedulers set."""
-    available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                available = int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    for limit_file, usage_file in _cgroup_memory_files():
-        try:
-            limit = Path(limit_file).read_text().strip()
-            usage = int(Path(usage_file).read_text().strip())
-        except (OSError, ValueError):
-            continue
-        if limit.isdigit() and int(limit) < 1 << 60:
-            available = min(available, max(0, int(limit) - usage))
-    return available
-
-
-def _cgroup_memory_files() -> list[tuple[str, str]]:
-    files = []
-    try:
-        lines = Path("/proc/self/cgroup").read_text().splitlines()
-    except OSError:
-        return files
-    for line in lines:
-        _, controllers, path = line.split(":", 2)
-        if controllers == "":
-            files.append((f"/sys/fs/cgroup{path}/memory.max", f"/sys/fs/cgroup{path}/memory.current"))
-        elif "memory" in controllers.split(","):
-            base = f"/sys/fs/cgroup/memory{path}"
-            files.append((f"{base}/memory.limit_in_bytes", f"{base}/memory.usage_in_bytes"))
-    return files
-
-
 SHUFFLE_BLOCK_BYTES = 256 << 20  # a block shuffle permutes rows inside ~256 MiB of inputs at a time
 
 
@@ -84,18 +51,21 @@ def shuffle_block_rows(data: TensorData, shuffle: str = "auto") -> int:
     return max(1, min(whole, SHUFFLE_BLOCK_BYTES // max(1, data.row_bytes)))
 
 
-def epoch_batches(n: int, batch_size: int, generator: torch.Generator, block_rows: int) -> Iterator[torch.Tensor]:
-    """Row indices of each batch of one epoch: every row exactly once. Blocks of `block_rows` consecutive rows
-    are visited in random order and rows are permuted inside each block; with one block (block_rows >= n) this
-    is a full shuffle, the same order as `torch.randperm(n)`."""
+def epoch_batches(n: int, batch_size: int, generator: torch.Generator, block_rows: int,
+                  device: str = "cpu") -> Iterator[torch.Tensor]:
+    """Row indices of each batch of one epoch, on `device`: every row exactly once. Blocks of `block_rows`
+    consecutive rows are visited in random order and rows are permuted inside each block; with one block
+    (block_rows >= n) this is a full shuffle, the same order as `torch.randperm(n)`. The permutation is drawn on
+    the CPU (one order on every device) and copied to `device` once per epoch, or once per block: a step slices
+    its indices where they are, and never waits on a host-to-device copy of them."""
     if block_rows >= n:
-        yield from torch.randperm(n, generator=generator).split(batch_size)
+        yield from torch.randperm(n, generator=generator).to(device).split(batch_size)
         return
     n_blocks = -(-n // block_rows)
-    carry = torch.empty(0, dtype=torch.long)
+    carry = torch.empty(0, dtype=torch.long, device=device)
     for block in torch.randperm(n_blocks, generator=generator).tolist():
         start = block * block_rows
-        rows = torch.randperm(min(block_rows, n - start), generator=generator) + start
+        rows = torch.randperm(min(block_rows, n - start), generator=generator).to(device) + start
         rows = torch.cat([carry, rows]) if len(carry) else rows
         full = len(rows) - len(rows) % batch_size
         if full:
@@ -158,20 +128,39 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def on_device(data: TensorData, device: str) -> TensorData | None:
-    """`data` where batches are gathered: itself on the CPU; copied once to a GPU when it fits in half of the
-    device's free memory (the rest is headroom for the model), so no batch crosses the bus; else None: batches
-    are gathered on the host and copied from pinned memory."""
+def device_placement(parameters: int, policy: PolicyConfig, train_bytes: int, val_bytes: int, budget: int,
+                     device: str) -> tuple[bool, bool]:
+    """Whether the train and the validation split are copied to `device`, given `budget` bytes of its memory.
+
+    The training state comes first (TRAINING_COPIES float32 copies of the parameters: weights, gradients, Adam's
+    two moments, the best-epoch copy), refused with a one-line ConfigError if it does not fit; then the train
+    split, then the validation split, each copied when it fits in half of what is left (the other half is for
+    activations and the allocator's slack). A split left on the host is gathered there, batch by batch."""
+    check_model_size(parameters, policy, available=budget, device=device)
+    left = budget - parameters * 4 * TRAINING_COPIES
+    train_resident = train_bytes <= left // 2
+    left -= train_bytes if train_resident else 0
+    return train_resident, val_bytes <= left // 2
+
+
+def placement(prepared: PreparedData, policy: PolicyConfig, device: str) -> tuple[bool, bool]:
+    """Check, before allocating, that the model trains in the memory of `device` (the host's on the CPU, this
+    process's budget of a GPU's), and say where the splits go (`device_placement`; the CPU uses them in place)."""
+    enc = prepared.encoder
+    parameters = estimate_parameters(enc.categorical_dims, enc.multivalued_dims, len(enc.schema.numeric), policy)
     if device == "cpu":
-        return data
-    free, _ = torch.cuda.mem_get_info(torch.device(device))
-    return data.to(device) if data.nbytes <= free // 2 else None
+        check_model_size(parameters, policy)
+        return True, True
+    return device_placement(parameters, policy, prepared.train.nbytes, prepared.val.nbytes,
+                            device_memory_budget(device), device)
 
 
-def build_model(prepared: PreparedData, policy: PolicyConfig) -> DeepFM:
+def build_model(prepared: PreparedData, policy: PolicyConfig, device: str = "cpu") -> DeepFM:
+    """The model, built on the host: there it holds every training copy on the CPU, only its weights (until they
+    are moved) on a GPU, whose own memory `placement` checks."""
     enc = prepared.encoder
     return DeepFM(enc.categorical_dims, enc.multivalued_dims, enc.multivalued_lengths,
-                  len(enc.schema.numeric), policy)
+                  len(enc.schema.numeric), policy, memory_copies=TRAINING_COPIES if device == "cpu" else 1)
 
 
 @torch.no_grad()
@@ -181,7 +170,7 @@ def predict_logits(model: DeepFM, data: TensorData, batch_size: int = EVAL_BATCH
     out = []
     for start in range(0, len(data), batch_size):
         stop = start + batch_size
-        with _autocast(device.type):
+        with torch.autocast(device.type, enabled=False):  # float32, as served: the kept epoch is chosen as scored
             logits = model(data.categorical[start:stop].to(device), data.multivalued[start:stop].to(device),
                            data.numeric[start:stop].to(device))
         out.append(logits.float())
@@ -245,16 +234,19 @@ def train(
     if control.threads:
         torch.set_num_threads(control.threads)
     device = resolve_device(control.device)
-    model = build_model(prepared, policy).to(device)
+    train_resident, val_resident = placement(prepared, policy, device)  # a model too large fails here, unallocated
+    model = build_model(prepared, policy, device).to(device)
     click_rate = float(prepared.train.labels.mean().clamp(1e-4, 1 - 1e-4))
     with torch.no_grad():
         model.bias.fill_(math.log(click_rate / (1 - click_rate)))  # start at the base rate, not at 50%
     optimizers = make_optimizers(model, policy, control, device)
     loss_fn = nn.BCEWithLogitsLoss()
-    train_data = on_device(prepared.train, device)  # None: batches come from the host, through pinned memory
-    val_data = on_device(prepared.val, device)
-    if val_data is None:
-        val_data = prepared.val  # evaluation moves host slices to the device itself
+    if device == "cpu":
+        train_data, val_data = prepared.train, prepared.val
+    else:  # a split that fits is copied once, so no batch crosses the bus; else train batches come from the host
+        # through pinned memory (None), and evaluation moves host slices itself
+        train_data = prepared.train.to(device) if train_resident else None
+        val_data = prepared.val.to(device) if val_resident else prepared.val
     block_rows = shuffle_block_rows(prepared.train, control.shuffle)
     generator = torch.Generator(device="cpu").manual_seed(control.seed)
     result = TrainResult(model=model)
@@ -286,9 +278,11 @@ def train(
         started = time.perf_counter()
         eval_seconds, rows, done, stop_at = 0.0, 0, 0, None  # done: points of this epoch evaluated
         loss_sum = torch.zeros((), device=device)
-        for step, index in enumerate(epoch_batches(n, control.batch_size, generator, block_rows)):
+        batches = epoch_batches(n, control.batch_size, generator, block_rows,
+                                device if train_data is not None else "cpu")  # indices where the rows are
+        for step, index in enumerate(batches):
             if train_data is not None:
-                batch = train_data.rows(index.to(device))
+                batch = train_data.rows(index)
             else:  # gathered on the host while the GPU runs the previous step (CUDA calls return at once)
                 batch = prepared.train.rows(index).pin_memory().to(device, non_blocking=True)
             with _autocast(device):

@@ -3,13 +3,15 @@ tensors over the same memory the first time training asks, so mapping or checkin
 `deepfm data prepare`) never loads torch.
 
 Data sets from files are encoded once into an on-disk dataset (`model.data.cache`) and mapped there; `prepare`
-encodes an in-memory frame the same way, for notebooks and tests.
+encodes an in-memory frame the same way, for notebooks and tests. Where those tensors can live is measured here
+too: the host memory this process may still use (cgroup caps included) and its budget of a GPU's memory.
 """
 
 from __future__ import annotations
 
 import ctypes
 import hashlib
+import os
 import warnings
 from dataclasses import dataclass
 from functools import cached_property
@@ -129,6 +131,68 @@ class PreparedData:
         if path is None or not path.is_file():
             raise DataError("this dataset has no test rows; set data.test_fraction > 0 or give data.test")
         return pd.read_parquet(path)
+
+
+# -- where tensors fit: the host memory and the device memory this process can still use -----------------------
+PROCESSES_PER_GPU_ENV = "DEEPFM_PROCESSES_PER_GPU"  # set by local team mode when workers share a GPU
+
+
+def available_memory() -> int:
+    """Bytes this process can still use: the machine's available memory, or less under a cgroup memory cap
+    (v2 memory.max, v1 memory.limit_in_bytes) as containers and schedulers set."""
+    available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                available = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    for limit_file, usage_file in _cgroup_memory_files():
+        try:
+            limit = Path(limit_file).read_text().strip()
+            usage = int(Path(usage_file).read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if limit.isdigit() and int(limit) < 1 << 60:
+            available = min(available, max(0, int(limit) - usage))
+    return available
+
+
+def _cgroup_memory_files() -> list[tuple[str, str]]:
+    files = []
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return files
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":
+            files.append((f"/sys/fs/cgroup{path}/memory.max", f"/sys/fs/cgroup{path}/memory.current"))
+        elif "memory" in controllers.split(","):
+            base = f"/sys/fs/cgroup/memory{path}"
+            files.append((f"{base}/memory.limit_in_bytes", f"{base}/memory.usage_in_bytes"))
+    return files
+
+
+def memory_budget(free: int, total: int, reserved: int, allocated: int, sharing: int = 1) -> int:
+    """Bytes of a device's memory this process can still allocate: the driver's free memory plus the blocks its
+    own caching allocator holds reserved but unused (the driver counts those as used, so without them a second
+    trial in one process sees the first one's freed memory as taken), and no more than its share of the device
+    when `sharing` processes use it (they start together: each measuring free memory alone would over-commit)."""
+    own = free + reserved - allocated
+    if sharing > 1:
+        own = min(own, total // sharing - allocated)
+    return max(0, own)
+
+
+def device_memory_budget(device: str) -> int:
+    """`memory_budget` of a CUDA device, read now (DEEPFM_PROCESSES_PER_GPU: the processes sharing it)."""
+    import torch  # here, not at the top: mapping a dataset without training must not load torch
+
+    where = torch.device(device)
+    free, total = torch.cuda.mem_get_info(where)
+    sharing = int(os.environ.get(PROCESSES_PER_GPU_ENV) or 1)
+    return memory_budget(free, total, torch.cuda.memory_reserved(where), torch.cuda.memory_allocated(where), sharing)
 
 
 def release_free_memory() -> None:

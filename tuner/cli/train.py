@@ -30,9 +30,8 @@ def train(policy_path, data_path, valid_path, test_path, fmt, label, synthetic, 
     Example: deepfm train --policy studies/policy.yaml --data data/generated/synth/train.tsv --format criteo
     """
     # torch: imported by the commands that train or score, not by --help
-    from deepfm_tuner.model.deepfm import check_model_size, estimate_parameters
     from deepfm_tuner.model.policy import ScoringPolicy
-    from deepfm_tuner.model.train import evaluate, resolve_device
+    from deepfm_tuner.model.train import evaluate, placement, resolve_device
     from deepfm_tuner.model.train import train as train_model
     from deepfm_tuner.tuner.cli.progress import EpochProgress
     from deepfm_tuner.tuner.trials.record import human_epoch
@@ -44,9 +43,7 @@ def train(policy_path, data_path, valid_path, test_path, fmt, label, synthetic, 
     resolve_device(control.device)  # no CUDA: fail before reading any data
     spec = data_spec_from_options(data_path, valid_path, test_path, fmt, label, synthetic, schema_path)
     prepared = spec.prepare(log_to_stderr)
-    enc = prepared.encoder  # a model too large for memory: fail before printing or allocating anything
-    check_model_size(estimate_parameters(enc.categorical_dims, enc.multivalued_dims, len(enc.schema.numeric), policy),
-                     policy)
+    placement(prepared, policy, resolve_device(control.device))  # a model too large: fail before printing anything
     err.print(f"data: {prepared.summary()}", markup=False)
     with EpochProgress(control.max_epochs, err) as progress:
         result = train_model(prepared, policy, control, on_epoch=progress.update)

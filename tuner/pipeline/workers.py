@@ -7,7 +7,8 @@ finalists (if the study file asks), summarises and promotes once. Each worker is
 would run, less the summary (the finalists, the report and the parent run's end state are written once, after
 every worker), so local and multi-machine runs behave alike; Optuna's RDB storage is the only coordination
 (trials are claimed in the database, heartbeats catch dead workers). `n_trials` is the study's total over all
-workers.
+workers. On a machine with GPUs each worker gets its own, round-robin over the visible ones (CUDA_VISIBLE_DEVICES
+set per worker); workers that share one budget their share of its memory.
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import IO, Callable
 
+from deepfm_tuner.model.data.tensors import PROCESSES_PER_GPU_ENV
 from deepfm_tuner.model.errors import UserInputError
 from deepfm_tuner.tuner.pipeline.handle import StudyHandle
 
@@ -58,6 +61,35 @@ def worker_command(study_path: str, *, threads: int, n_trials: int | None = None
     return cmd
 
 
+def cuda_device_count() -> int:
+    import torch  # here, not at the top: only a coordinator starting workers asks, once (no CUDA context made)
+
+    return torch.cuda.device_count()
+
+
+def visible_gpus(environ: Mapping[str, str], device_count: Callable[[], int] = cuda_device_count) -> list[str]:
+    """The GPUs this process may hand to its workers: the CUDA_VISIBLE_DEVICES list when it is set (indices or
+    UUIDs, as CUDA reads it: up to the first negative entry), else every device CUDA sees."""
+    listed = environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is None:
+        return [str(i) for i in range(device_count())]
+    gpus = []
+    for entry in (e.strip() for e in listed.split(",")):
+        if not entry or entry.startswith("-"):
+            break
+        gpus.append(entry)
+    return gpus
+
+
+def gpu_env(index: int, workers: int, gpus: list[str]) -> dict[str, str]:
+    """Worker `index`'s (0-based) GPU, round-robin over `gpus` (else every worker trains on GPU 0), and how many
+    workers share it, so each budgets its share of that device's memory; nothing without a GPU."""
+    if not gpus:
+        return {}
+    slot = index % len(gpus)
+    return {"CUDA_VISIBLE_DEVICES": gpus[slot], PROCESSES_PER_GPU_ENV: str(len(range(slot, workers, len(gpus))))}
+
+
 @dataclass
 class Worker:
     index: int
@@ -79,11 +111,13 @@ def start_workers(handle: StudyHandle, study_path: str, workers: int, threads: i
                   timeout: float | None, echo: Callable[[str], None] | None = None) -> list[Worker]:
     child_env = {**os.environ, "DEEPFM_STORAGE": handle.storage_url,
                  "DEEPFM_TRACKING_URI": handle.tracking_uri, "PYTHONUNBUFFERED": "1"}
+    gpus = visible_gpus(os.environ, cuda_device_count)
     started = []
     for index in range(1, workers + 1):
         proc = subprocess.Popen(worker_command(study_path, threads=threads, n_trials=n_trials, timeout=timeout),
-                                env=child_env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, start_new_session=True)  # our Ctrl-C is forwarded once
+                                env={**child_env, **gpu_env(index - 1, workers, gpus)}, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                start_new_session=True)  # our Ctrl-C is forwarded once
         tail: deque = deque(maxlen=40)
         pump = threading.Thread(target=_pump, args=(proc.stderr, f"[worker {index}] ", tail, echo), daemon=True)
         pump.start()
