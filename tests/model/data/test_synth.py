@@ -57,7 +57,7 @@ def test_same_seed_same_files_whatever_the_chunk_size(tmp_path):
     a = write_dataset(SMALL, tmp_path / "a", chunk_size=1000)
     b = write_dataset(SMALL, tmp_path / "b", chunk_size=3000)
     assert a == b and files(tmp_path / "a") == files(tmp_path / "b")
-    other = write_dataset(SynthSpec(rows=5000, seed=4, max_cardinality=300), tmp_path / "c")
+    write_dataset(SynthSpec(rows=5000, seed=4, max_cardinality=300), tmp_path / "c")
     assert files(tmp_path / "c")["train.tsv"] != files(tmp_path / "a")["train.tsv"]
     # the streamed files are what write_criteo_tsv makes of the in-memory frame: same rows, same format
     frame, _ = generate(SMALL)

@@ -12,21 +12,21 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from click.testing import CliRunner
+from mlflow import MlflowClient  # noqa: E402  (after tuner: quiet defaults)
 
-from conftest import TINY_POLICY, TINY_TRAINING
 from deepfm_tuner.model.config import read_policy_yaml
 from deepfm_tuner.model.data.frames import read_table, split_rows
 from deepfm_tuner.model.errors import DataError, UserInputError
 from deepfm_tuner.model.policy import ScoringPolicy
 from deepfm_tuner.model.train import train
-from deepfm_tuner.tuner.registry import promotion as registry
 from deepfm_tuner.tuner.cli import main
+from deepfm_tuner.tuner.registry import promotion as registry
 from deepfm_tuner.tuner.registry.promotion import PromotionCheckError, promote_policy
 from deepfm_tuner.tuner.registry.pull import load_version, pull_model
 from deepfm_tuner.tuner.registry.refs import ModelNotFoundError, RegistryError, parse_model_ref, resolve_model_version
 from deepfm_tuner.tuner.serving.scoring import score_file
 
-from mlflow import MlflowClient  # noqa: E402  (after tuner: quiet defaults)
+from conftest import TINY_POLICY, TINY_TRAINING
 
 TAGS = {"study": "tiny", "trial_number": "3", "val_auc": "0.7", "data_fingerprint": "abc123"}
 

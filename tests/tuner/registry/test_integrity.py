@@ -10,18 +10,18 @@ from urllib.parse import unquote, urlparse
 
 import pytest
 from click.testing import CliRunner
+from mlflow import MlflowClient  # noqa: E402
 
-from conftest import TINY_POLICY, TINY_TRAINING
 from deepfm_tuner.model.checksums import CHECKSUMS_FILE, CorruptPolicyError, file_sha256
 from deepfm_tuner.model.data.frames import split_rows
 from deepfm_tuner.model.policy import ScoringPolicy
 from deepfm_tuner.model.train import train
-from support import assert_one_line_error
-from deepfm_tuner.tuner.registry import promotion as registry
 from deepfm_tuner.tuner.cli import main
+from deepfm_tuner.tuner.registry import promotion as registry
 from deepfm_tuner.tuner.registry.promotion import PromotionCheckError, promote_policy
 
-from mlflow import MlflowClient  # noqa: E402
+from conftest import TINY_POLICY, TINY_TRAINING
+from support import assert_one_line_error
 
 TAGS = {"study": "tiny", "trial_number": "0"}
 

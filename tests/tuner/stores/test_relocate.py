@@ -7,14 +7,14 @@ import shutil
 
 import pytest
 from click.testing import CliRunner
+from mlflow import MlflowClient  # noqa: E402  (after tuner: quiet defaults)
 
 from deepfm_tuner.model.policy import ScoringPolicy
-from support import write_study
 from deepfm_tuner.tuner.cli import main
-from deepfm_tuner.tuner.spec.study import load_study
 from deepfm_tuner.tuner.pipeline.tune import tune
+from deepfm_tuner.tuner.spec.study import load_study
 
-from mlflow import MlflowClient  # noqa: E402  (after tuner: quiet defaults)
+from support import write_study
 
 pytestmark = pytest.mark.slow
 

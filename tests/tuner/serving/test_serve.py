@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 import signal
 import socket
 import subprocess
@@ -12,17 +11,18 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
+from mlflow import MlflowClient  # noqa: E402  (after tuner: quiet defaults)
 
-from conftest import TINY_POLICY, TINY_TRAINING
 from deepfm_tuner.model.data.frames import split_rows
 from deepfm_tuner.model.policy import ScoringPolicy
 from deepfm_tuner.model.train import train
 from deepfm_tuner.tuner.registry.promotion import promote_policy
 
-from mlflow import MlflowClient  # noqa: E402  (after tuner: quiet defaults)
+from conftest import TINY_POLICY, TINY_TRAINING
 
 STARTUP_SECONDS = 90
 

@@ -24,7 +24,8 @@ from deepfm_tuner.model.train import train
 from deepfm_tuner.tuner.registry.refs import using_client
 from deepfm_tuner.tuner.serving.pyfunc import log_policy_model
 from deepfm_tuner.tuner.serving.scoring import score_file
-from tests.conftest import TINY_POLICY, TINY_TRAINING
+
+from conftest import TINY_POLICY, TINY_TRAINING
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from deepfm_tuner.model.deepfm import TRAINING_COPIES, fm_interaction
 from deepfm_tuner.model.errors import ConfigError
 from deepfm_tuner.tuner.pipeline import workers
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY_POLICY = PolicyConfig(embedding_dim=4, deep_hidden_units=(16, 8), dropout=0.0, learning_rate=0.01)
 GB = 10**9
 

@@ -5,19 +5,17 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
-import pandas as pd
 import pytest
+from mlflow import MlflowClient  # noqa: E402  (after tuner: quiet defaults)
+from mlflow.entities import Metric  # noqa: E402
 
-from conftest import TINY_POLICY, TINY_TRAINING
 from deepfm_tuner.model.data.frames import split_rows
 from deepfm_tuner.model.policy import ScoringPolicy
 from deepfm_tuner.model.train import train
 from deepfm_tuner.tuner.registry.promotion import promote_policy
 
-from mlflow import MlflowClient  # noqa: E402  (after tuner: quiet defaults)
-from mlflow.entities import Metric  # noqa: E402
+from conftest import TINY_POLICY, TINY_TRAINING
 
 CURVE = [0.60, 0.72, 0.66]  # epoch_val_auc per step: the best epoch is step 1, the 2nd epoch (best_epoch 2)
 

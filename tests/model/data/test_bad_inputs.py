@@ -17,7 +17,6 @@ import pandas as pd
 import pytest
 import yaml
 from click.testing import CliRunner
-from conftest import TINY_POLICY, TINY_TRAINING
 
 from deepfm_tuner.model.data import cache
 from deepfm_tuner.model.data.frames import split_rows
@@ -29,6 +28,8 @@ from deepfm_tuner.model.train import train
 from deepfm_tuner.tuner.cli import main
 from deepfm_tuner.tuner.pipeline.tune import load_data
 from deepfm_tuner.tuner.spec.study import load_study
+
+from conftest import TINY_POLICY, TINY_TRAINING
 
 POLICY = yaml.safe_dump({"policy_configs": {"scoring_policy": {"embedding_dim": 4, "deep_hidden_units": [8]}},
                          "training": {"batch_size": 256, "max_epochs": 1, "device": "cpu", "threads": 1}})
@@ -191,7 +192,8 @@ def test_evaluate_names_the_label_column_too(in_tmp, tiny_prepared, tiny_frame):
 def test_evaluate_takes_the_folder_pull_wrote(in_tmp, tiny_prepared, tiny_frame, tiny_criteo_dir):
     from mlflow import MlflowClient
 
-    from deepfm_tuner.tuner.registry.promotion import promote_policy, pull_model
+    from deepfm_tuner.tuner.registry.promotion import promote_policy
+    from deepfm_tuner.tuner.registry.pull import pull_model
 
     uri = f"sqlite:///{in_tmp}/mlflow.db"
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)

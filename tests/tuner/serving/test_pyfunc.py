@@ -5,29 +5,35 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
-from pathlib import Path
 import subprocess
 import sys
+from pathlib import Path
 
+import mlflow  # noqa: E402  (after tuner.cli: quiet defaults)
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from mlflow import MlflowClient  # noqa: E402
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from conftest import TINY_POLICY, TINY_TRAINING
 from deepfm_tuner.model.data.frames import read_table, split_rows
-from deepfm_tuner.model.errors import DataError
-from deepfm_tuner.model.policy import ScoringPolicy
 from deepfm_tuner.model.data.schema import CRITEO_CATEGORICAL, CRITEO_NUMERIC
+from deepfm_tuner.model.policy import ScoringPolicy
 from deepfm_tuner.model.train import train
 from deepfm_tuner.tuner.cli import main
-from deepfm_tuner.tuner.serving.pyfunc import OUTPUT_COLUMN, MissingColumns, ScoringPolicyModel, conform, log_policy_model, policy_signature
+from deepfm_tuner.tuner.serving.pyfunc import (
+    OUTPUT_COLUMN,
+    MissingColumns,
+    ScoringPolicyModel,
+    conform,
+    log_policy_model,
+    policy_signature,
+)
 
-import mlflow  # noqa: E402  (after tuner.cli: quiet defaults)
-from mlflow import MlflowClient  # noqa: E402
+from conftest import TINY_POLICY, TINY_TRAINING
 
 NAME = "ctr_pyfunc"
 
