@@ -22,6 +22,8 @@ from deepfm_tuner.model.deepfm import TRAINING_COPIES, fm_interaction
 from deepfm_tuner.model.errors import ConfigError
 from deepfm_tuner.tuner.pipeline import workers
 
+from support import write_study
+
 ROOT = Path(__file__).resolve().parents[2]
 TINY_POLICY = PolicyConfig(embedding_dim=4, deep_hidden_units=(16, 8), dropout=0.0, learning_rate=0.01)
 GB = 10**9
@@ -112,17 +114,6 @@ def test_splits_go_to_the_device_only_with_room_left_after_the_training_state():
 
 
 # -- 3. a pruned or failed trial's model is freed before the next trial starts ----------------------------------
-STUDY = {
-    "study": {"name": "tiny", "n_trials": 3, "sampler": {"type": "random", "seed": 3},
-              "pruner": {"type": "median", "n_startup_trials": 0, "n_warmup_steps": 0}, "promote": False},
-    "data": {"synthetic": {"rows": 3000, "seed": 1, "max_cardinality": 200}},
-    "training": {"batch_size": 256, "max_epochs": 2, "patience": 2, "seed": 0, "device": "cpu", "threads": 1},
-    "policy_configs": {"scoring_policy": {
-        "embedding_dim": {"choices": [4, 8]}, "deep_hidden_units": {"choices": [[16], [16, 8]]},
-        "activation_fn": "relu", "dropout": 0.0, "learning_rate": {"low": 1.0e-4, "high": 3.0e-2, "log": True}}},
-}
-
-
 @pytest.mark.slow
 def test_a_pruned_or_failed_trials_model_is_freed_before_the_next_trial(in_tmp, monkeypatch):
     """Trial 0 completes (the baseline), 1 is pruned, 2 diverges (fails), 3 completes. The collector is off, so
@@ -131,7 +122,9 @@ def test_a_pruned_or_failed_trials_model_is_freed_before_the_next_trial(in_tmp, 
     from deepfm_tuner.tuner.spec.study import load_study
     from deepfm_tuner.tuner.trials import objective
 
-    (in_tmp / "s.yaml").write_text(yaml.safe_dump(STUDY))
+    # the tiny study, 3 trials of at most 2 epochs, pruned from the first report
+    path = write_study(in_tmp, filename="s.yaml", study__n_trials=3, training__max_epochs=2,
+                       study__pruner={"type": "median", "n_startup_trials": 0, "n_warmup_steps": 0})
     models: list[weakref.ref] = []
     alive_at_start: list[list[int]] = []
     build = training.build_model
@@ -154,7 +147,7 @@ def test_a_pruned_or_failed_trials_model_is_freed_before_the_next_trial(in_tmp, 
     gc.collect()
     gc.disable()
     try:
-        result = tune(load_study(in_tmp / "s.yaml"), summary=False)
+        result = tune(load_study(path), summary=False)
     finally:
         gc.enable()
     assert [t.state.name for t in result.handle.study.trials] == ["COMPLETE", "PRUNED", "FAIL", "COMPLETE"]

@@ -16,7 +16,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from click.testing import CliRunner
 
 from deepfm_tuner.model.data import cache
 from deepfm_tuner.model.data.frames import split_rows
@@ -25,27 +24,14 @@ from deepfm_tuner.model.errors import DataError
 from deepfm_tuner.model.filelock import file_lock
 from deepfm_tuner.model.policy import ScoringPolicy
 from deepfm_tuner.model.train import train
-from deepfm_tuner.tuner.cli import main
 from deepfm_tuner.tuner.pipeline.tune import load_data
 from deepfm_tuner.tuner.spec.study import load_study
 
 from conftest import TINY_POLICY, TINY_TRAINING
+from support import assert_one_line_error, run
 
 POLICY = yaml.safe_dump({"policy_configs": {"scoring_policy": {"embedding_dim": 4, "deep_hidden_units": [8]}},
                          "training": {"batch_size": 256, "max_epochs": 1, "device": "cpu", "threads": 1}})
-
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-
-def assert_one_line_error(result, *fragments):
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.output.strip().splitlines() if line]
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    assert "Traceback" not in result.output
 
 
 def clicks(rows: int = 600, seed: int = 0) -> pd.DataFrame:
