@@ -97,3 +97,22 @@ def write_json(results: dict, name: str, out: str | None) -> None:
     if out:
         Path(out).mkdir(parents=True, exist_ok=True)
         (Path(out) / name).write_text(text + "\n")
+
+
+def register_untrained_policy(folder: Path, encoder, input_example) -> str:
+    """Register the V1 policy (untrained weights, `encoder` fitted) as bench_ctr v1 in a throwaway SQLite store
+    under `folder`; returns the store's URI (scoring speed does not depend on the weights' values)."""
+    import mlflow
+
+    from deepfm_tuner.model.config import PolicyConfig, TrainConfig
+    from deepfm_tuner.model.policy import ScoringPolicy
+    from deepfm_tuner.tuner.serving.pyfunc import log_policy_model
+
+    ScoringPolicy.build(PolicyConfig(), TrainConfig(device="cpu"), encoder).save(folder / "policy")
+    uri = f"sqlite:///{folder}/mlflow.db"
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.create_experiment("bench", artifact_location=str(folder / "artifacts"))
+    with mlflow.start_run(experiment_id=experiment):
+        info = log_policy_model(folder / "policy", input_example=input_example)
+    mlflow.register_model(info.model_uri, "bench_ctr")
+    return uri

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import ensure_data, machine, write_json
+from common import ensure_data, machine, register_untrained_policy, write_json
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
@@ -47,12 +47,12 @@ def main() -> None:
     import mlflow
     import pandas as pd
 
-    from deepfm_tuner.model.config import PolicyConfig, TrainConfig
+    from deepfm_tuner.model.config import PolicyConfig
     from deepfm_tuner.model.data.encoder import FeatureEncoder
     from deepfm_tuner.model.data.frames import read_table
     from deepfm_tuner.model.data.schema import CRITEO_COLUMNS, criteo_schema
     from deepfm_tuner.model.policy import ScoringPolicy
-    from deepfm_tuner.tuner.serving.pyfunc import conform, log_policy_model
+    from deepfm_tuner.tuner.serving.pyfunc import conform
     from deepfm_tuner.tuner.serving.scoring import score_file
 
     directory = ensure_data()
@@ -64,14 +64,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench-score-") as tmp:
         tmp = Path(tmp)
-        policy = ScoringPolicy.build(PolicyConfig(), TrainConfig(device="cpu"), encoder)
-        policy.save(tmp / "policy")
-        uri = f"sqlite:///{tmp}/mlflow.db"
-        mlflow.set_tracking_uri(uri)
-        experiment = mlflow.create_experiment("bench", artifact_location=str(tmp / "artifacts"))
-        with mlflow.start_run(experiment_id=experiment):
-            info = log_policy_model(tmp / "policy", input_example=raw.head(5))
-        mlflow.register_model(info.model_uri, "bench_ctr")
+        register_untrained_policy(tmp, encoder, raw.head(5))
+        policy = ScoringPolicy.load(tmp / "policy")
         model = mlflow.pyfunc.load_model("models:/bench_ctr/1")
         schema = model.metadata.get_input_schema()
 

@@ -27,7 +27,7 @@ import threading
 import time
 from pathlib import Path
 
-from common import ROOT, machine, write_json
+from common import ROOT, machine, register_untrained_policy, write_json
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 TEST_FRACTION = 0.05
@@ -90,26 +90,16 @@ def register(sample_file: Path, tmp: Path) -> str:
     bench_ctr/1 in a SQLite store under `tmp`; the store's URI."""
     import mlflow
 
-    from deepfm_tuner.model.config import PolicyConfig, TrainConfig
     from deepfm_tuner.model.data.encoder import FeatureEncoder
     from deepfm_tuner.model.data.frames import read_table
     from deepfm_tuner.model.data.schema import criteo_schema
-    from deepfm_tuner.model.policy import ScoringPolicy
-    from deepfm_tuner.tuner.serving.pyfunc import log_policy_model
 
     head = tmp / "head.tsv"
     with open(sample_file, "rb") as source, open(head, "wb") as out:
         for _, line in zip(range(ENCODER_ROWS), source):
             out.write(line)
     rows = read_table(head, "criteo")
-    policy = ScoringPolicy.build(PolicyConfig(), TrainConfig(device="cpu"), FeatureEncoder(criteo_schema()).fit(rows))
-    policy.save(tmp / "policy")
-    uri = f"sqlite:///{tmp}/mlflow.db"
-    mlflow.set_tracking_uri(uri)
-    experiment = mlflow.create_experiment("bench", artifact_location=str(tmp / "artifacts"))
-    with mlflow.start_run(experiment_id=experiment):
-        info = log_policy_model(tmp / "policy", input_example=rows.head(5))
-    mlflow.register_model(info.model_uri, "bench_ctr")
+    uri = register_untrained_policy(tmp, FeatureEncoder(criteo_schema()).fit(rows), rows.head(5))
     mlflow.set_tracking_uri(None)
     return uri
 

@@ -172,7 +172,7 @@ def run_workers(handle: StudyHandle, workers: int, threads: int, log: Callable[[
                                 echo=log)
         for w in running:
             w.process.wait()
-    except KeyboardInterrupt:
+    except BaseException:  # Ctrl-C, SIGTERM, or anything else ending the wait: no worker outlives its coordinator
         stop_workers(running)
         raise
     for w in running:
