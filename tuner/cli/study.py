@@ -144,7 +144,7 @@ def promote(study_path, storage, tracking_uri, name, force) -> None:
     """Register the study's best trial and move alias 'champion' to it if it passes the gate.
 
     With study.finalists, the candidate is the configuration with the best mean over its re-seeded runs (its
-    best retrain is registered); retrains not recorded yet are trained first.
+    best retrain is registered); retrains not recorded yet are trained first, and so is study.reference.
 
     The gate is DeLong's paired AUC test against the current champion on the same test rows (study file
     'promotion: {require: not_worse|better, alpha: 0.05}'); the V1 baseline trial is compared the same way.
@@ -157,14 +157,19 @@ def promote(study_path, storage, tracking_uri, name, force) -> None:
     from deepfm_tuner.tuner.pipeline.tune import load_data
     from deepfm_tuner.tuner.stores.check import check_stores
     from deepfm_tuner.tuner.trials.finalist_runs import run_finalists
+    from deepfm_tuner.tuner.trials.reference import check_reference, run_reference
 
     quiet_optuna()
     spec = load_spec(study_path)
     stores = resolve_stores(storage, tracking_uri, spec)
     check_stores(stores)
+    check_reference(spec)
     handle = existing_handle(spec, stores, study_path)  # a wrong name creates nothing
     data = load_data(spec, log_to_stderr)  # only the test rows are read: from the encoded dataset
     if spec.finalists is not None:  # finalist retrains not recorded yet (an interrupted tune, team mode) train here
         print_finalists(console, run_finalists(handle, data, log=log_to_stderr))
+    reference = run_reference(handle, data, log=log_to_stderr)  # trained only when not recorded yet
+    if reference is not None:
+        console.print(reference.line(), markup=False, highlight=False)
     print_promotion(console, name or spec.model_name,
                     promote_study(handle, test_frame=data.test_frame(), force=force, name=name))

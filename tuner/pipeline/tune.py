@@ -1,6 +1,6 @@
 """A study's life in one function, called the same way by `deepfm tune` in one process, by the coordinator of
-local workers (`--workers N`) and by each team worker: stores -> data -> study -> trials -> finalists -> summary ->
-promotion. The data step runs first and once per data set (later runs map the encoded dataset); the stores are
+local workers (`--workers N`) and by each team worker: stores -> data -> study -> trials -> finalists -> reference ->
+summary -> promotion. The data step runs first and once per data set (later runs map the encoded dataset); the stores are
 resolved once, here, and checked before it, so a wrong URI fails in seconds.
 """
 
@@ -32,6 +32,7 @@ from deepfm_tuner.tuner.trials import interrupts
 from deepfm_tuner.tuner.trials.finalist_runs import run_finalists
 from deepfm_tuner.tuner.trials.finalists import FinalistsResult
 from deepfm_tuner.tuner.trials.record import best_trial, trial_counts
+from deepfm_tuner.tuner.trials.reference import ReferenceResult, check_reference, run_reference
 
 
 def load_data(spec: StudySpec, log: Callable[[str], None] = lambda message: None) -> PreparedData:
@@ -46,6 +47,7 @@ class TuneResult:
     counts: dict[str, int] = field(default_factory=dict)
     promotion: Any = None  # tuner.registry.promotion.PromotionResult when the best trial was promoted
     finalists: FinalistsResult | None = None  # when the study has a finalists block
+    reference: ReferenceResult | None = None  # when the study has a reference that trained (now or earlier)
 
 
 def tune(
@@ -63,20 +65,21 @@ def tune(
     on_ready: Callable[[StudyHandle, PreparedData], None] | None = None,
     log: Callable[[str], None] = lambda message: None,
 ) -> TuneResult:
-    """Create or resume the study and run its trials; then re-train the finalists, summarise on the parent run and
-    promote (unless `summary` is False: a local worker, whose coordinator does those once, after every worker).
+    """Create or resume the study and run its trials; then re-train the finalists, train the reference, summarise
+    on the parent run and promote (unless `summary` is False: a local worker, whose coordinator does those once, after every worker).
 
     With `workers` > 1 the trials run in that many local processes (each runs `deepfm tune STUDY --workers 1
     --no-summary`, what a team worker on another machine runs) and this process coordinates them; `threads` is
     then per worker (default: this machine's cores split between them)."""
     stores = resolve_stores(storage, tracking_uri, spec)
     check_stores(stores)  # a wrong URI fails in seconds, not after the data step
+    check_reference(spec)  # a reference LightGBM cannot train as written fails now, not after the trials
     data = data or load_data(spec, log)  # bad data fails here, before any study or run exists
     handle = init_study(spec, stores)
     if on_ready is not None:
         on_ready(handle, data)
     finalist_threads = threads
-    finalists = None
+    finalists = reference = None
     try:
         with sigterm_as_interrupt() if workers > 1 else contextlib.nullcontext():
             if workers > 1:
@@ -87,6 +90,7 @@ def tune(
                 run_trials(handle, data, control, on_epoch=on_epoch, on_trial=on_trial)
             if summary:  # before the summary, so the parent run is still open; a Ctrl-C here ends it KILLED too
                 finalists = run_finalists(handle, data, threads=finalist_threads, log=log)
+                reference = run_reference(handle, data, threads=finalist_threads, log=log)
     except KeyboardInterrupt:
         interrupts.handled()
         if summary:
@@ -96,7 +100,7 @@ def tune(
         summarise(handle, status="FAILED")
         raise
     best = summarise(handle) if summary else best_trial(handle.study)
-    result = TuneResult(handle, best, trial_counts(handle.study), finalists=finalists)
+    result = TuneResult(handle, best, trial_counts(handle.study), finalists=finalists, reference=reference)
     if (spec.promote if promote is None else promote) and best is not None:
         result.promotion = promote_study(handle, test_frame=data.test_frame())
     return result

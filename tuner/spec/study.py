@@ -2,7 +2,8 @@
 declaration (model.validation), into a StudySpec.
 
     study:     {name, n_trials, timeout, metric, sampler, pruner, storage, tracking_uri, experiment,
-                registered_model, promote, warm_start: {from, top_k, storage}, finalists: {top_k, seeds}}
+                registered_model, promote, warm_start: {from, top_k, storage}, finalists: {top_k, seeds},
+                reference: lightgbm | {type: lightgbm, params: {...}}}
     data:      see model.data.source.DataSpec (files or `synthetic: {rows: N}`)
     training:  see model.config.TrainConfig (batch_size, max_epochs, patience, ...); embedding_l2, weight_decay
                and batch_size may be tunable specs, as in the policy (tuner.spec.space)
@@ -18,7 +19,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Mapping, Optional
 
-from pydantic import AfterValidator, BeforeValidator, Field, StringConstraints, model_validator
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    StringConstraints,
+    model_validator,
+)
 
 from deepfm_tuner.model.config import TrainConfig, load_yaml
 from deepfm_tuner.model.data.source import DataSpec
@@ -33,6 +44,7 @@ SAMPLERS = ("tpe", "random", "gp", "qmc")
 PRUNERS = ("median", "hyperband", "none")
 METRICS = {"val_auc": "maximize", "val_logloss": "minimize"}
 REQUIREMENTS = ("not_worse", "better")
+REFERENCES = ("lightgbm",)
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 
 
@@ -148,6 +160,23 @@ class FinalistsSpec:
     SHAPE: ClassVar[str] = "a mapping such as {top_k: 3, seeds: 3}"
 
 
+ParamValue = Annotated[StrictBool | StrictInt | StrictFloat | StrictStr,
+                       Must("must be a number, true/false or a string")]
+
+
+@declared("study.reference")
+class ReferenceSpec:
+    """A tree model trained on the trials' own train / validation rows and scored on the champion's test rows, so a
+    study says whether DeepFM beat it (tuner.trials.reference). `params` are LightGBM's, over our defaults; their
+    names are checked against LightGBM's own list when the study starts."""
+
+    type: Annotated[str, OneOf("reference model", REFERENCES, "use lightgbm (the one reference model so far)")] = \
+        "lightgbm"
+    params: dict[str, ParamValue] = field(default_factory=dict)
+
+    SHAPE: ClassVar[str] = "a model name or a mapping such as {type: lightgbm, params: {num_leaves: 127}}"
+
+
 @declared("study")
 class StudyBlock:
     """The `study:` block; its name defaults to the file's stem."""
@@ -165,6 +194,7 @@ class StudyBlock:
     promote: Bool = True
     warm_start: Optional[Block(WarmStartSpec, "from")] = None
     finalists: Optional[FinalistsSpec] = None  # None: the best single trial is the champion candidate
+    reference: Optional[Block(ReferenceSpec, "type")] = None  # None: no tree-model reference
 
     @model_validator(mode="after")
     def _ends(self) -> "StudyBlock":
@@ -216,6 +246,7 @@ class StudySpec:
     warm_start: WarmStartSpec | None = None
     training_space: Mapping[str, Spec] = field(default_factory=dict)  # tuned training knobs, `training.<knob>`
     finalists: FinalistsSpec | None = None  # None: the best single trial is the champion candidate
+    reference: ReferenceSpec | None = None  # None: no tree-model reference
     source: str = ""
 
     @property

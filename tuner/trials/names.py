@@ -22,6 +22,7 @@ ATTR_TRAINED, ATTR_FAILURE = "trained", "failure"  # the exact config trained; w
 # -- Optuna study user attributes ------------------------------------------------------------------------------
 ATTR_PARENT_RUN, ATTR_EXPERIMENT, ATTR_TRACKING_URI = "mlflow_parent_run_id", "mlflow_experiment_id", "mlflow_tracking_uri"
 ATTR_FINALISTS = "finalists"  # the finalists' retrains, per-candidate mean/std and the choice (tuner.trials.finalists)
+ATTR_REFERENCE = "reference"  # the tree-model reference's run, scores and settings (tuner.trials.reference)
 
 # -- MLflow tags -------------------------------------------------------------------------------------------------
 TAG_TRIAL = "deepfm.trial_number"
@@ -32,6 +33,7 @@ TAG_PRUNED_AT_STEP = "deepfm.pruned_at_step"  # with training.eval_every: the 0-
 TAG_FINALIST_OF_TRIAL, TAG_FINALIST_OF_RUN = "deepfm.finalist_of_trial", "deepfm.finalist_of_run_id"
 TAG_FINALIST_SEED = "deepfm.finalist_seed"
 TAG_FINALISTS_CHOSEN = "deepfm.finalists.chosen_trial"  # on the parent run: the trial whose configuration won
+TAG_REFERENCE_RUN = "deepfm.reference_run_id"  # on the parent run: the tree-model reference's run (role reference)
 
 # -- MLflow metric names ---------------------------------------------------------------------------------------
 CHECKPOINT_PATH = "checkpoint"  # the artifact folder holding a run's policy directory
