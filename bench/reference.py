@@ -7,7 +7,9 @@
 
 For each: the champion's and LightGBM's test AUCs and DeLong's comparison (the version's `reference.*` tags), the
 printed line, LightGBM's training time (feature matrix, binning and boosting) and rounds beside a trial's mean
-time (Optuna's duration of a complete trial, and its training alone).
+time (Optuna's duration of a complete trial, and its training alone). On the synthetic set also the encoding
+choice: LightGBM with the categorical codes as numbers (the default) vs as LightGBM categoricals
+(`params: {categorical_feature: C1,...,C26}`), same rows, settings and threads: validation AUC, rounds, seconds.
 
     python bench/reference.py [--rows 1000000] [--trials 6] [--epochs 2] [--threads 2] [--workdir DIR]
 """
@@ -67,6 +69,25 @@ def run_study(doc: dict, root: Path, data) -> dict:
     }
 
 
+def encodings(data, threads: int) -> dict:
+    """The default (codes as numbers) against LightGBM's own categorical splits on the same encoded rows."""
+    from deepfm_tuner.model.metrics import classification_metrics
+    from deepfm_tuner.tuner.spec.study import ReferenceSpec
+    from deepfm_tuner.tuner.trials.reference import feature_matrix, lightgbm_params, train_lightgbm
+
+    val = data.parts["val"]
+    matrix = feature_matrix(data.encoder, val.features)
+    results = {}
+    for name, params in (("codes_as_numbers", {}),
+                         ("lightgbm_categoricals", {"categorical_feature": ",".join(data.encoder.schema.categorical)})):
+        booster, seconds = train_lightgbm(data, lightgbm_params(ReferenceSpec("lightgbm", params), 0, threads))
+        best = booster.best_iteration or booster.current_iteration()
+        auc = classification_metrics(val.labels, booster.predict(matrix, num_iteration=best))[0]
+        results[name] = {"val_auc": auc, "rounds": best, "seconds": seconds}
+        print(f"encoding {name}: val AUC {auc:.4f}, {best} rounds, {seconds:.0f} s", flush=True)
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -98,6 +119,7 @@ def main() -> None:
         results["synthetic"] = {"data": data.summary(), "bayes_test_auc": truth["test_bayes_auc"],
                                 **run_study(doc, workdir / doc["study"]["name"], data)}
         print(results["synthetic"]["reference_message"], flush=True)
+        results["synthetic"]["encodings"] = encodings(data, args.threads)
     real = {"train": str(ROOT / "data/open-bandit/men.csv"), "order_by": "timestamp", "val_fraction": 0.2,
             "test_fraction": 0.3, "encoded_dir": str(workdir / "encoded"),
             "schema": {"label": "click", "categorical": ["item_id", "position"],

@@ -144,23 +144,23 @@ def _versus_reference(handle: StudyHandle, result: PromotionResult, policy_dir: 
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         return dataclasses.replace(result, reference_message=f"could not compare with the {kind} reference ({first})")
     c = comparison
-    tags = {"reference.type": spec.reference.type, "reference.test_auc": f"{c.auc_b:.6f}", "reference.auc_diff": f"{c.diff:.6f}",
-            "reference.ci_low": f"{c.ci_low:.6f}", "reference.ci_high": f"{c.ci_high:.6f}",
-            "reference.p_value": f"{c.p_value:.6g}"}
+    tags = {"reference.type": spec.reference.type, "reference.test_auc": f"{c.auc_b:.6f}",
+            "reference.auc_diff": f"{c.diff:.6f}", "reference.ci_low": f"{c.ci_low:.6f}",
+            "reference.ci_high": f"{c.ci_high:.6f}", "reference.p_value": f"{c.p_value:.6g}"}
     for key, value in tags.items():
         retry(handle.tracker.client.set_model_version_tag, result.name, str(result.version), key, value)
     handle.tracker.log_summary(handle.parent_run_id, {
         "reference_auc_diff": c.diff, "reference_ci_low": c.ci_low, "reference_ci_high": c.ci_high,
         "reference_p_value": c.p_value}, tags={**tags, "reference.version": str(result.version)})
-    info = {"type": spec.reference.type, "run_id": record["run_id"], "test_auc": c.auc_b, "auc_diff": c.diff, "ci_low": c.ci_low,
-            "ci_high": c.ci_high, "p_value": c.p_value}
+    info = {"type": spec.reference.type, "run_id": record["run_id"], "test_auc": c.auc_b, "auc_diff": c.diff,
+            "ci_low": c.ci_low, "ci_high": c.ci_high, "p_value": c.p_value}
     return dataclasses.replace(result, reference=info, reference_message=reference_line(
         c, kind, result.version, spec.promotion.alpha))
 
 
 def reference_line(c: AucComparison, kind: str, version: int, alpha: float) -> str:
     """Version vs reference in one line; when the tree model is significantly better, the advice."""
-    versus = (f"test AUC {c.auc_a:.4f} vs {c.auc_b:.4f} on the same {c.rows:,} rows: {c.describe()}")
+    versus = f"test AUC {c.auc_a:.4f} vs {c.auc_b:.4f} on the same {c.rows:,} rows: {c.describe()}"
     if c.p_value < alpha and c.diff < 0:
         return (f"the {kind} reference is significantly better than version {version} ({versus}): with these "
                 f"features prefer the tree model, or give DeepFM what it is made for (sparse, high-cardinality or "

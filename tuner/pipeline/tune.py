@@ -1,7 +1,7 @@
 """A study's life in one function, called the same way by `deepfm tune` in one process, by the coordinator of
-local workers (`--workers N`) and by each team worker: stores -> data -> study -> trials -> finalists -> reference ->
-summary -> promotion. The data step runs first and once per data set (later runs map the encoded dataset); the stores are
-resolved once, here, and checked before it, so a wrong URI fails in seconds.
+local workers (`--workers N`) and by each team worker: stores -> data -> study -> trials -> finalists -> reference
+-> summary -> promotion. The data step runs first and once per data set (later runs map the encoded dataset); the
+stores are resolved once, here, and checked before it, so a wrong URI fails in seconds.
 """
 
 from __future__ import annotations
@@ -66,7 +66,8 @@ def tune(
     log: Callable[[str], None] = lambda message: None,
 ) -> TuneResult:
     """Create or resume the study and run its trials; then re-train the finalists, train the reference, summarise
-    on the parent run and promote (unless `summary` is False: a local worker, whose coordinator does those once, after every worker).
+    on the parent run and promote (unless `summary` is False: a local worker, whose coordinator does those once,
+    after every worker).
 
     With `workers` > 1 the trials run in that many local processes (each runs `deepfm tune STUDY --workers 1
     --no-summary`, what a team worker on another machine runs) and this process coordinates them; `threads` is

@@ -6,18 +6,23 @@ the trials used, early-stopped on their validation rows, and scored on the test 
 on; promotion compares the two there (DeLong, as the gate: tuner.pipeline.promotion).
 
 Features, one column each, from the encoded dataset (model.data.encoder), so both models see the same values:
-    categorical field    its code (0 missing, 1 rare or unseen, 2.. the vocabulary), a LightGBM categorical
-    multi-valued field   its first token's code (a categorical) and its number of tokens (numeric): trees take one
-                         value per column, and the first token is the one a list most often leads with
+    categorical field    its code as a number: 0 missing, 1 rare or unseen, 2.. the vocabulary by descending
+                         training frequency, so a split separates frequent values from rare ones (count encoding)
+    multi-valued field   its first token's code and its number of tokens: trees take one value per column
     numeric field        the encoded value (standardised, clipped at +-10, NaN when missing): trees are blind to the
                          scaling, and LightGBM routes NaN itself
+Codes as numbers, not LightGBM categoricals: on the 1M-row synthetic set (fields up to 64k values) LightGBM's own
+categorical splits overfit at once (validation AUC 0.56 at 300k rows, stopped after 24 rounds, vs 0.64 with codes)
+and train several times slower (BENCHMARKS.md). A study can still ask for them by column name, through LightGBM's
+own parameter: `params: {categorical_feature: "C9,C18"}`.
 LightGBM's settings: DEFAULTS, the study's training seed and threads, then `study.reference.params` under any of
 LightGBM's own names or aliases (`n_estimators: 500` replaces the default `num_iterations`); a name LightGBM does
 not know is refused when the study starts, before any trial.
 
 Recorded for later readers (promotion, a resume):
-    study user attr `reference`   {key: {type, params, seed, data_fingerprint}, type, run_id, model (runs:/ID/reference),
-                                   val_auc, val_logloss, test_auc, test_logloss, best_iteration, train_seconds}
+    study user attr `reference`   {key: {type, params, seed, data_fingerprint}, type, run_id, model
+                                   (runs:/ID/reference), val_auc, val_logloss, test_auc, test_logloss,
+                                   best_iteration, train_seconds}
     the reference run             nested under the parent run, tag deepfm.role=reference; params: LightGBM's; metrics
                                   score_<metric>, val_auc, val_logloss, test_auc, test_logloss, best_iteration,
                                   train_seconds; artifacts reference/ (model.txt, encoder.json, reference.json)
@@ -102,7 +107,8 @@ def lightgbm_params(reference: ReferenceSpec, seed: int, threads: int | None) ->
     for key, value in reference.params.items():
         if key not in main:
             hint = did_you_mean(key, list(aliases)) or did_you_mean(key, list(main))  # a main name first
-            raise ConfigError(f"study.reference.params: unknown LightGBM parameter '{key}'{hint}; see {PARAMETERS_PAGE}")
+            raise ConfigError(f"study.reference.params: unknown LightGBM parameter '{key}'{hint}; "
+                              f"see {PARAMETERS_PAGE}")
         params[main[key]] = value
     return params
 
@@ -115,20 +121,17 @@ def check_reference(spec) -> None:
 
 
 # -- the features ----------------------------------------------------------------------------------------------
-def feature_layout(encoder: FeatureEncoder) -> tuple[list[str], list[int]]:
-    """(column names, positions of the categorical columns) of `feature_matrix`."""
+def feature_names(encoder: FeatureEncoder) -> list[str]:
+    """The columns of `feature_matrix`: each field's name; a multi-valued field's NAME.first and NAME.tokens."""
     s = encoder.schema
-    names = [*s.categorical, *(f"{c}{part}" for c in s.multivalued for part in (".first", ".tokens")), *s.numeric]
-    categorical = [*range(len(s.categorical)),
-                   *(len(s.categorical) + 2 * i for i in range(len(s.multivalued)))]
-    return names, categorical
+    return [*s.categorical, *(f"{c}{part}" for c in s.multivalued for part in (".first", ".tokens")), *s.numeric]
 
 
 def feature_matrix(encoder: FeatureEncoder, features: EncodedFeatures) -> np.ndarray:
-    """Encoded rows as one (N, columns) matrix in `feature_layout`'s order (see the module's docstring)."""
+    """Encoded rows as one (N, columns) matrix in `feature_names`' order (see the module's docstring)."""
     s = encoder.schema
     widest = max([*encoder.categorical_dims, *encoder.multivalued_dims, 0])
-    out = np.empty((len(features), len(feature_layout(encoder)[0])),
+    out = np.empty((len(features), len(feature_names(encoder))),
                    dtype=np.float32 if widest <= FLOAT32_EXACT else np.float64)
     out[:, :len(s.categorical)] = features.categorical
     column, start = len(s.categorical), 0
@@ -168,8 +171,9 @@ def run_reference(handle, prepared, *, threads: int | None = None,
         record = recorded(study)
         if record is not None and record.get("key") == key:
             return _result(record, trained=False)
-        log(f"reference: training {NAMES[spec.reference.type]} on the trials' {len(prepared.parts['train']):,} train rows, "
-            f"early-stopped on their {len(prepared.parts['val']):,} validation rows")
+        train, val = len(prepared.parts["train"]), len(prepared.parts["val"])
+        log(f"reference: training {NAMES[spec.reference.type]} on the trials' {train:,} train rows, early-stopped "
+            f"on their {val:,} validation rows")
         record = _train_run(handle, prepared, params, key, log)
         if record is None:
             return None
@@ -188,7 +192,7 @@ def _train_run(handle, prepared, params: dict[str, Any], key: dict[str, Any],
     with training_run(tracker, handle.parent_run_id, f"reference-{spec.reference.type}", ROLE, params, tags,
                       interrupted=("KILLED", "KILLED")) as run:
         try:
-            booster, seconds = _train(prepared, params)
+            booster, seconds = train_lightgbm(prepared, params)
             best = booster.best_iteration or booster.current_iteration()
             encoder = prepared.encoder
             val = prepared.parts["val"]
@@ -220,18 +224,29 @@ def _train_run(handle, prepared, params: dict[str, Any], key: dict[str, Any],
             return None
 
 
-def _train(prepared, params: dict[str, Any]):
+def train_lightgbm(prepared, params: dict[str, Any]):
     """(LightGBM booster early-stopped on the validation rows, seconds from the feature matrix to the last round)."""
     lightgbm = _lightgbm()
     encoder = prepared.encoder
-    names, categorical = feature_layout(encoder)
+    params, names = dict(params), feature_names(encoder)
+    categorical = _columns(params.pop("categorical_feature", ""), names)  # LightGBM takes names from the Dataset
     train, val = prepared.parts["train"], prepared.parts["val"]
     started = time.perf_counter()
     train_set = lightgbm.Dataset(feature_matrix(encoder, train.features), label=train.labels, feature_name=names,
-                                 categorical_feature=categorical)
+                                 categorical_feature=categorical or "auto")
     val_set = lightgbm.Dataset(feature_matrix(encoder, val.features), label=val.labels, reference=train_set)
-    booster = lightgbm.train(dict(params), train_set, valid_sets=[val_set], valid_names=["val"])
+    booster = lightgbm.train(params, train_set, valid_sets=[val_set], valid_names=["val"])
     return booster, time.perf_counter() - started
+
+
+def _columns(value: Any, names: list[str]) -> list[str]:
+    """`categorical_feature: "C9,C18"` (or LightGBM's "name:C9,C18") as column names, each one of `names`."""
+    wanted = [c.strip() for c in str(value).removeprefix("name:").split(",") if c.strip()]
+    for column in wanted:
+        if column not in names:
+            raise ConfigError(f"study.reference.params.categorical_feature: no feature column '{column}'"
+                              f"{did_you_mean(column, names)}; the columns are {', '.join(names)}")
+    return wanted
 
 
 def _save(tracker, run_id: str, booster, best: int, encoder: FeatureEncoder, summary: dict[str, Any]) -> None:
@@ -241,10 +256,9 @@ def _save(tracker, run_id: str, booster, best: int, encoder: FeatureEncoder, sum
         folder.mkdir()
         booster.save_model(str(folder / "model.txt"), num_iteration=best)
         encoder.save(folder / "encoder.json")
-        names, categorical = feature_layout(encoder)
         (folder / "reference.json").write_text(json.dumps(
-            {**{k: v for k, v in summary.items() if k != "key"}, "features": names,
-             "categorical": [names[i] for i in categorical]}, indent=2, default=str))
+            {**{k: v for k, v in summary.items() if k != "key"}, "features": feature_names(encoder)}, indent=2,
+            default=str))
         tracker.log_artifact(run_id, folder)
 
 

@@ -21,13 +21,14 @@ from deepfm_tuner.tuner.registry.gate import AucComparison
 from deepfm_tuner.tuner.spec.study import ReferenceSpec, load_study
 from deepfm_tuner.tuner.trials.reference import (
     DEFAULTS,
-    feature_layout,
     feature_matrix,
+    feature_names,
     lightgbm_params,
     run_reference,
+    train_lightgbm,
 )
 
-from support import run, write_study
+from support import assert_one_line_error, run, write_study
 
 pytest.importorskip("lightgbm")  # scripts/setup.sh installs it (the `reference` extra)
 
@@ -49,8 +50,7 @@ def test_each_field_is_one_column_and_a_list_field_its_first_token_and_length():
     frame = signal_frame(200)
     prepared = prepare(frame, SCHEMA, split_rows(len(frame), seed=0))
     encoder = prepared.encoder
-    names, categorical = feature_layout(encoder)
-    assert names == ["c", "tags.first", "tags.tokens", "x", "noise"] and categorical == [0, 1]
+    assert feature_names(encoder) == ["c", "tags.first", "tags.tokens", "x", "noise"]
     encoded = encoder.transform(frame)
     matrix = feature_matrix(encoder, encoded)
     assert matrix.shape == (200, 5) and matrix.dtype == np.float32
@@ -59,6 +59,33 @@ def test_each_field_is_one_column_and_a_list_field_its_first_token_and_length():
     counts = frame["tags"].map(lambda s: len([t for t in s.split("|") if t]))
     assert np.array_equal(matrix[:, 2], counts.to_numpy())  # "" holds no token, "d|d" two
     assert np.array_equal(matrix[:, 3:], encoded.numeric)
+
+
+def split_kinds(booster) -> set[tuple[str, str]]:
+    """(feature, decision type) of every split: '<=' a numeric threshold, '==' a LightGBM categorical split."""
+    names, kinds = booster.feature_name(), set()
+
+    def walk(node):
+        if "split_feature" in node:
+            kinds.add((names[node["split_feature"]], node["decision_type"]))
+            walk(node["left_child"])
+            walk(node["right_child"])
+
+    for tree in booster.dump_model()["tree_info"]:
+        walk(tree["tree_structure"])
+    return kinds
+
+
+def test_codes_are_numbers_unless_the_study_names_lightgbm_categoricals():
+    frame = signal_frame(3000).assign(label=lambda f: ((f["x"] > 0) ^ (f["c"] == "c")).astype(int))
+    prepared = prepare(frame, SCHEMA, split_rows(len(frame), seed=0))
+    booster, seconds = train_lightgbm(prepared, lightgbm_params(ReferenceSpec(), 0, 1))
+    assert ("c", "<=") in split_kinds(booster) and all(kind == "<=" for _, kind in split_kinds(booster))
+    chosen = ReferenceSpec("lightgbm", {"cat_feature": "c,tags.first"})  # an alias of categorical_feature
+    assert ("c", "==") in split_kinds(train_lightgbm(prepared, lightgbm_params(chosen, 0, 1))[0])
+    with pytest.raises(ConfigError, match=r"categorical_feature: no feature column 'tag.first' \(did you mean "
+                                          r"'tags.first'\?\); the columns are c, tags.first, tags.tokens, x, noise"):
+        train_lightgbm(prepared, lightgbm_params(ReferenceSpec("lightgbm", {"categorical_feature": "tag.first"}), 0, 1))
 
 
 def test_defaults_then_the_studys_params_under_lightgbms_own_names():
@@ -73,8 +100,7 @@ def test_a_parameter_lightgbm_does_not_know_fails_the_study_before_any_trial(in_
     with pytest.raises(ConfigError) as info:
         lightgbm_params(load_study(path).reference, 0, None)
     assert "unknown LightGBM parameter 'num_leafs' (did you mean 'num_leaves'?)" in str(info.value)
-    result = run("tune", path)
-    assert result.exit_code == 2 and "unknown LightGBM parameter 'num_leafs'" in result.output
+    assert_one_line_error(run("tune", path), "study.reference.params: unknown LightGBM parameter 'num_leafs'")
     assert not (in_tmp / "mlruns").exists()  # nothing was created
 
 
