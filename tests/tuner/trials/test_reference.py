@@ -79,7 +79,7 @@ def split_kinds(booster) -> set[tuple[str, str]]:
 def test_codes_are_numbers_unless_the_study_names_lightgbm_categoricals():
     frame = signal_frame(3000).assign(label=lambda f: ((f["x"] > 0) ^ (f["c"] == "c")).astype(int))
     prepared = prepare(frame, SCHEMA, split_rows(len(frame), seed=0))
-    booster, seconds = train_lightgbm(prepared, lightgbm_params(ReferenceSpec(), 0, 1))
+    booster, _ = train_lightgbm(prepared, lightgbm_params(ReferenceSpec(), 0, 1))
     assert ("c", "<=") in split_kinds(booster) and all(kind == "<=" for _, kind in split_kinds(booster))
     chosen = ReferenceSpec("lightgbm", {"cat_feature": "c,tags.first"})  # an alias of categorical_feature
     assert ("c", "==") in split_kinds(train_lightgbm(prepared, lightgbm_params(chosen, 0, 1))[0])
