@@ -29,7 +29,7 @@ from deepfm_tuner.model.data.tensors import (
 from deepfm_tuner.model.deepfm import TRAINING_COPIES, DeepFM, check_model_size, estimate_parameters
 from deepfm_tuner.model.errors import ConfigError, TrainingDiverged
 from deepfm_tuner.model.metrics import classification_metrics
-from deepfm_tuner.model.optim import make_optimizers
+from deepfm_tuner.model.optim import OPTIMIZER, make_optimizers
 
 SELECT_METRICS = {"val_auc": 1, "val_logloss": -1}  # metric -> sign that makes higher better
 NAN_CHECK_EVERY = 50  # steps between finite-loss checks (each one syncs a GPU)
@@ -126,6 +126,12 @@ def resolve_device(device: str) -> str:
     if device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("training.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
     return device
+
+
+def training_setup(control: TrainConfig) -> dict[str, str]:
+    """Where and how a run trains, recorded on every run: the resolved device and the optimizer (one update rule
+    on every device, so trials of one study are comparable wherever they ran)."""
+    return {"device": resolve_device(control.device), "optimizer": OPTIMIZER}
 
 
 def device_placement(parameters: int, policy: PolicyConfig, train_bytes: int, val_bytes: int, budget: int,

@@ -13,6 +13,7 @@ ATTR_CHECKPOINT = "checkpoint"  # runs:/ID/checkpoint of a trial that was best w
 ATTR_RETRY_OF = "retry_of_run_id"  # the dead trial's run a retry replaces
 ATTR_SKIPPED = "skipped"  # a trial claimed after the total was reached: failed without running
 ATTR_WORKER = "worker"  # host:pid of the process that ran the trial (team mode: which machine to look at)
+ATTR_DEVICE, ATTR_OPTIMIZER = "device", "optimizer"  # where and how it trained (model.train.training_setup)
 ATTR_TRAINING = "training"  # {seconds: epochs only, wall_seconds: build + epochs + evaluation, best_epoch, samples:
 #   training rows processed; pruned: score, pruned_at_epoch, or with eval_every pruned_at_step and epochs_trained}
 ATTR_BASELINE, ATTR_BASELINE_NOTE = "baseline", "baseline_adjusted"  # the V1 baseline trial (tuner.trials.baseline)

@@ -15,7 +15,7 @@ import optuna
 from deepfm_tuner.model.config import TrainConfig
 from deepfm_tuner.model.data.tensors import PreparedData
 from deepfm_tuner.model.errors import TrainingDiverged
-from deepfm_tuner.model.train import SELECT_METRICS, EpochMetrics, StepMetrics, train
+from deepfm_tuner.model.train import SELECT_METRICS, EpochMetrics, StepMetrics, train, training_setup
 from deepfm_tuner.tuner.spec.space import suggest_policy, suggest_training
 from deepfm_tuner.tuner.spec.study import StudySpec
 from deepfm_tuner.tuner.stores.tracking import StudyTracker
@@ -23,6 +23,8 @@ from deepfm_tuner.tuner.trials.names import (
     ATTR_BASELINE,
     ATTR_BASELINE_NOTE,
     ATTR_CHECKPOINT,
+    ATTR_DEVICE,
+    ATTR_OPTIMIZER,
     ATTR_RETRY_OF,
     ATTR_RUN_ID,
     ATTR_SKIPPED,
@@ -65,8 +67,9 @@ def make_objective(
     base_control: TrainConfig,
     on_epoch: Callable[[optuna.Trial, EpochMetrics], None] | None = None,
 ) -> Callable[[optuna.Trial], float]:
+    setup = training_setup(base_control)  # this process's device: workers of one study may differ
     common_tags = {"deepfm.sampler": spec.sampler.type, "deepfm.pruner": spec.pruner.type,
-                   **run_tags(prepared.fingerprint, base_control.seed)}
+                   **run_tags(prepared.fingerprint, base_control.seed, setup)}
 
     def objective(trial: optuna.Trial) -> float:
         trials = trial.study.get_trials(deepcopy=False)  # one read serves the total check and the retry lookup
@@ -77,6 +80,8 @@ def make_objective(
         record_trained(trial, policy, control)  # what this trial trains, exactly (status/summary/promote read it)
         worker = worker_name()
         trial.set_user_attr(ATTR_WORKER, worker)
+        trial.set_user_attr(ATTR_DEVICE, setup["device"])
+        trial.set_user_attr(ATTR_OPTIMIZER, setup["optimizer"])
         tags = {**common_tags, "deepfm.worker": worker}
         baseline = bool(trial.user_attrs.get(ATTR_BASELINE))
         if baseline:

@@ -57,9 +57,10 @@ def run_params(policy: PolicyConfig, control: TrainConfig) -> dict[str, object]:
     return params
 
 
-def run_tags(fingerprint: str, seed: int) -> dict[str, str]:
-    """Tags every training run carries: the data it trained on, its seed and the code's commit."""
-    return {"deepfm.data_fingerprint": fingerprint, "deepfm.seed": str(seed),
+def run_tags(fingerprint: str, seed: int, setup: Mapping[str, str]) -> dict[str, str]:
+    """Tags every training run carries: the data it trained on, its seed, where and how it trains (`setup`:
+    model.train.training_setup, e.g. deepfm.device=cuda, deepfm.optimizer=adam+lazy_adam) and the code's commit."""
+    return {"deepfm.data_fingerprint": fingerprint, "deepfm.seed": str(seed), **{f"deepfm.{k}": v for k, v in setup.items()},
             **({"mlflow.source.git.commit": git_commit()} if git_commit() else {})}
 
 

@@ -88,6 +88,9 @@ def test_trial_runs_hold_params_tags_and_per_epoch_metrics(in_study):
         assert run.data.params["training.batch_size"] == "256"
         for tag in ("deepfm.study", "deepfm.sampler", "deepfm.data_fingerprint", "deepfm.seed"):
             assert tag in run.data.tags
+        # where and how every trial trained, pruned and failed ones included: one optimizer on every device
+        assert (run.data.tags["deepfm.device"], run.data.tags["deepfm.optimizer"]) == ("cpu", "adam+lazy_adam")
+        assert (trial.user_attrs["device"], trial.user_attrs["optimizer"]) == ("cpu", "adam+lazy_adam")
         if trial.state != optuna.trial.TrialState.FAIL:
             steps = [m.step for m in client.get_metric_history(run.info.run_id, "epoch_val_auc")]
             assert steps == list(range(len(steps))) and steps
