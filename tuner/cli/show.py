@@ -24,8 +24,9 @@ from deepfm_tuner.tuner.trials.record import (
 
 
 def print_promotion(console: Console, name: str, p) -> None:
-    console.print(f"registered {name} version {p.version} (test AUC {p.test_auc:.4f}) -> alias '{p.alias}'"
-                  f"{': ' + p.reason if p.reason else ''}")
+    what = (f"registered {name} version {p.version}" if p.registered else
+            f"{name} version {p.version} already holds this checkpoint, not registered again")
+    console.print(f"{what} (test AUC {p.test_auc:.4f}) -> alias '{p.alias}'{': ' + p.reason if p.reason else ''}")
     console.print(f"model URI: {p.model_uri}")
     if p.baseline_message:
         console.print(p.baseline_message)

@@ -5,4 +5,5 @@
     gate       DeLong's paired AUC test, and what `require` / `alpha` make of it
     integrity  checksums recorded at registration and checked after every download
     pull       a version downloaded to a folder, or loaded as a pyfunc model for scoring
+    lock       one promotion of a registered model at a time, across processes and machines, kept in the registry
 """

@@ -23,6 +23,7 @@ from mlflow.tracking._tracking_service import utils as tracking_utils
 from deepfm_tuner.model.errors import UserInputError, did_you_mean
 
 CHAMPION, CHALLENGER = "champion", "challenger"
+LOCK_SUFFIX = ".lock"  # registry.lock: the registered model that is a model's promotion lock
 _NAME = r"[^/@:\s][^/@:]*"
 _REFERENCE = re.compile(rf"^(?:models:/)?(?P<name>{_NAME})(?:@(?P<alias>[\w-]+)|/(?P<version>\d+))?$")
 
@@ -48,6 +49,10 @@ class ModelRef:
         return f"models:/{self.name}@{self.alias}" if self.alias else f"models:/{self.name}/{self.version}"
 
 
+def lock_name(name: str) -> str:
+    return f"{name}{LOCK_SUFFIX}"
+
+
 def parse_model_ref(reference: str) -> ModelRef:
     """`NAME`, `NAME@alias`, `NAME/VERSION`, optionally prefixed by `models:/`; bare NAME means NAME@champion."""
     match = _REFERENCE.match(reference.strip())
@@ -67,7 +72,8 @@ def resolve_model_version(reference: str, client: MlflowClient | None = None):
     try:
         client.get_registered_model(ref.name)
     except MlflowException:
-        names = [m.name for m in client.search_registered_models(max_results=1000)]
+        names = [m.name for m in client.search_registered_models(max_results=1000)
+                 if not m.name.endswith(LOCK_SUFFIX)]
         known = f"; registered models: {', '.join(sorted(names)[:10])}" if names else "; the registry is empty"
         raise ModelNotFoundError(f"no registered model '{ref.name}' in {client.tracking_uri}"
                                  f"{did_you_mean(ref.name, names)}{known}") from None
