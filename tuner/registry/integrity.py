@@ -27,9 +27,11 @@ def policy_digest_for(policy_dir: str | Path) -> str:
     return policy_digest(policy_dir) or write_checksums(policy_dir)
 
 
-def verify_download(policy_dir: str | Path, mv) -> None:
-    """A downloaded version's policy directory is what was registered; a CorruptPolicyError names the file."""
-    verify_checksums(policy_dir, pull_fix(mv.name, mv.version), expected_digest=(mv.tags or {}).get(TAG_DIGEST))
+def verify_download(policy_dir: str | Path, mv, fix: str | None = None) -> None:
+    """A downloaded version's policy directory is what was registered; a CorruptPolicyError names the file and
+    `fix` (by default: re-promote)."""
+    verify_checksums(policy_dir, fix or pull_fix(mv.name, mv.version),
+                     expected_digest=(mv.tags or {}).get(TAG_DIGEST))
 
 
 def discard_version(client, name: str, version: str | int, created_model: bool) -> None:

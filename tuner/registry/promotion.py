@@ -7,6 +7,7 @@
                     skips the gate. With `baseline_dir`, the same comparison against the V1 baseline policy.
                     Idempotent: a checkpoint (source run + policy digest) already registered under the name is
                     compared and aliased, not registered again; a refused candidate leaves no version behind.
+                    Every alias move is recorded in the model's history (registry.history).
     registered_copy the version already holding a checkpoint, found by its run id and the policy_sha256 tag
 """
 
@@ -30,6 +31,7 @@ from deepfm_tuner.model.errors import DataError
 from deepfm_tuner.model.metrics import classification_metrics
 from deepfm_tuner.model.policy import POLICY_FILE, ScoringPolicy
 from deepfm_tuner.tuner.registry.gate import AucComparison, delong_test, gate
+from deepfm_tuner.tuner.registry.history import ACTION_OF_DECISION, move_alias
 from deepfm_tuner.tuner.registry.integrity import TAG_DIGEST, discard_version, policy_digest_for
 from deepfm_tuner.tuner.registry.lock import registry_lock
 from deepfm_tuner.tuner.registry.refs import CHALLENGER, CHAMPION, RegistryError, using_client
@@ -115,9 +117,9 @@ def promote_policy(
             try:
                 return _gate_and_alias(client, registered_name, version, labels, test_frame, policy_dir,
                                        new=existing is None, force=force, require=require, alpha=alpha,
-                                       baseline_dir=baseline_dir)
-            except BaseException:
-                if created_model is not None:  # a refused candidate leaves no version behind
+                                       baseline_dir=baseline_dir, guarded=tags.get("chosen_by") == "baseline_guard")
+            except BaseException:  # a refused candidate leaves no version behind (one already aliased stays)
+                if created_model is not None and not _holds_an_alias(client, registered_name, version):
                     discard_version(client, registered_name, version, created_model)
                 raise
 
@@ -134,6 +136,14 @@ def registered_copy(client: MlflowClient, name: str, run_id: str, digest: str):
         return None
     best = min(same, key=lambda v: (CHAMPION not in _aliases(client, v), int(v.version)))
     return client.get_model_version(name, best.version)  # with its aliases, which a search leaves out
+
+
+def _holds_an_alias(client: MlflowClient, name: str, version: int) -> bool:
+    """Whether an alias points at the version (True when the registry cannot tell: never delete one in use)."""
+    try:
+        return bool(client.get_model_version(name, str(version)).aliases)
+    except Exception:  # noqa: BLE001
+        return True
 
 
 def _aliases(client: MlflowClient, mv) -> list[str]:
@@ -176,8 +186,9 @@ def _register(client: MlflowClient, run, name: str, policy_dir: Path, test_frame
 
 def _gate_and_alias(client: MlflowClient, registered_name: str, version: int, labels: np.ndarray,
                     test_frame: pd.DataFrame, policy_dir: Path, *, new: bool, force: bool, require: str,
-                    alpha: float, baseline_dir: str | Path | None) -> PromotionResult:
-    """Prove the version loads and scores, gate it against the champion (and the V1 baseline), move an alias."""
+                    alpha: float, baseline_dir: str | Path | None, guarded: bool) -> PromotionResult:
+    """Prove the version loads and scores, gate it against the champion (and the V1 baseline), move an alias and
+    record the move in the model's history (`guarded`: the candidate is the V1 baseline the guard chose)."""
     # -- prove the registered version loads and scores before any alias moves --------------------
     try:
         loaded = mlflow.pyfunc.load_model(f"models:/{registered_name}/{version}")
@@ -246,7 +257,8 @@ def _gate_and_alias(client: MlflowClient, registered_name: str, version: int, la
             for key, value in _comparison_tags("baseline", versus_base).items():
                 client.set_model_version_tag(registered_name, str(version), key, value)
     client.set_model_version_tag(registered_name, str(version), TAG_REASON, reason)
-    client.set_registered_model_alias(registered_name, alias, str(version))  # the last step: nothing can fail after
+    action = "baseline_guard" if guarded and alias == CHAMPION else ACTION_OF_DECISION[decision]
+    move_alias(client, registered_name, alias, version, action=action, reason=reason)  # the last step
     uri = f"models:/{registered_name}@{CHAMPION}" if alias == CHAMPION else f"models:/{registered_name}/{version}"
     return PromotionResult(registered_name, version, alias, uri, test_auc, test_logloss, champion_auc,
                            champion_version, reason, gate_info, baseline_info, baseline_message, registered=new)
