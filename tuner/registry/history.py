@@ -87,8 +87,13 @@ def move_alias(client: MlflowClient, name: str, alias: str, version: int, *, act
 def read_history(client: MlflowClient, name: str) -> list[AliasEvent]:
     """The recorded moves of `name`'s aliases, newest first."""
     tags = client.get_registered_model(name).tags or {}
-    keys = sorted((k for k in tags if k.startswith(TAG_PREFIX)), reverse=True)
-    return [AliasEvent.from_json(tags[k]) for k in keys]
+    events = []
+    for key in sorted((k for k in tags if k.startswith(TAG_PREFIX)), reverse=True):
+        try:
+            events.append(AliasEvent.from_json(tags[key]))
+        except (ValueError, TypeError, AttributeError):  # a tag edited by hand into something else: not an event
+            continue
+    return events
 
 
 def previous_champion(events: list[AliasEvent], current: int | None) -> int | None:

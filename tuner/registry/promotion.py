@@ -110,17 +110,17 @@ def promote_policy(
             if existing is not None and CHAMPION in existing.aliases:
                 return _already_champion(existing, run_id)
             if existing is None:
-                version, created_model = _register(client, run, registered_name, policy_dir, test_frame, tags,
-                                                   digest)
+                version, created_model, model_id = _register(client, run, registered_name, policy_dir, test_frame,
+                                                             tags, digest)
             else:
-                version, created_model = int(existing.version), None
+                version, created_model, model_id = int(existing.version), None, None
             try:
                 return _gate_and_alias(client, registered_name, version, labels, test_frame, policy_dir,
                                        new=existing is None, force=force, require=require, alpha=alpha,
                                        baseline_dir=baseline_dir, guarded=tags.get("chosen_by") == "baseline_guard")
             except BaseException:  # a refused candidate leaves no version behind (one already aliased stays)
                 if created_model is not None and not _holds_an_alias(client, registered_name, version):
-                    discard_version(client, registered_name, version, created_model)
+                    discard_version(client, registered_name, version, created_model, model_id)
                 raise
 
 
@@ -160,8 +160,9 @@ def _already_champion(mv, run_id: str) -> PromotionResult:
 
 
 def _register(client: MlflowClient, run, name: str, policy_dir: Path, test_frame: pd.DataFrame,
-              tags: dict[str, str], digest: str) -> tuple[int, bool]:
-    """Log the policy to its run and register it: (the new version, whether this created the registered model)."""
+              tags: dict[str, str], digest: str) -> tuple[int, bool, str | None]:
+    """Log the policy to its run and register it: (the new version, whether this created the registered model,
+    the logged model's id)."""
     info = _log_to_run(client, run, policy_dir, test_frame)
     created = False
     try:
@@ -181,7 +182,7 @@ def _register(client: MlflowClient, run, name: str, policy_dir: Path, test_frame
                 client.delete_registered_model(name)
         raise
     _link_version(client, info.model_id, mv)
-    return int(mv.version), created
+    return int(mv.version), created, info.model_id
 
 
 def _gate_and_alias(client: MlflowClient, registered_name: str, version: int, labels: np.ndarray,

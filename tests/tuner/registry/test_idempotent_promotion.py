@@ -111,6 +111,7 @@ def test_a_candidate_refused_because_the_champion_cannot_score_leaves_no_version
     assert store.versions("ctr") == [1]
     assert int(store.client.get_model_version_by_alias("ctr", "champion").version) == 1
     assert [m.name for m in store.client.search_registered_models()] == ["ctr"]  # and no lock left behind
+    assert len(store.client.search_logged_models([store.experiment])) == 1  # nor the refused one's logged model
 
 
 def _promote_at_once(uri: str, experiment: str, run_id: str, policy_dir: str, frame, barrier, results) -> None:
