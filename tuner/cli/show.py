@@ -1,5 +1,6 @@
-"""What the study commands print: the tuning result, the status table, the finalists and a promotion. Kept apart
-from the commands so each reads as: load, call the library, show."""
+"""What the commands print: the tuning result, the status table, the finalists, a promotion, a model's alias
+history, a rollback and two versions compared. Kept apart from the commands so each reads as: load, call the
+library, show."""
 
 from __future__ import annotations
 
@@ -24,11 +25,70 @@ from deepfm_tuner.tuner.trials.record import (
 
 
 def print_promotion(console: Console, name: str, p) -> None:
-    console.print(f"registered {name} version {p.version} (test AUC {p.test_auc:.4f}) -> alias '{p.alias}'"
-                  f"{': ' + p.reason if p.reason else ''}")
+    what = (f"registered {name} version {p.version}" if p.registered else
+            f"{name} version {p.version} already holds this checkpoint, not registered again")
+    console.print(f"{what} (test AUC {p.test_auc:.4f}) -> alias '{p.alias}'{': ' + p.reason if p.reason else ''}")
     console.print(f"model URI: {p.model_uri}")
     if p.baseline_message:
         console.print(p.baseline_message)
+
+
+def _auc(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def _aligned(rows: list[tuple[str, ...]]) -> list[str]:
+    """Rows as lines of left-aligned columns two spaces apart (plain text: no cell wraps or is read as markup)."""
+    widths = [max(len(cell) for cell in column) for column in zip(*rows)]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+
+
+def print_history(console: Console, name: str, events) -> None:
+    """One line per alias move, newest first, each followed by its reason and who made it."""
+    if not events:
+        console.print(f"no alias moves recorded for '{name}' yet (promotions and rollbacks record them)", markup=False)
+        return
+    rows = [("when (UTC)", "event", "versions", "test AUC", "study")]
+    for e in events:
+        was = "-" if e.from_version is None else f"v{e.from_version}"
+        aucs = _auc(e.to_test_auc) if e.from_version is None else f"{_auc(e.from_test_auc)} -> {_auc(e.to_test_auc)}"
+        rows.append((e.time[:19].replace("T", " "), e.action, f"{was} -> v{e.to_version}", aucs, e.study))
+    lines = _aligned(rows)
+    console.print(f"alias moves of '{name}', newest first", markup=False)
+    console.print(lines[0], markup=False)
+    for line, e in zip(lines[1:], events):
+        console.print(line, markup=False)
+        console.print(f"    @{e.alias}, by {e.by}: {e.reason}", markup=False)
+
+
+def print_rollback(console: Console, done) -> None:
+    if done.event is None:
+        console.print(f"{done.name}: version {done.to_version} already is the champion; nothing moved", markup=False)
+        return
+    was = "none" if done.from_version is None else f"v{done.from_version}"
+    console.print(f"rolled back {done.name}: champion {was} -> v{done.to_version} (test AUC "
+                  f"{_auc(done.event.from_test_auc)} -> {_auc(done.event.to_test_auc)}); recorded in 'deepfm history "
+                  f"{done.name}'", markup=False)
+
+
+def print_diff(console: Console, diff) -> None:
+    """The two versions' facts and scores side by side (score differences as B - A), then the config keys that
+    differ."""
+    def short(key: str, value: str) -> str:
+        return value[:12] if key == "run" else value
+
+    rows = [("", diff.a.reference, diff.b.reference, "")]
+    rows += [(key, short(key, a), short(key, b), "" if a == b else "differs") for key, a, b in diff.fact_rows()]
+    rows += [(key, a, b, delta) for key, a, b, delta in diff.score_rows()]
+    config = diff.config_rows()
+    for line in _aligned(rows):
+        console.print(line, markup=False)
+    if not config:
+        console.print("V1 config and training: identical", markup=False)
+        return
+    console.print(f"V1 config and training: {len(config)} difference{'s' if len(config) > 1 else ''}", markup=False)
+    for line in _aligned([(f"  {key}", a, b) for key, a, b in config]):
+        console.print(line, markup=False)
 
 
 def print_trained(console: Console, trial, spec) -> None:
