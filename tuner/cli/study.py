@@ -156,6 +156,7 @@ def promote(study_path, storage, tracking_uri, name, force) -> None:
     from deepfm_tuner.tuner.pipeline.promotion import promote_study
     from deepfm_tuner.tuner.pipeline.tune import load_data
     from deepfm_tuner.tuner.stores.check import check_stores
+    from deepfm_tuner.tuner.stores.datasets import part_dataset
     from deepfm_tuner.tuner.trials.finalist_runs import run_finalists
 
     quiet_optuna()
@@ -167,4 +168,5 @@ def promote(study_path, storage, tracking_uri, name, force) -> None:
     if spec.finalists is not None:  # finalist retrains not recorded yet (an interrupted tune, team mode) train here
         print_finalists(console, run_finalists(handle, data, log=log_to_stderr))
     print_promotion(console, name or spec.model_name,
-                    promote_study(handle, test_frame=data.test_frame(), force=force, name=name))
+                    promote_study(handle, test_frame=data.test_frame(), force=force, name=name,
+                                  test_dataset=part_dataset(data, "test")))

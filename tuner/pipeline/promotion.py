@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from mlflow.entities import Dataset
 
 from deepfm_tuner.model.data.frames import check_labels
 from deepfm_tuner.model.errors import UserInputError
@@ -33,7 +34,10 @@ from deepfm_tuner.tuner.trials.record import best_trial, human_epoch
 from deepfm_tuner.tuner.trials.runs import download_checkpoint
 
 
-def promote_study(handle: StudyHandle, *, test_frame: pd.DataFrame, force: bool = False, name: str | None = None):
+def promote_study(handle: StudyHandle, *, test_frame: pd.DataFrame, force: bool = False, name: str | None = None,
+                  test_dataset: Dataset | None = None):
+    """Register the study's candidate and move `champion` if it passes the gate on `test_frame`, which
+    `test_dataset` names in MLflow (tuner.stores.datasets.part_dataset: the encoded dataset's test part)."""
     study, spec = handle.study, handle.spec
     best = best_trial(study)
     if best is None:
@@ -81,7 +85,7 @@ def promote_study(handle: StudyHandle, *, test_frame: pd.DataFrame, force: bool 
         result = promote_policy(run_id=run_id, policy_dir=policy_dir, test_frame=test_frame,
                                 registered_name=name or spec.model_name, tags=tags, force=force,
                                 client=handle.tracker.client, require=spec.promotion.require,
-                                alpha=spec.promotion.alpha, baseline_dir=baseline_dir)
+                                alpha=spec.promotion.alpha, baseline_dir=baseline_dir, test_dataset=test_dataset)
         if base is not None and base.number == best.number and result.baseline is not None and not finalist_tags:
             result = dataclasses.replace(result, baseline_message=(
                 f"no significant gain over the V1 baseline: the best trial ({best.number}) is the baseline itself"))

@@ -27,6 +27,7 @@ from deepfm_tuner.tuner.pipeline.workers import (
 )
 from deepfm_tuner.tuner.spec.study import StudySpec
 from deepfm_tuner.tuner.stores.check import check_stores
+from deepfm_tuner.tuner.stores.datasets import part_dataset
 from deepfm_tuner.tuner.stores.locations import redact, resolve_stores
 from deepfm_tuner.tuner.trials import interrupts
 from deepfm_tuner.tuner.trials.finalist_runs import run_finalists
@@ -98,7 +99,7 @@ def tune(
     best = summarise(handle) if summary else best_trial(handle.study)
     result = TuneResult(handle, best, trial_counts(handle.study), finalists=finalists)
     if (spec.promote if promote is None else promote) and best is not None:
-        result.promotion = promote_study(handle, test_frame=data.test_frame())
+        result.promotion = promote_study(handle, test_frame=data.test_frame(), test_dataset=part_dataset(data, "test"))
     return result
 
 

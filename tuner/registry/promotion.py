@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -22,9 +23,9 @@ import mlflow
 import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
-from mlflow.entities import Metric
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric
 from mlflow.exceptions import MlflowException
-from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_MODEL_VERSIONS
 
 from deepfm_tuner.model.data.frames import check_labels
 from deepfm_tuner.model.errors import DataError
@@ -81,12 +82,15 @@ def promote_policy(
     require: str = "not_worse",
     alpha: float = 0.05,
     baseline_dir: str | Path | None = None,
+    test_dataset: Dataset | None = None,
 ) -> PromotionResult:
     """Log, register, verify and (if it passes the champion gate on `test_frame`) promote a policy.
 
     The gate: DeLong's paired test of test AUC(policy) - AUC(champion) on the same rows; `require` is
     "not_worse" (promote unless significantly worse at `alpha`) or "better" (only if significantly better).
     `baseline_dir` (the study's V1 baseline policy) gets the same comparison, recorded as `baseline.*` tags.
+    `test_dataset` (tuner.stores.datasets.part_dataset) names `test_frame` in MLflow: the test scores go on the
+    logged model with it, so the model page's "Datasets used" shows what the model was scored on.
 
     Idempotent: a checkpoint already registered under the name (same source run, same policy digest) is not
     registered again; that version is compared and, if it wins, aliased. A candidate refused on the way (it does
@@ -115,9 +119,13 @@ def promote_policy(
             else:
                 version, created_model, model_id = int(existing.version), None, None
             try:
-                return _gate_and_alias(client, registered_name, version, labels, test_frame, policy_dir,
-                                       new=existing is None, force=force, require=require, alpha=alpha,
-                                       baseline_dir=baseline_dir, guarded=tags.get("chosen_by") == "baseline_guard")
+                result = _gate_and_alias(client, registered_name, version, labels, test_frame, policy_dir,
+                                         new=existing is None, force=force, require=require, alpha=alpha,
+                                         baseline_dir=baseline_dir, guarded=tags.get("chosen_by") == "baseline_guard")
+                if test_dataset is not None and model_id is not None:  # a model logged now: scored once, here
+                    _log_test_scores(client, run, model_id, test_dataset, {TAG_TEST_AUC: result.test_auc,
+                                                                           TAG_TEST_LOGLOSS: result.test_logloss})
+                return result
             except BaseException:  # a refused candidate leaves no version behind (one already aliased stays)
                 if created_model is not None and not _holds_an_alias(client, registered_name, version):
                     discard_version(client, registered_name, version, created_model, model_id)
@@ -315,6 +323,21 @@ def _log_model_metrics(client: MlflowClient, run, model_id: str) -> None:
             metrics.append(Metric(key, last.value, last.timestamp, last.step, model_id=model_id, run_id=run.info.run_id))
     if metrics:
         client.log_batch(run.info.run_id, metrics=metrics)
+
+
+def _log_test_scores(client: MlflowClient, run, model_id: str | None, dataset: Dataset,
+                     scores: dict[str, float]) -> None:
+    """The test scores as the logged model's metrics on `dataset` (the model page lists a model's metrics'
+    datasets as "Datasets used"); the run gets the dataset as a test input unless it logged it when it trained."""
+    if not model_id:
+        return
+    if not any((i.dataset.name, i.dataset.digest, {t.key: t.value for t in i.tags}.get(MLFLOW_DATASET_CONTEXT))
+               == (dataset.name, dataset.digest, "test") for i in run.inputs.dataset_inputs):
+        client.log_inputs(run.info.run_id, datasets=[DatasetInput(dataset, [InputTag(MLFLOW_DATASET_CONTEXT, "test")])])
+    now = int(time.time() * 1000)
+    client.log_batch(run.info.run_id, metrics=[
+        Metric(key, value, now, 0, model_id=model_id, run_id=run.info.run_id, dataset_name=dataset.name,
+               dataset_digest=dataset.digest) for key, value in scores.items()])
 
 
 def _link_version(client: MlflowClient, model_id: str | None, mv) -> None:

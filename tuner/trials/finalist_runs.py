@@ -13,6 +13,7 @@ import optuna
 
 from deepfm_tuner.model.data.tensors import PreparedData
 from deepfm_tuner.model.train import train, training_setup
+from deepfm_tuner.tuner.stores.datasets import run_datasets
 from deepfm_tuner.tuner.stores.disks import is_disk_error
 from deepfm_tuner.tuner.stores.locks import creation_lock
 from deepfm_tuner.tuner.stores.retry import retry
@@ -94,7 +95,8 @@ def _retrain(handle, prepared: PreparedData, trial: optuna.trial.FrozenTrial, se
             TAG_FINALIST_OF_RUN: trial.user_attrs.get(ATTR_RUN_ID, ""),
             **run_tags(prepared.fingerprint, seed, training_setup(control))}
     with training_run(tracker, handle.parent_run_id, f"finalist-{trial.number}-seed-{seed}", "finalist",
-                      run_params(policy, control), tags, interrupted=("KILLED", "KILLED")) as run:
+                      run_params(policy, control), tags, datasets=run_datasets(prepared),
+                      interrupted=("KILLED", "KILLED")) as run:
         entry: dict[str, Any] = {"trial": trial.number, "seed": seed, "run_id": run.run_id, "state": "FAIL"}
         try:
             result = train(prepared, policy, control, on_epoch=run.log_epoch, select=spec.metric)

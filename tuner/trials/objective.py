@@ -18,6 +18,7 @@ from deepfm_tuner.model.errors import TrainingDiverged
 from deepfm_tuner.model.train import SELECT_METRICS, EpochMetrics, StepMetrics, train, training_setup
 from deepfm_tuner.tuner.spec.space import suggest_policy, suggest_training
 from deepfm_tuner.tuner.spec.study import StudySpec
+from deepfm_tuner.tuner.stores.datasets import run_datasets
 from deepfm_tuner.tuner.stores.tracking import StudyTracker
 from deepfm_tuner.tuner.trials.names import (
     ATTR_BASELINE,
@@ -70,6 +71,7 @@ def make_objective(
     setup = training_setup(base_control)  # this process's device: workers of one study may differ
     common_tags = {"deepfm.sampler": spec.sampler.type, "deepfm.pruner": spec.pruner.type,
                    **run_tags(prepared.fingerprint, base_control.seed, setup)}
+    datasets = run_datasets(prepared)  # described once: every trial of this process logs the same data
 
     def objective(trial: optuna.Trial) -> float:
         trials = trial.study.get_trials(deepcopy=False)  # one read serves the total check and the retry lookup
@@ -99,7 +101,7 @@ def make_objective(
                 tags["deepfm.retry_of_run_id"] = old_run
                 trial.set_user_attr(ATTR_RETRY_OF, old_run)
         with training_run(tracker, parent_run_id, f"trial-{trial.number}", "trial", run_params(policy, control),
-                          {TAG_TRIAL: str(trial.number), **tags}) as run:
+                          {TAG_TRIAL: str(trial.number), **tags}, datasets=datasets) as run:
             trial.set_user_attr(ATTR_RUN_ID, run.run_id)
             return _train_and_report(trial, run, spec, prepared, policy, control, baseline, on_epoch)
 
