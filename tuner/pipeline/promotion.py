@@ -44,8 +44,9 @@ def promote_study(handle: StudyHandle, *, test_frame: pd.DataFrame, force: bool 
     study, spec = handle.study, handle.spec
     best = best_trial(study)
     if best is None and over_budget(study):
-        raise UserInputError(f"no complete trial of study '{spec.name}' is within its serving budget (study.constraints); "
-                             f"'deepfm status' shows each trial's cost: tune smaller models in a new study")
+        raise UserInputError(f"no complete trial of study '{spec.name}' is within its serving budget "
+                             f"(study.constraints); 'deepfm status' shows each trial's cost: tune smaller models in "
+                             f"a new study")
     if best is None:
         raise UserInputError(f"study '{spec.name}' has no completed trial to promote; run 'deepfm tune' first")
     run_id, value, finalist_tags = best.user_attrs.get(ATTR_RUN_ID), best.value, {}

@@ -43,14 +43,14 @@ def plot_cost(study: optuna.Study, target_name: str):
         chosen = [(t, c) for t, c in points if within_budget(t) == fits]
         figure.add_trace(go.Scatter(
             x=[c.latency_ms if by_latency else c.parameters for _, c in chosen], y=[t.value for t, _ in chosen],
-            mode="markers", name=name, marker=marker, text=[f"trial {t.number}: {c.describe(budget)}" for t, c in chosen],
-            hovertemplate="%{text}<br>%{y:.4f}<extra></extra>"))
+            mode="markers", name=name, marker=marker, hovertemplate="%{text}<br>%{y:.4f}<extra></extra>",
+            text=[f"trial {t.number}: {c.describe(budget)}" for t, c in chosen]))
     limit, title = budget.get("max_latency_ms" if by_latency else "max_parameters"), ""
     farthest = max((c.latency_ms if by_latency else c.parameters) for _, c in points)
     if limit is not None and limit <= 1.5 * farthest:
         figure.add_vline(x=limit, line_dash="dash", annotation_text="budget")
     elif limit is not None:  # a line far to the right would squeeze every trial into the left edge
-        title = f"the budget ({limit:g}) is far to the right of every trial"
+        title = f"the budget ({f'{limit:g} ms' if by_latency else f'{limit:,} parameters'}) is far right of every trial"
     figure.update_layout(xaxis_title="score_latency_ms (median of 5, 1,000 rows)" if by_latency else "parameter_count",
                          yaxis_title=target_name, title=title)
     return figure

@@ -4,8 +4,9 @@
       warm_start: {from: OLD_STUDY, top_k: 5, storage: URL}   # storage: default this study's
 
 The source is read before anything is created (a missing source study is a one-line error); its `top_k` best
-completed trials (within its serving budget, if it had one) are enqueued once, when the new study is created, each with only the parameters the new search
-space holds (the sampler fills the rest; a one-line note names what was skipped).
+completed trials (within its serving budget, if it had one) are enqueued once, when the new study is created, each
+with only the parameters the new search space holds (the sampler fills the rest; a one-line note names what was
+skipped).
 """
 
 from __future__ import annotations

@@ -99,5 +99,6 @@ def test_no_trial_within_budget_promotes_nothing_and_says_what_scored_best(in_tm
     assert result.exit_code == 0, result.output
     assert "no complete trial is within the serving budget: nothing can be promoted" in result.output
     assert "best overall trial" in result.output and "(max 1,000)" in result.output
+    assert "trial   0 over budget" in result.output and "| best -" in result.output  # the live lines, too
     assert "registered" not in result.output
     assert_one_line_error(run("promote", path), "no complete trial of study 'tight' is within its serving budget")

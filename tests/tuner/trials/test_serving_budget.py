@@ -115,7 +115,8 @@ def test_a_trial_reaches_optuna_with_its_relative_excess_over_each_budget(tiny_p
     frozen = study.trials[0]
     assert frozen.constraints == pytest.approx({"max_parameters": count / 12000 - 1, "max_latency_ms": 0.5})
     assert frozen.user_attrs["parameter_count"] == count and frozen.user_attrs["score_latency_ms"] == 7.5
-    assert run.logged == [({"parameter_count": count}, {}), ({"score_latency_ms": 7.5}, {"deepfm.within_budget": "false"})]
+    assert run.logged == [({"parameter_count": count}, {}),
+                          ({"score_latency_ms": 7.5}, {"deepfm.within_budget": "false"})]
 
 
 def test_a_pruned_trial_is_judged_by_its_parameter_count_alone(tiny_prepared):
