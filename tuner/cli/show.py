@@ -11,6 +11,7 @@ from rich.text import Text
 from deepfm_tuner.model.config import policy_to_v1_yaml, policy_with_training_yaml
 from deepfm_tuner.tuner.spec.space import TRAINING_PREFIX, Fixed, Layers, layers_label, shown_params, tuned_training
 from deepfm_tuner.tuner.trials.baseline import describe_lift, is_baseline
+from deepfm_tuner.tuner.trials.constraints import budget_lines, over_budget, within_budget
 from deepfm_tuner.tuner.trials.finalists import FinalistsResult, current_result, table_lines
 from deepfm_tuner.tuner.trials.names import ATTR_SKIPPED, ATTR_WARM_START, score_name
 from deepfm_tuner.tuner.trials.record import (
@@ -98,17 +99,24 @@ def print_trained(console: Console, trial, spec) -> None:
     console.print(text.rstrip(), markup=False, highlight=False)
 
 
+def print_lines(console: Console, lines: list[str]) -> None:
+    for line in lines:
+        console.print(line, markup=False, highlight=False)
+
+
 def print_finalists(console: Console, result: FinalistsResult | None) -> None:
     if result is not None:
-        for line in table_lines(result):
-            console.print(line, markup=False, highlight=False)
+        print_lines(console, table_lines(result))
 
 
 def print_tune_result(console: Console, spec, result, tracking_uri: str | None) -> None:
     counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(result.counts.items()))
     console.print(f"study '{spec.name}': {counts}")
     if result.best_trial is None:
-        console.print("no trial completed; see 'deepfm status' for the failures")
+        if over_budget(result.handle.study):  # trials completed, none within the serving budget
+            print_lines(console, budget_lines(result.handle.study, spec.metric))
+        else:
+            console.print("no trial completed; see 'deepfm status' for the failures")
         return
     best = result.best_trial
     policy, training = trained_config(best, spec)
@@ -118,6 +126,7 @@ def print_tune_result(console: Console, spec, result, tracking_uri: str | None) 
         chosen = tuned_training(training, spec.training_space)
         console.print("training: " + ", ".join(f"{k}: {v:g}" if isinstance(v, float) else f"{k}: {v}"
                                                for k, v in chosen.items()), markup=False, highlight=False)
+    print_lines(console, budget_lines(result.handle.study, spec.metric))
     console.print(describe_lift(result.handle.study, spec.metric))
     print_finalists(console, result.finalists)
     if result.promotion is not None:
@@ -200,8 +209,8 @@ def _one_line_per_row(headers: tuple[str, ...], rows: list[tuple[str, ...]], wid
 
 def print_status(console: Console, study, spec) -> None:
     """Trials table, one line per trial (number, state, score at the best epoch, best epoch, time, then one narrow
-    column per tuned hyperparameter; the fixed ones stated once above it), the best trial, the lift over the V1
-    baseline and the finalists."""
+    column per tuned hyperparameter; the fixed ones stated once above it), the best trial, the serving budget (a
+    complete trial over it reads "over budget"), the lift over the V1 baseline and the finalists."""
     score = score_name(spec.metric)
     tuned = {**{name: s for name, s in spec.space.items() if not isinstance(s, Fixed)}, **spec.training_space}
     fixed = {name: s.value for name, s in spec.space.items() if isinstance(s, Fixed)}
@@ -219,6 +228,8 @@ def print_status(console: Console, study, spec) -> None:
         state = "skipped" if t.user_attrs.get(ATTR_SKIPPED) else t.state.name.lower()
         if pruned_where(t) is not None:
             state = pruned_where(t)
+        elif t.state.name == "COMPLETE" and not within_budget(t):  # study.constraints: never champion
+            state = "over budget"
         origin = "(V1 baseline)" if is_baseline(t) else (
             f"(from {t.user_attrs[ATTR_WARM_START]})" if t.user_attrs.get(ATTR_WARM_START) else "")
         if origin:
@@ -234,6 +245,7 @@ def print_status(console: Console, study, spec) -> None:
     counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(trial_counts(study).items()))
     best = best_trial(study)
     console.print(f"{counts or 'no trials'}" + (f"; best trial {best.number}: {score} {best.value:.4f}" if best else ""))
+    print_lines(console, budget_lines(study, spec.metric))
     if best is not None:
         print_trained(console, best, spec)
     if study.trials:

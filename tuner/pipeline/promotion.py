@@ -7,7 +7,9 @@ The gate (`promotion: {require, alpha}` in the study file) is DeLong's paired AU
 champion on the same test rows; the study's V1 baseline trial, when its checkpoint exists, is compared the same
 way to say whether tuning helped at all. The baseline guard: a tuned candidate that is significantly worse than
 the V1 baseline on the test rows (DeLong, the gate's alpha) is not registered; the baseline trial is the candidate
-instead (tags `chosen_by=baseline_guard`, `guard.*`), so a study never promotes a model worse than the default.
+instead (tags `chosen_by=baseline_guard`, `guard.*`), so a study never promotes a model worse than the default,
+unless the default is over the study's serving budget (study.constraints): then the candidate stays, and the
+message says so. The candidate itself is always within the budget (record.best_trial, the finalists' candidates).
 `--force` skips the guard with the gate."""
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from deepfm_tuner.tuner.pipeline.handle import StudyHandle
 from deepfm_tuner.tuner.registry.gate import delong_test
 from deepfm_tuner.tuner.registry.promotion import promote_policy
 from deepfm_tuner.tuner.trials.baseline import baseline_trial
+from deepfm_tuner.tuner.trials.constraints import over_budget, within_budget
 from deepfm_tuner.tuner.trials.finalists import current_result
 from deepfm_tuner.tuner.trials.names import ATTR_CHECKPOINT, ATTR_RUN_ID, score_name
 from deepfm_tuner.tuner.trials.record import best_trial, human_epoch
@@ -40,6 +43,10 @@ def promote_study(handle: StudyHandle, *, test_frame: pd.DataFrame, force: bool 
     `test_dataset` names in MLflow (tuner.stores.datasets.part_dataset: the encoded dataset's test part)."""
     study, spec = handle.study, handle.spec
     best = best_trial(study)
+    if best is None and over_budget(study):
+        raise UserInputError(f"no complete trial of study '{spec.name}' is within its serving budget "
+                             f"(study.constraints); 'deepfm status' shows each trial's cost: tune smaller models in "
+                             f"a new study")
     if best is None:
         raise UserInputError(f"study '{spec.name}' has no completed trial to promote; run 'deepfm tune' first")
     run_id, value, finalist_tags = best.user_attrs.get(ATTR_RUN_ID), best.value, {}
@@ -72,6 +79,11 @@ def promote_study(handle: StudyHandle, *, test_frame: pd.DataFrame, force: bool 
         guard = None
         if baseline_dir is not None and baseline_dir != policy_dir and not force:
             guard = _baseline_guard(policy_dir, baseline_dir, test_frame, spec.promotion.alpha)
+        if guard is not None and not within_budget(base):  # the default is no fallback when it is over budget
+            note = (f"baseline guard: the tuned candidate (trial {best.number}) is significantly worse than the V1 "
+                    f"baseline on the test rows ({guard.describe()}), but the baseline is over the serving budget "
+                    f"(study.constraints); registered the tuned candidate")
+            guard = None
         if guard is not None:  # the tuned candidate is significantly worse than the default: promote the default
             tags = _version_tags(spec, base.number, base.value, baseline_dir, {
                 "chosen_by": "baseline_guard", "guard.tuned_trial": str(best.number),

@@ -15,7 +15,7 @@ import optuna
 from deepfm_tuner.model.data.tensors import PreparedData
 from deepfm_tuner.model.train import EpochMetrics
 from deepfm_tuner.tuner.pipeline.handle import StudyHandle, init_study
-from deepfm_tuner.tuner.pipeline.loop import run_trials
+from deepfm_tuner.tuner.pipeline.loop import latency_probe, run_trials
 from deepfm_tuner.tuner.pipeline.promotion import promote_study
 from deepfm_tuner.tuner.pipeline.summary import summarise
 from deepfm_tuner.tuner.pipeline.workers import (
@@ -73,6 +73,7 @@ def tune(
     stores = resolve_stores(storage, tracking_uri, spec)
     check_stores(stores)  # a wrong URI fails in seconds, not after the data step
     data = data or load_data(spec, log)  # bad data fails here, before any study or run exists
+    latency = latency_probe(spec, data)  # with a latency budget: its rows, read before any study or run exists
     handle = init_study(spec, stores)
     if on_ready is not None:
         on_ready(handle, data)
@@ -85,7 +86,7 @@ def tune(
                 _trials_in_workers(handle, data, workers, threads or threads_per_worker(workers), log)
             else:
                 control = spec.training.replace(threads=threads) if threads else spec.training
-                run_trials(handle, data, control, on_epoch=on_epoch, on_trial=on_trial)
+                run_trials(handle, data, control, on_epoch=on_epoch, on_trial=on_trial, latency=latency)
             if summary:  # before the summary, so the parent run is still open; a Ctrl-C here ends it KILLED too
                 finalists = run_finalists(handle, data, threads=finalist_threads, log=log)
     except KeyboardInterrupt:
