@@ -16,6 +16,9 @@ work, and how fast does training run there?
    second trial's data goes (the budget counts the allocator's cached blocks as this process's).
 7. Two workers on two devices (where there are two): `deepfm tune --workers 2` hands each its own GPU; each
    trains and reports the device it saw.
+8. The optimizer: the same lazy Adam steps on the CPU and on the device (weights compared after each of 20
+   steps on Criteo-shaped batches), the device's embedding step run under `torch.cuda.set_sync_debug_mode
+   ("error")`, so any host sync in it fails the check.
 
 Data: encoded rows of the Criteo shape drawn directly (26 categorical fields with the synthetic generator's
 Zipf frequencies and cardinalities, 13 numeric fields with 20% missing, labels from a logistic model; a
@@ -55,6 +58,7 @@ from deepfm_tuner.model.data.schema import CRITEO_CATEGORICAL, CRITEO_NUMERIC, F
 from deepfm_tuner.model.data.synth import SynthSpec, _cardinalities, _zipf_ids  # noqa: E402
 from deepfm_tuner.model.data.tensors import EncodedRows, PreparedData, device_memory_budget  # noqa: E402
 from deepfm_tuner.model.deepfm import TRAINING_COPIES, DeepFM, estimate_parameters, fm_interaction  # noqa: E402
+from deepfm_tuner.model.optim import make_optimizers  # noqa: E402
 from deepfm_tuner.model.train import evaluate, train  # noqa: E402
 
 BATCHES = (4096, 16384, 65536)
@@ -207,6 +211,42 @@ def training_path(device: str) -> dict:
     }
 
 
+def optimizer_steps(encoder: ShapeOnlyEncoder, data: EncodedRows, device: str, steps: int = 20) -> dict:
+    """The same lazy-Adam update on both devices, step by step; the device's embedding step syncs nothing. On a
+    CPU the device's optimizers are forced to the GPU's (sync-free) branch."""
+    policy = PolicyConfig(dropout=0.0)  # no random masks: both models see the same forward
+    cpu_model, dev_model = model_pair(encoder, device, policy)
+    control = TrainConfig(weight_decay=1e-5)
+    cpu_opt = make_optimizers(cpu_model, policy, control, "cpu")
+    dev_opt = make_optimizers(dev_model, policy, control, "cuda")
+    start = {n: p.detach().clone() for n, p in cpu_model.named_parameters()}
+    worst = 0.0
+    for step in range(steps):
+        batch = rows(data, step * 4096, (step + 1) * 4096).tensors()
+        for model, optimizers, where in ((cpu_model, cpu_opt, "cpu"), (dev_model, dev_opt, device)):
+            for optimizer in optimizers:
+                optimizer.zero_grad(set_to_none=True)
+            embeddings, first = model.field_embeddings(batch.categorical.to(where), batch.multivalued.to(where),
+                                                       batch.numeric.to(where))
+            torch.nn.functional.binary_cross_entropy_with_logits(
+                model.logits_from(embeddings, first), batch.labels.to(where)).backward()
+            optimizers[0].step()
+            if where == "cuda":
+                torch.cuda.set_sync_debug_mode("error")  # a host sync inside the step raises
+            try:
+                optimizers[1].step()
+            finally:
+                if where == "cuda":
+                    torch.cuda.set_sync_debug_mode("default")
+        dev_params = dict(dev_model.named_parameters())
+        worst = max(worst, max(float((p - dev_params[n].detach().cpu()).abs().max())
+                               for n, p in cpu_model.named_parameters()))
+    moved = max(float((p.detach() - start[n]).abs().max()) for n, p in cpu_model.named_parameters())
+    # float atomics sum a GPU's gradients in another order: the weights may differ by rounding, not by a rule
+    return {"steps": steps, "max_weight_diff": worst, "max_weight_moved": moved, "same_update_ok": worst <= 0.05 * moved,
+            "sync_checked": device == "cuda"}
+
+
 def mapped_copy(data: EncodedRows, device: str) -> dict:
     """The encoded split as the on-disk dataset maps it (read-only .npy maps) made tensors and copied to the
     device, as `train` does with a mapped dataset: the same rows arrive."""
@@ -349,7 +389,7 @@ def checked(results: dict, name: str, run) -> None:
 
 def failed(results: dict) -> list[str]:
     bad = [k for k in ("fp32_ok", "bf16_ok", "grads_ok") if not results["agreement"].get(k)]
-    for name in ("training_path", "mapped_copy", "pinned_host", "two_workers"):
+    for name in ("training_path", "optimizer", "mapped_copy", "pinned_host", "two_workers"):
         entry = results[name]
         if "error" in entry or ("skipped" not in entry and not all(v for k, v in entry.items() if k.endswith("ok"))):
             bad.append(name)
@@ -379,6 +419,7 @@ def main() -> None:
     results["data_seconds"] = time.perf_counter() - started
     checked(results, "agreement", lambda: agreement(encoder, data, args.device))
     checked(results, "training_path", lambda: training_path(args.device))
+    checked(results, "optimizer", lambda: optimizer_steps(encoder, data, args.device))
     checked(results, "mapped_copy", lambda: mapped_copy(data, args.device))
     checked(results, "throughput", lambda: throughput(encoder, data, args.device, batches))
     checked(results, "pinned_host", lambda: pinned_host(encoder, data, args.device, batches[len(batches) // 2]))

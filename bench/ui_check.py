@@ -6,11 +6,14 @@ Runs a tiny study (with a pruned trial) and its promotion in a temp directory, s
 opens the pages in headless Chromium (playwright), saves a screenshot and the page text of each under --out, and
 asserts what they show (issue #11):
 
-    runs.png        the experiment's runs table: the score column is `score_val_auc`
+    runs.png        the experiment's runs table: the score column is `score_val_auc`; a trial's Dataset column
+                    shows the data it trained on (issue #18.11)
     trial.png       a complete trial: score_val_auc, best_epoch, epoch_* curves; no bare val_auc
     pruned.png      a pruned trial: its score_val_auc (best epoch so far) and pruned_at_epoch
+    dataset.png     a trial's training dataset, opened from its Dataset cell: its source file, rows and schema
     columns.png     the runs table's column chooser: the metrics offered (score_val_auc, epoch_*, no bare val_auc)
-    model.png       the champion's logged model: its registered version (not "Not registered"), the score
+    model.png       the champion's logged model: its registered version (not "Not registered"), the score, and
+                    "Datasets used": the test dataset it was scored on (issue #18.11)
     version.png     the registered version's page
 
 Needs playwright (`pip install playwright`) and a Chromium: playwright's own (`python -m playwright install
@@ -21,6 +24,7 @@ script, not part of the pytest suite.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import signal
@@ -105,6 +109,8 @@ def main() -> int:
         pruned = next(t for t in trials if t.state.name == "PRUNED")
         version = client.get_model_version_by_alias(result.promotion.name, "champion")
         model_id = version.source.removeprefix("models:/")
+        data = {next(t.value for t in i.tags if t.key == "mlflow.data.context"): i.dataset
+                for i in client.get_run(complete.user_attrs["mlflow_run_id"]).inputs.dataset_inputs}
         deepfm = Path(sys.executable).with_name("deepfm")
         server = subprocess.Popen([str(deepfm), "ui", str(study_path), "--port", str(args.port)], cwd=folder,
                                   stdout=subprocess.DEVNULL, stderr=open(out / "ui.log", "w"), start_new_session=True)
@@ -153,6 +159,14 @@ def main() -> int:
                 page.screenshot(path=str(out / f"{name}.png"), full_page=True)
                 texts[name] = page.inner_text("body")
                 (out / f"{name}.txt").write_text(texts[name])
+                if name == "runs":  # a trial's dataset, opened from its Dataset cell: source files, rows, schema
+                    page.get_by_text(data["training"].name).first.click()
+                    time.sleep(2)
+                    page.screenshot(path=str(out / "dataset.png"))
+                    texts["dataset"] = page.inner_text("body")
+                    (out / "dataset.txt").write_text(texts["dataset"])
+                    page.keyboard.press("Escape")
+                    time.sleep(1)
             browser.close()
         metrics_list = texts["columns"][texts["columns"].find("Metrics ("):texts["columns"].find("Parameters (")]
         checks = {
@@ -166,6 +180,12 @@ def main() -> int:
             "model page lists the registered version": f"{result.promotion.name}\nv{version.version}" in texts["model"]
                 and "Not registered" not in texts["model"],
             "model page shows the score": "score_val_auc" in texts["model"],
+            "runs table shows a trial's training dataset": "Dataset" in texts["runs"]
+                and data["training"].name in texts["runs"],
+            "a trial's dataset shows its source file, rows and schema": all(k in texts["dataset"] for k in (
+                "train.tsv", f"rows: {json.loads(data['training'].profile)['rows']}", "C26")),
+            "model page's Datasets used names the test dataset": "Datasets used" in texts["model"]
+                and data["test"].name in texts["model"][texts["model"].find("Datasets used"):],
             "version page links its source model": "scoring_policy" in texts["version"]
                 or model_id in texts["version"],
         }

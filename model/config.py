@@ -13,7 +13,7 @@ from typing import Annotated, Any, ClassVar, Mapping, Optional
 
 import yaml
 from annotated_types import Gt, MinLen
-from pydantic import AfterValidator, Strict
+from pydantic import AfterValidator, Strict, model_validator
 
 from deepfm_tuner.model.errors import ConfigError
 from deepfm_tuner.model.validation import Block, Float, Int, Must, OneOf, declared, must, parse, refuse
@@ -87,6 +87,8 @@ class TrainConfig:
     batch_size: Int(1) = 4096
     max_epochs: Int(1) = 10
     patience: Int(0) = 2  # stop after this many epochs without a better validation AUC (best epoch restored); 0 = never
+    patience_steps: Optional[Int(1)] = None  # with eval_every: stop after this many evaluations on the validation
+    #   sample without a better score, keeping the best one's weights (scored on the full split)
     weight_decay: Float("must be >= 0", ge=0) = 0.0  # L2 on the dense (MLP) weights, through Adam
     embedding_l2: Float("must be >= 0", ge=0) = 0.0  # L2 on the embedding rows used in each batch
     seed: Int(0) = 42
@@ -99,6 +101,13 @@ class TrainConfig:
     #   epoch, the epoch's end included) on a fixed validation sample; a tuner reports and prunes there. None (or 1)
     #   = per epoch
     eval_sample_rows: Int(1) = 65536  # rows of that fixed sample (drawn once with `seed`); the whole split if smaller
+
+    @model_validator(mode="after")
+    def _steps_need_points(self) -> "TrainConfig":
+        if self.patience_steps is not None and self.eval_every is None:
+            raise refuse("patience_steps counts evaluations every eval_every of an epoch; set eval_every "
+                         "(e.g. 0.25) too, or use patience (epochs)")
+        return self
 
     @property
     def evals_per_epoch(self) -> int:

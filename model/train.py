@@ -29,7 +29,7 @@ from deepfm_tuner.model.data.tensors import (
 from deepfm_tuner.model.deepfm import TRAINING_COPIES, DeepFM, check_model_size, estimate_parameters
 from deepfm_tuner.model.errors import ConfigError, TrainingDiverged
 from deepfm_tuner.model.metrics import classification_metrics
-from deepfm_tuner.model.optim import make_optimizers
+from deepfm_tuner.model.optim import OPTIMIZER, make_optimizers
 
 SELECT_METRICS = {"val_auc": 1, "val_logloss": -1}  # metric -> sign that makes higher better
 NAN_CHECK_EVERY = 50  # steps between finite-loss checks (each one syncs a GPU)
@@ -114,10 +114,30 @@ class TrainResult:
     stop_reason: str = ""
     train_seconds: float = 0.0
     samples: int = 0  # training rows processed, all epochs (a stopped epoch's rows up to the stop included)
+    kept: EpochMetrics | None = None  # with patience_steps: the kept evaluation point, scored on the full split
 
     @property
     def best(self) -> EpochMetrics:
-        return self.history[self.best_epoch]
+        return self.kept or self.history[self.best_epoch]
+
+
+class StepPatience:
+    """`training.patience_steps`: stop after that many evaluations on the validation sample without a better
+    score, keeping the weights of the best one (copied when it happens), so a curve that turns down mid-epoch
+    stops there and its peak is what the run keeps, not the epoch's end."""
+
+    def __init__(self, sign: int, metric: str, patience: int):
+        self.sign, self.metric, self.patience = sign, metric, patience
+        self.best_score, self.best, self.state, self.stale = -math.inf, None, None, 0
+
+    def exhausted(self, point: StepMetrics, model: nn.Module) -> bool:
+        score = self.sign * getattr(point, self.metric)
+        if score > self.best_score:
+            self.best_score, self.best, self.stale = score, point, 0
+            self.state = copy.deepcopy(model.state_dict())
+        else:
+            self.stale += 1
+        return self.stale >= self.patience
 
 
 def resolve_device(device: str) -> str:
@@ -126,6 +146,12 @@ def resolve_device(device: str) -> str:
     if device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("training.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
     return device
+
+
+def training_setup(control: TrainConfig) -> dict[str, str]:
+    """Where and how a run trains, recorded on every run: the resolved device and the optimizer (one update rule
+    on every device, so trials of one study are comparable wherever they ran)."""
+    return {"device": resolve_device(control.device), "optimizer": OPTIMIZER}
 
 
 def device_placement(parameters: int, policy: PolicyConfig, train_bytes: int, val_bytes: int, budget: int,
@@ -253,7 +279,9 @@ def train(
     best_score, best_state, stale = -math.inf, None, 0
     n = len(prepared.train)
     # -- the sub-epoch evaluation points and the fixed validation sample (drawn once) ------------------------
-    points = eval_rows(n, control) if on_eval is not None and control.eval_every is not None else []
+    evaluated = on_eval is not None or control.patience_steps is not None
+    points = eval_rows(n, control) if evaluated and control.eval_every is not None else []
+    steps = StepPatience(sign, select, control.patience_steps) if points and control.patience_steps else None
     if points:
         sample = validation_sample(prepared.val, control.eval_sample_rows, control.seed)
         sample = val_data if sample is prepared.val else sample.to(device) if device != "cpu" else sample
@@ -268,9 +296,10 @@ def train(
         val_auc, val_logloss = evaluate(model, sample, control.eval_batch_size)  # no_grad, model.eval(): no RNG
         model.train()
         for step in range(epoch * len(points) + first, epoch * len(points) + last):
-            if on_eval(StepMetrics(step, epoch, samples / n, samples, train_loss, val_auc, val_logloss)):
+            point = StepMetrics(step, epoch, samples / n, samples, train_loss, val_auc, val_logloss)
+            if on_eval is not None and on_eval(point):
                 return step
-        return None
+        return step if steps is not None and steps.exhausted(point, model) else None
 
     for epoch in range(control.max_epochs):
         # -- one pass over shuffled rows ------------------------------------------------------------
@@ -336,6 +365,10 @@ def train(
         stop_epoch = on_epoch is not None and on_epoch(metrics)
         if points and stop_at is None:
             stop_at = evaluate_points(epoch, rows, result.samples, loss_sum, done, len(points))
+        if stop_at is not None and steps is not None and steps.stale >= steps.patience:
+            result.stop_reason = (f"early stop: no better {select} on the validation sample for {steps.stale} "
+                                  f"evaluations (best at {steps.best.epochs:.2f} epochs)")
+            break
         if stop_at is not None:
             result.stop_reason = (f"stopped by callback at step {stop_at} "
                                   f"({result.samples / n:.2f} epochs)")
@@ -349,7 +382,14 @@ def train(
     else:
         result.stop_reason = f"reached max_epochs={control.max_epochs}"
 
-    model.load_state_dict(best_state)
+    if steps is not None and steps.state is not None:  # the best evaluation point, scored on the full split
+        model.load_state_dict(steps.state)
+        kept, epoch_of = steps.best, result.history[steps.best.epoch]
+        result.best_epoch = kept.epoch
+        result.kept = EpochMetrics(kept.epoch, kept.train_loss, *evaluate(model, val_data, control.eval_batch_size),
+                                   epoch_of.seconds, epoch_of.samples_per_second, kept.samples)
+    else:
+        model.load_state_dict(best_state)
     model.embedding.sparse = model.first_order.sparse = False  # a plain module again for whoever uses it next
     model.eval()
     return result

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 import yaml
 from click.testing import CliRunner
@@ -89,3 +90,19 @@ def killed_at_exit(processes):
             if process.is_alive():
                 process.kill()
                 process.join(timeout=10)
+
+
+def truncate(path: Path) -> None:
+    """Damage a file as an interrupted copy would: its second half is gone."""
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def stored_policy_dir(client, name: str, version) -> Path:
+    """A registered version's policy folder inside a local artifact store (plain files), to damage it."""
+    mv = client.get_model_version(name, str(version))
+    model_id = mv.model_id or mv.source.removeprefix("models:/")
+    location = client.get_logged_model(model_id).artifact_location
+    found = [p.parent for p in Path(unquote(urlparse(location).path)).rglob("weights.pt")]
+    assert len(found) == 1, found
+    return found[0]

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from deepfm_tuner.model.data.encoder import EncodedFeatures, FeatureEncoder
 from deepfm_tuner.model.data.frames import Split, check_labels
@@ -125,12 +126,17 @@ class PreparedData:
         return (f"{train:,} train / {val:,} val / {test:,} test rows, "
                 f"{len(self.encoder.schema.features)} fields, fingerprint {self.fingerprint}{where}")
 
-    def test_frame(self) -> pd.DataFrame:
-        """The raw rows of the test split (promotion scores them through the served model), read alone."""
+    def test_frame(self, rows: int | None = None) -> pd.DataFrame:
+        """The raw rows of the test split (promotion scores them through the served model), read alone; with
+        `rows`, only the first ones (a latency batch reads 1,000 rows, not the split)."""
         path = None if self.folder is None else self.folder / "test_rows.parquet"
         if path is None or not path.is_file():
             raise DataError("this dataset has no test rows; set data.test_fraction > 0 or give data.test")
-        return pd.read_parquet(path)
+        if rows is None:
+            return pd.read_parquet(path)
+        file = pq.ParquetFile(path)
+        first = next(file.iter_batches(batch_size=rows), None)
+        return (file.schema_arrow.empty_table() if first is None else first).to_pandas()
 
 
 # -- where tensors fit: the host memory and the device memory this process can still use -----------------------

@@ -148,3 +148,13 @@ def test_absurd_hidden_width_is_a_config_error():
 
 def test_user_errors_are_user_input_errors():
     assert issubclass(ConfigError, UserInputError)
+
+
+def test_patience_steps_needs_eval_every_and_counts_from_one():
+    assert TrainConfig(eval_every=0.25, patience_steps=3).patience_steps == 3
+    with pytest.raises(ConfigError) as info:
+        TrainConfig(patience_steps=2)
+    assert str(info.value) == ("training: patience_steps counts evaluations every eval_every of an epoch; set "
+                               "eval_every (e.g. 0.25) too, or use patience (epochs)")
+    with pytest.raises(ConfigError, match="training.patience_steps must be an integer >= 1"):
+        TrainConfig(eval_every=0.25, patience_steps=0)

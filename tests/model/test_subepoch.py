@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from deepfm_tuner.model.config import PolicyConfig
-from deepfm_tuner.model.train import eval_rows, train, validation_sample
+from deepfm_tuner.model.train import eval_rows, evaluate, train, validation_sample
 
 from conftest import TINY_POLICY, TINY_TRAINING
 
@@ -84,3 +84,33 @@ def test_without_eval_every_on_eval_is_never_called(tiny_prepared):
     calls = []
     train(tiny_prepared, TINY_POLICY, TINY_TRAINING.replace(max_epochs=1), on_eval=calls.append)
     assert calls == []
+
+
+def test_step_patience_stops_where_the_sample_curve_turns_down_and_keeps_its_peak(tiny_prepared):
+    """patience_steps: 2 stops two evaluations after the best one on the validation sample, mid-epoch if that is
+    where it falls, and keeps the best point's weights (not the epoch's end), scored on the full split."""
+    policy = PolicyConfig(embedding_dim=8, deep_hidden_units=(64,), dropout=0.0, learning_rate=0.05)  # overfits fast
+    control = QUARTERS.replace(max_epochs=8, patience_steps=2)
+    points = []
+    result = train(tiny_prepared, policy, control, on_eval=points.append)
+    peak = max(range(len(points)), key=lambda k: (points[k].val_auc, -k))  # the first of equal bests
+    assert len(points) == peak + 3 and len(points) < 8 * 4  # stopped two evaluations after the peak
+    assert result.stop_reason.startswith("early stop: no better val_auc on the validation sample for 2 evaluations")
+    assert result.samples == points[-1].samples  # no row trained after the stop
+    assert result.best.samples == points[peak].samples and result.best_epoch == points[peak].epoch
+    val_auc, val_logloss = evaluate(result.model, tiny_prepared.val)  # the peak's weights, on the full split
+    assert (result.best.val_auc, result.best.val_logloss) == pytest.approx((val_auc, val_logloss), abs=1e-9)
+
+
+def test_step_patience_needs_no_hook_and_changes_nothing_before_it_stops(tiny_prepared):
+    """`deepfm train` passes no on_eval: patience_steps evaluates on its own and stops where a hooked run stops.
+    Until it stops, training is the run without it (the same points)."""
+    policy = PolicyConfig(embedding_dim=8, deep_hidden_units=(64,), dropout=0.0, learning_rate=0.05)
+    plain, hooked = [], []
+    train(tiny_prepared, policy, QUARTERS.replace(max_epochs=8), on_eval=plain.append)
+    with_hook = train(tiny_prepared, policy, QUARTERS.replace(max_epochs=8, patience_steps=2), on_eval=hooked.append)
+    alone = train(tiny_prepared, policy, QUARTERS.replace(max_epochs=8, patience_steps=2))
+    assert hooked == plain[:len(hooked)] and len(hooked) < len(plain)
+    assert (alone.samples, alone.best.samples, alone.stop_reason) == (
+        with_hook.samples, with_hook.best.samples, with_hook.stop_reason)
+    assert alone.best.val_auc == pytest.approx(with_hook.best.val_auc, abs=1e-12)

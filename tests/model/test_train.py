@@ -83,24 +83,6 @@ def test_model_package_never_imports_optuna_or_mlflow():
     assert out.stdout.strip() == "[]"
 
 
-def test_row_sparse_adam_matches_torch_sparse_adam():
-    """The fast embedding optimizer makes the same lazy-Adam update as torch.optim.SparseAdam."""
-    from deepfm_tuner.model.optim import RowSparseAdam
-
-    torch.manual_seed(0)
-    ours, reference = torch.nn.Embedding(50, 4, sparse=True), torch.nn.Embedding(50, 4, sparse=True)
-    reference.load_state_dict(ours.state_dict())
-    fast = RowSparseAdam([ours.weight], lr=0.01)
-    slow = torch.optim.SparseAdam(list(reference.parameters()), lr=0.01)
-    for step in range(5):
-        index = torch.randint(0, 50, (32, 3))  # repeated rows within a batch are summed
-        for module, optimizer in ((ours, fast), (reference, slow)):
-            optimizer.zero_grad()
-            module(index).pow(2).sum().backward()
-            optimizer.step()
-    assert torch.allclose(ours.weight, reference.weight, atol=1e-6)
-
-
 def test_the_kept_epoch_follows_the_selected_metric(tiny_prepared):
     """A study that minimises val_logloss keeps (and reports) the lowest-logloss epoch, not the best-AUC one."""
     policy = PolicyConfig(embedding_dim=8, deep_hidden_units=(64,), dropout=0.0, learning_rate=0.05)

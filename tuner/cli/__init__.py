@@ -39,7 +39,8 @@ def main() -> None:
 
 main.add_command(data.data)
 for command in (train.train, train.evaluate, study.tune, study.init, study.status, study.report, study.promote,
-                servers.ui, servers.dashboard, registry.pull, registry.score):
+                servers.ui, servers.dashboard, registry.pull, registry.score, registry.history, registry.rollback,
+                registry.diff):
     main.add_command(command)
 
 

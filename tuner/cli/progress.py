@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from deepfm_tuner.tuner.spec.space import shown_params
+from deepfm_tuner.tuner.trials.constraints import within_budget
 from deepfm_tuner.tuner.trials.record import human_epoch, pruned_where, trial_score
 
 if TYPE_CHECKING:  # the training loop (torch) is imported by the commands that train
@@ -69,8 +70,9 @@ class TrialProgress:
 
     def on_trial(self, study, trial) -> None:
         state = trial.state.name
-        if state == "COMPLETE" and (self.best is None or (trial.value > self.best[1] if self.direction == "maximize"
-                                                          else trial.value < self.best[1])):
+        fits = within_budget(trial)  # study.constraints: a trial over budget is never the best
+        if state == "COMPLETE" and fits and (self.best is None or (
+                trial.value > self.best[1] if self.direction == "maximize" else trial.value < self.best[1])):
             self.best = (trial.number, trial.value)
         score = trial_score(trial, self.direction)
         value = f"score_{self.metric} {score:.4f}" if score is not None else ""
@@ -78,7 +80,8 @@ class TrialProgress:
             value = f"{value}, {pruned_where(trial)}" if value else pruned_where(trial)
         seconds = trial.duration.total_seconds() if trial.duration else 0.0
         params = ", ".join(f"{k}={_short(v)}" for k, v in shown_params(trial.params).items())
-        self.console.print(f"trial {trial.number:>3} {state.lower():<8} {value:<28} {seconds:6.1f}s  {params}  "
+        shown = "over budget" if state == "COMPLETE" and not fits else state.lower()
+        self.console.print(f"trial {trial.number:>3} {shown:<8} {value:<28} {seconds:6.1f}s  {params}  "
                            f"| {self._best_text()}")
         if state in ("COMPLETE", "PRUNED"):
             self.progress.advance(self.task)

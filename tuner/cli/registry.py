@@ -1,8 +1,10 @@
-"""`deepfm pull` and `deepfm score`: thin click commands over the registry (resolve, pull, load a version) and
-serving (score a file); MLflow, torch and rich are imported inside the commands, for the CLI's start-up time."""
+"""`deepfm pull`, `score`, `history`, `rollback` and `diff`: thin click commands over the registry (resolve, pull,
+load a version, its alias history, a rollback, two versions compared) and serving (score a file); MLflow, torch
+and rich are imported inside the commands, for the CLI's start-up time."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
@@ -91,3 +93,62 @@ def score(reference, input_path, fmt, output_path, batch_size, tracking_uri) -> 
                             progress=lambda done, total: bar.update(task, completed=done, total=total))
     console.print(f"scored {result.rows:,} rows with {mv.name} v{mv.version} in {result.seconds:.1f}s "
                   f"({result.rows_per_second:,.0f} rows/s) -> {result.output}")
+
+
+@click.command()
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print the events as JSON (newest first).")
+@tracking_uri_option
+def history(name, as_json, tracking_uri) -> None:
+    """Every move of a registered model's aliases, newest first: when, which version to which, their test AUCs,
+    the study and the reason (first champion, replaced, kept as challenger, baseline guard, forced, rollback).
+
+    Example: deepfm history ctr
+    """
+    from deepfm_tuner.tuner.cli.console import out as console
+    from deepfm_tuner.tuner.cli.show import print_history
+    from deepfm_tuner.tuner.registry.history import read_history
+    from deepfm_tuner.tuner.registry.refs import require_registered_model
+
+    client = registry_client(tracking_uri)
+    require_registered_model(client, name)
+    events = read_history(client, name)
+    if as_json:
+        click.echo(json.dumps([event.to_dict() for event in events], indent=2))
+    else:
+        print_history(console, name, events)
+
+
+@click.command()
+@click.argument("name")
+@click.option("--to", "to_version", type=click.IntRange(min=1), default=None, metavar="VERSION",
+              help="The version to make champion (default: the champion before the current one, from the history).")
+@tracking_uri_option
+def rollback(name, to_version, tracking_uri) -> None:
+    """Move alias 'champion' back to the previous champion (or to --to VERSION) and record it in the history.
+    A version whose stored files fail their checksums is refused.
+
+    Example: deepfm rollback ctr
+    """
+    from deepfm_tuner.tuner.cli.console import out as console
+    from deepfm_tuner.tuner.cli.show import print_rollback
+    from deepfm_tuner.tuner.registry.rollback import rollback as roll_back
+
+    print_rollback(console, roll_back(registry_client(tracking_uri), name, to_version))
+
+
+@click.command()
+@click.argument("reference_a", metavar="NAME@A")
+@click.argument("reference_b", metavar="NAME@B")
+@tracking_uri_option
+def diff(reference_a, reference_b, tracking_uri) -> None:
+    """Two registered versions side by side: study, trial, run, data fingerprint, scores, and the V1 config and
+    training keys that differ. A and B are aliases or versions (NAME@champion, NAME@3, NAME/3).
+
+    Example: deepfm diff ctr@champion ctr@challenger
+    """
+    from deepfm_tuner.tuner.cli.console import out as console
+    from deepfm_tuner.tuner.cli.show import print_diff
+    from deepfm_tuner.tuner.registry.diff import diff_versions
+
+    print_diff(console, diff_versions(registry_client(tracking_uri), reference_a, reference_b))

@@ -1,5 +1,6 @@
-"""What the study commands print: the tuning result, the status table, the finalists and a promotion. Kept apart
-from the commands so each reads as: load, call the library, show."""
+"""What the commands print: the tuning result, the status table, the finalists, a promotion, a model's alias
+history, a rollback and two versions compared. Kept apart from the commands so each reads as: load, call the
+library, show."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from rich.text import Text
 from deepfm_tuner.model.config import policy_to_v1_yaml, policy_with_training_yaml
 from deepfm_tuner.tuner.spec.space import TRAINING_PREFIX, Fixed, Layers, layers_label, shown_params, tuned_training
 from deepfm_tuner.tuner.trials.baseline import describe_lift, is_baseline
+from deepfm_tuner.tuner.trials.constraints import budget_lines, over_budget, within_budget
 from deepfm_tuner.tuner.trials.finalists import FinalistsResult, current_result, table_lines
 from deepfm_tuner.tuner.trials.names import ATTR_SKIPPED, ATTR_WARM_START, score_name
 from deepfm_tuner.tuner.trials.record import (
@@ -24,13 +26,72 @@ from deepfm_tuner.tuner.trials.record import (
 
 
 def print_promotion(console: Console, name: str, p) -> None:
-    console.print(f"registered {name} version {p.version} (test AUC {p.test_auc:.4f}) -> alias '{p.alias}'"
-                  f"{': ' + p.reason if p.reason else ''}")
+    what = (f"registered {name} version {p.version}" if p.registered else
+            f"{name} version {p.version} already holds this checkpoint, not registered again")
+    console.print(f"{what} (test AUC {p.test_auc:.4f}) -> alias '{p.alias}'{': ' + p.reason if p.reason else ''}")
     console.print(f"model URI: {p.model_uri}")
     if p.baseline_message:
         console.print(p.baseline_message)
     if p.reference_message:
         console.print(p.reference_message, markup=False, highlight=False)
+
+
+def _auc(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def _aligned(rows: list[tuple[str, ...]]) -> list[str]:
+    """Rows as lines of left-aligned columns two spaces apart (plain text: no cell wraps or is read as markup)."""
+    widths = [max(len(cell) for cell in column) for column in zip(*rows)]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+
+
+def print_history(console: Console, name: str, events) -> None:
+    """One line per alias move, newest first, each followed by its reason and who made it."""
+    if not events:
+        console.print(f"no alias moves recorded for '{name}' yet (promotions and rollbacks record them)", markup=False)
+        return
+    rows = [("when (UTC)", "event", "versions", "test AUC", "study")]
+    for e in events:
+        was = "-" if e.from_version is None else f"v{e.from_version}"
+        aucs = _auc(e.to_test_auc) if e.from_version is None else f"{_auc(e.from_test_auc)} -> {_auc(e.to_test_auc)}"
+        rows.append((e.time[:19].replace("T", " "), e.action, f"{was} -> v{e.to_version}", aucs, e.study))
+    lines = _aligned(rows)
+    console.print(f"alias moves of '{name}', newest first", markup=False)
+    console.print(lines[0], markup=False)
+    for line, e in zip(lines[1:], events):
+        console.print(line, markup=False)
+        console.print(f"    @{e.alias}, by {e.by}: {e.reason}", markup=False)
+
+
+def print_rollback(console: Console, done) -> None:
+    if done.event is None:
+        console.print(f"{done.name}: version {done.to_version} already is the champion; nothing moved", markup=False)
+        return
+    was = "none" if done.from_version is None else f"v{done.from_version}"
+    console.print(f"rolled back {done.name}: champion {was} -> v{done.to_version} (test AUC "
+                  f"{_auc(done.event.from_test_auc)} -> {_auc(done.event.to_test_auc)}); recorded in 'deepfm history "
+                  f"{done.name}'", markup=False)
+
+
+def print_diff(console: Console, diff) -> None:
+    """The two versions' facts and scores side by side (score differences as B - A), then the config keys that
+    differ."""
+    def short(key: str, value: str) -> str:
+        return value[:12] if key == "run" else value
+
+    rows = [("", diff.a.reference, diff.b.reference, "")]
+    rows += [(key, short(key, a), short(key, b), "" if a == b else "differs") for key, a, b in diff.fact_rows()]
+    rows += [(key, a, b, delta) for key, a, b, delta in diff.score_rows()]
+    config = diff.config_rows()
+    for line in _aligned(rows):
+        console.print(line, markup=False)
+    if not config:
+        console.print("V1 config and training: identical", markup=False)
+        return
+    console.print(f"V1 config and training: {len(config)} difference{'s' if len(config) > 1 else ''}", markup=False)
+    for line in _aligned([(f"  {key}", a, b) for key, a, b in config]):
+        console.print(line, markup=False)
 
 
 def print_trained(console: Console, trial, spec) -> None:
@@ -40,17 +101,24 @@ def print_trained(console: Console, trial, spec) -> None:
     console.print(text.rstrip(), markup=False, highlight=False)
 
 
+def print_lines(console: Console, lines: list[str]) -> None:
+    for line in lines:
+        console.print(line, markup=False, highlight=False)
+
+
 def print_finalists(console: Console, result: FinalistsResult | None) -> None:
     if result is not None:
-        for line in table_lines(result):
-            console.print(line, markup=False, highlight=False)
+        print_lines(console, table_lines(result))
 
 
 def print_tune_result(console: Console, spec, result, tracking_uri: str | None) -> None:
     counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(result.counts.items()))
     console.print(f"study '{spec.name}': {counts}")
     if result.best_trial is None:
-        console.print("no trial completed; see 'deepfm status' for the failures")
+        if over_budget(result.handle.study):  # trials completed, none within the serving budget
+            print_lines(console, budget_lines(result.handle.study, spec.metric))
+        else:
+            console.print("no trial completed; see 'deepfm status' for the failures")
         return
     best = result.best_trial
     policy, training = trained_config(best, spec)
@@ -60,6 +128,7 @@ def print_tune_result(console: Console, spec, result, tracking_uri: str | None) 
         chosen = tuned_training(training, spec.training_space)
         console.print("training: " + ", ".join(f"{k}: {v:g}" if isinstance(v, float) else f"{k}: {v}"
                                                for k, v in chosen.items()), markup=False, highlight=False)
+    print_lines(console, budget_lines(result.handle.study, spec.metric))
     console.print(describe_lift(result.handle.study, spec.metric))
     print_finalists(console, result.finalists)
     if result.reference is not None:
@@ -144,8 +213,8 @@ def _one_line_per_row(headers: tuple[str, ...], rows: list[tuple[str, ...]], wid
 
 def print_status(console: Console, study, spec) -> None:
     """Trials table, one line per trial (number, state, score at the best epoch, best epoch, time, then one narrow
-    column per tuned hyperparameter; the fixed ones stated once above it), the best trial, the lift over the V1
-    baseline and the finalists."""
+    column per tuned hyperparameter; the fixed ones stated once above it), the best trial, the serving budget (a
+    complete trial over it reads "over budget"), the lift over the V1 baseline and the finalists."""
     score = score_name(spec.metric)
     tuned = {**{name: s for name, s in spec.space.items() if not isinstance(s, Fixed)}, **spec.training_space}
     fixed = {name: s.value for name, s in spec.space.items() if isinstance(s, Fixed)}
@@ -163,6 +232,8 @@ def print_status(console: Console, study, spec) -> None:
         state = "skipped" if t.user_attrs.get(ATTR_SKIPPED) else t.state.name.lower()
         if pruned_where(t) is not None:
             state = pruned_where(t)
+        elif t.state.name == "COMPLETE" and not within_budget(t):  # study.constraints: never champion
+            state = "over budget"
         origin = "(V1 baseline)" if is_baseline(t) else (
             f"(from {t.user_attrs[ATTR_WARM_START]})" if t.user_attrs.get(ATTR_WARM_START) else "")
         if origin:
@@ -178,6 +249,7 @@ def print_status(console: Console, study, spec) -> None:
     counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(trial_counts(study).items()))
     best = best_trial(study)
     console.print(f"{counts or 'no trials'}" + (f"; best trial {best.number}: {score} {best.value:.4f}" if best else ""))
+    print_lines(console, budget_lines(study, spec.metric))
     if best is not None:
         print_trained(console, best, spec)
     if study.trials:

@@ -156,6 +156,7 @@ def promote(study_path, storage, tracking_uri, name, force) -> None:
     from deepfm_tuner.tuner.pipeline.promotion import promote_study
     from deepfm_tuner.tuner.pipeline.tune import load_data
     from deepfm_tuner.tuner.stores.check import check_stores
+    from deepfm_tuner.tuner.stores.datasets import part_dataset
     from deepfm_tuner.tuner.trials.finalist_runs import run_finalists
     from deepfm_tuner.tuner.trials.reference import check_reference, run_reference
 
@@ -172,4 +173,5 @@ def promote(study_path, storage, tracking_uri, name, force) -> None:
     if reference is not None:
         console.print(reference.line(), markup=False, highlight=False)
     print_promotion(console, name or spec.model_name,
-                    promote_study(handle, test_frame=data.test_frame(), force=force, name=name))
+                    promote_study(handle, test_frame=data.test_frame(), force=force, name=name,
+                                  test_dataset=part_dataset(data, "test")))

@@ -24,6 +24,7 @@ from deepfm_tuner.tuner.stores.optuna_storage import existing_study, open_storag
 from deepfm_tuner.tuner.stores.retry import retry
 from deepfm_tuner.tuner.stores.tracking import StudyTracker, check_database, check_reachable, resolve_tracking_uri
 from deepfm_tuner.tuner.trials.baseline import enqueue_baseline
+from deepfm_tuner.tuner.trials.constraints import check_budget, record_budget
 from deepfm_tuner.tuner.trials.names import ATTR_EXPERIMENT, ATTR_PARENT_RUN, ATTR_TRACKING_URI
 from deepfm_tuner.tuner.trials.runs import close_dead_run
 from deepfm_tuner.tuner.trials.warmstart import enqueue_warm_start, plan_warm_start
@@ -85,6 +86,10 @@ def init_study(spec: StudySpec, stores: Stores | None = None, wait_seconds: floa
         notes += [f"V1 baseline trial: {note}" for note in adjusted]
         if adjusted:
             parent_tags["deepfm.baseline_adjusted"] = "; ".join(adjusted)
+        record_budget(study, spec.constraints)  # fixed from now on: each trial is judged against it
+        if spec.constraints is not None and spec.sampler.type in ("random", "qmc"):
+            notes.append(f"study.constraints: the {spec.sampler.type} sampler does not steer away from trials over "
+                         f"budget; they are only kept from becoming champion (tpe and gp learn the budget)")
         if spec.warm_start is not None:
             if warm is None:  # created between our check and create_study: read the source now
                 warm = plan_warm_start(spec, storage_url, storage)
@@ -107,6 +112,7 @@ def init_study(spec: StudySpec, stores: Stores | None = None, wait_seconds: floa
         study.set_user_attr(ATTR_TRACKING_URI, redact(tracking_uri))
     else:
         parent = _wait_for_parent(study, wait_seconds)
+        check_budget(study, spec.constraints)
     return StudyHandle(spec, study, tracker, parent, storage_url, tracking_uri, notes)
 
 

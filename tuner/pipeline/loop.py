@@ -3,6 +3,7 @@ timeout passes, or too many fail in a row; a dead worker's trial is failed and r
 
 from __future__ import annotations
 
+import functools
 import time
 import traceback
 from typing import Callable
@@ -11,8 +12,11 @@ import optuna
 
 from deepfm_tuner.model.config import TrainConfig
 from deepfm_tuner.model.data.tensors import PreparedData
+from deepfm_tuner.model.errors import DataError
+from deepfm_tuner.model.policy import ScoringPolicy
 from deepfm_tuner.model.train import EpochMetrics
 from deepfm_tuner.tuner.pipeline.handle import StudyHandle
+from deepfm_tuner.tuner.serving.latency import BATCH_ROWS, latency_batch, scoring_latency_ms
 from deepfm_tuner.tuner.stores.optuna_storage import heartbeat_settings
 from deepfm_tuner.tuner.stores.retry import retry
 from deepfm_tuner.tuner.trials.names import ATTR_SKIPPED
@@ -42,16 +46,31 @@ def releasing(objective: Callable[[optuna.Trial], float]) -> Callable[[optuna.Tr
     return run
 
 
+def latency_probe(spec, prepared: PreparedData) -> Callable[[ScoringPolicy], float] | None:
+    """With study.constraints.max_latency_ms: the served path's milliseconds for a trained policy, on a batch of
+    the test split's raw rows read once here (before the study exists, so a dataset without test rows fails first)."""
+    if spec.constraints is None or spec.constraints.max_latency_ms is None:
+        return None
+    try:
+        rows = prepared.test_frame(rows=BATCH_ROWS)
+    except DataError as exc:
+        raise DataError(f"study.constraints.max_latency_ms times scoring on the test split's raw rows: {exc}") from None
+    return functools.partial(scoring_latency_ms, batch=latency_batch(rows))
+
+
 def run_trials(
     handle: StudyHandle,
     prepared: PreparedData,
     control: TrainConfig,
     on_epoch: Callable[[optuna.Trial, EpochMetrics], None] | None = None,
     on_trial: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
+    latency: Callable[[ScoringPolicy], float] | None = None,
 ) -> None:
-    """Run trials until the study's total (over all workers) is reached, the timeout passes, or too many fail."""
+    """Run trials until the study's total (over all workers) is reached, the timeout passes, or too many fail;
+    `latency` (see `latency_probe`) times each complete trial's policy when the study has a latency budget."""
     spec, study = handle.spec, handle.study
-    objective = releasing(make_objective(spec, prepared, handle.tracker, handle.parent_run_id, control, on_epoch))
+    objective = releasing(make_objective(spec, prepared, handle.tracker, handle.parent_run_id, control, on_epoch,
+                                         latency))
     callbacks = []
     if spec.n_trials is not None:  # stop taking trials once the rest are finished or held by other workers
         callbacks.append(optuna.study.MaxTrialsCallback(spec.n_trials, states=(

@@ -7,7 +7,9 @@ The gate (`promotion: {require, alpha}` in the study file) is DeLong's paired AU
 champion on the same test rows; the study's V1 baseline trial, when its checkpoint exists, is compared the same
 way to say whether tuning helped at all. The baseline guard: a tuned candidate that is significantly worse than
 the V1 baseline on the test rows (DeLong, the gate's alpha) is not registered; the baseline trial is the candidate
-instead (tags `chosen_by=baseline_guard`, `guard.*`), so a study never promotes a model worse than the default.
+instead (tags `chosen_by=baseline_guard`, `guard.*`), so a study never promotes a model worse than the default,
+unless the default is over the study's serving budget (study.constraints): then the candidate stays, and the
+message says so. The candidate itself is always within the budget (record.best_trial, the finalists' candidates).
 `--force` skips the guard with the gate.
 
 With `study.reference`, the registered version is compared the same way with the study's tree-model reference
@@ -23,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from mlflow.entities import Dataset
 
 from deepfm_tuner.model.data.frames import check_labels
 from deepfm_tuner.model.errors import UserInputError
@@ -32,6 +35,7 @@ from deepfm_tuner.tuner.registry.gate import AucComparison, delong_test
 from deepfm_tuner.tuner.registry.promotion import PromotionResult, promote_policy
 from deepfm_tuner.tuner.stores.retry import retry
 from deepfm_tuner.tuner.trials.baseline import baseline_trial
+from deepfm_tuner.tuner.trials.constraints import over_budget, within_budget
 from deepfm_tuner.tuner.trials.finalists import current_result
 from deepfm_tuner.tuner.trials.names import ATTR_CHECKPOINT, ATTR_RUN_ID, score_name
 from deepfm_tuner.tuner.trials.record import best_trial, human_epoch
@@ -39,9 +43,16 @@ from deepfm_tuner.tuner.trials.reference import NAMES, recorded, reference_score
 from deepfm_tuner.tuner.trials.runs import download_checkpoint
 
 
-def promote_study(handle: StudyHandle, *, test_frame: pd.DataFrame, force: bool = False, name: str | None = None):
+def promote_study(handle: StudyHandle, *, test_frame: pd.DataFrame, force: bool = False, name: str | None = None,
+                  test_dataset: Dataset | None = None):
+    """Register the study's candidate and move `champion` if it passes the gate on `test_frame`, which
+    `test_dataset` names in MLflow (tuner.stores.datasets.part_dataset: the encoded dataset's test part)."""
     study, spec = handle.study, handle.spec
     best = best_trial(study)
+    if best is None and over_budget(study):
+        raise UserInputError(f"no complete trial of study '{spec.name}' is within its serving budget "
+                             f"(study.constraints); 'deepfm status' shows each trial's cost: tune smaller models in "
+                             f"a new study")
     if best is None:
         raise UserInputError(f"study '{spec.name}' has no completed trial to promote; run 'deepfm tune' first")
     run_id, value, finalist_tags = best.user_attrs.get(ATTR_RUN_ID), best.value, {}
@@ -74,6 +85,11 @@ def promote_study(handle: StudyHandle, *, test_frame: pd.DataFrame, force: bool 
         guard = None
         if baseline_dir is not None and baseline_dir != policy_dir and not force:
             guard = _baseline_guard(policy_dir, baseline_dir, test_frame, spec.promotion.alpha)
+        if guard is not None and not within_budget(base):  # the default is no fallback when it is over budget
+            note = (f"baseline guard: the tuned candidate (trial {best.number}) is significantly worse than the V1 "
+                    f"baseline on the test rows ({guard.describe()}), but the baseline is over the serving budget "
+                    f"(study.constraints); registered the tuned candidate")
+            guard = None
         if guard is not None:  # the tuned candidate is significantly worse than the default: promote the default
             tags = _version_tags(spec, base.number, base.value, baseline_dir, {
                 "chosen_by": "baseline_guard", "guard.tuned_trial": str(best.number),
@@ -87,7 +103,7 @@ def promote_study(handle: StudyHandle, *, test_frame: pd.DataFrame, force: bool 
         result = promote_policy(run_id=run_id, policy_dir=policy_dir, test_frame=test_frame,
                                 registered_name=name or spec.model_name, tags=tags, force=force,
                                 client=handle.tracker.client, require=spec.promotion.require,
-                                alpha=spec.promotion.alpha, baseline_dir=baseline_dir)
+                                alpha=spec.promotion.alpha, baseline_dir=baseline_dir, test_dataset=test_dataset)
         if base is not None and base.number == best.number and result.baseline is not None and not finalist_tags:
             result = dataclasses.replace(result, baseline_message=(
                 f"no significant gain over the V1 baseline: the best trial ({best.number}) is the baseline itself"))

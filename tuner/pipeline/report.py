@@ -1,4 +1,5 @@
-"""The study report: Optuna's plotly figures in one self-contained HTML file (plotly.js embedded once).
+"""The study report: Optuna's plotly figures in one self-contained HTML file (plotly.js embedded once), and for a
+study with a serving budget (study.constraints) the score against each complete trial's serving cost.
 
 Axes name the metric as everywhere else: the trials' score is `score_<metric>` (best epoch), the intermediate
 values are the per-epoch curves `epoch_<metric>`, or with training.eval_every the validation sample's
@@ -13,6 +14,7 @@ from pathlib import Path
 import optuna
 from optuna import visualization as vis
 
+from deepfm_tuner.tuner.trials.constraints import Cost, recorded_budget, within_budget
 from deepfm_tuner.tuner.trials.names import EPOCH_PREFIX, score_name
 
 FIGURES = (  # (title, plot, takes target_name): the per-epoch plot has no target, its y axis is renamed instead
@@ -24,10 +26,41 @@ FIGURES = (  # (title, plot, takes target_name): the per-epoch plot has no targe
 )
 
 
+def plot_cost(study: optuna.Study, target_name: str):
+    """Score against scoring latency (parameter count when the budget has no latency), one point per complete
+    trial: within the serving budget as filled circles, over it as crosses; the budget as a dashed line."""
+    import plotly.graph_objects as go  # plotly comes with Optuna's visualization; only the report draws
+
+    budget = recorded_budget(study) or {}
+    by_latency = "max_latency_ms" in budget
+    points = [(t, Cost.of(t)) for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
+    points = [(t, c) for t, c in points if (c.latency_ms if by_latency else c.parameters) is not None]
+    if not points:
+        raise ValueError("no complete trial has recorded its serving cost")
+    figure = go.Figure()
+    for fits, name, marker in ((True, "within budget", {"symbol": "circle", "size": 9}),
+                               (False, "over budget", {"symbol": "x", "size": 9, "color": "grey"})):
+        chosen = [(t, c) for t, c in points if within_budget(t) == fits]
+        figure.add_trace(go.Scatter(
+            x=[c.latency_ms if by_latency else c.parameters for _, c in chosen], y=[t.value for t, _ in chosen],
+            mode="markers", name=name, marker=marker, hovertemplate="%{text}<br>%{y:.4f}<extra></extra>",
+            text=[f"trial {t.number}: {c.describe(budget)}" for t, c in chosen]))
+    limit, title = budget.get("max_latency_ms" if by_latency else "max_parameters"), ""
+    farthest = max((c.latency_ms if by_latency else c.parameters) for _, c in points)
+    if limit is not None and limit <= 1.5 * farthest:
+        figure.add_vline(x=limit, line_dash="dash", annotation_text="budget")
+    elif limit is not None:  # a line far to the right would squeeze every trial into the left edge
+        title = f"the budget ({f'{limit:g} ms' if by_latency else f'{limit:,} parameters'}) is far right of every trial"
+    figure.update_layout(xaxis_title="score_latency_ms (median of 5, 1,000 rows)" if by_latency else "parameter_count",
+                         yaxis_title=target_name, title=title)
+    return figure
+
+
 def _figures(study: optuna.Study, metric: str, curve: str) -> list[str]:
     """One HTML section per figure the study's trials allow; the others say why they are not available yet."""
     sections, plotly_included = [], False
-    for title, plot, takes_target in FIGURES:
+    budgeted = (("Score vs serving cost (study.constraints)", plot_cost, True),) if recorded_budget(study) else ()
+    for title, plot, takes_target in FIGURES + budgeted:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")

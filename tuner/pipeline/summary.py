@@ -1,5 +1,6 @@
 """The study's summary on its parent run: the best trial's score, params and V1 config, the lift over the V1
-baseline, the report, older checkpoints deleted, and the parent run ended.
+baseline, the serving budget's outcome (study.constraints: trials over it, the best trial's cost, the best overall
+when it is another trial), the report, older checkpoints deleted, and the parent run ended.
 
 How the parent run ends when a disk fails: the summary completes, the run ends FAILED with the reason. A full (or
 read-only) artifact store fails the trials that write checkpoints and the summary's report upload.
@@ -23,6 +24,7 @@ from deepfm_tuner.tuner.spec.space import tuned_training
 from deepfm_tuner.tuner.stores.disks import is_disk_error
 from deepfm_tuner.tuner.stores.retry import retry
 from deepfm_tuner.tuner.trials.baseline import is_baseline, lift_over_baseline
+from deepfm_tuner.tuner.trials.constraints import budget_metrics
 from deepfm_tuner.tuner.trials.names import ATTR_CHECKPOINT, ATTR_RUN_ID, TAG_FAILURE, curve_name, score_name
 from deepfm_tuner.tuner.trials.record import (
     Training,
@@ -41,6 +43,7 @@ def summarise(handle: StudyHandle, status: str = "FINISHED") -> optuna.trial.Fro
     best = best_trial(study)
     counts = trial_counts(study)
     metrics = {f"trials_{state.lower()}": n for state, n in counts.items()}
+    metrics.update(budget_metrics(study, spec.metric))  # with study.constraints: the best trial is within them
     tags: dict[str, str] = {}
     artifacts = SummaryArtifacts(tracker, handle.parent_run_id)  # a full artifact disk: the summary still completes
     with tempfile.TemporaryDirectory(prefix="deepfm-report-") as tmp:

@@ -15,7 +15,7 @@ import optuna
 from deepfm_tuner.model.data.tensors import PreparedData
 from deepfm_tuner.model.train import EpochMetrics
 from deepfm_tuner.tuner.pipeline.handle import StudyHandle, init_study
-from deepfm_tuner.tuner.pipeline.loop import run_trials
+from deepfm_tuner.tuner.pipeline.loop import latency_probe, run_trials
 from deepfm_tuner.tuner.pipeline.promotion import promote_study
 from deepfm_tuner.tuner.pipeline.summary import summarise
 from deepfm_tuner.tuner.pipeline.workers import (
@@ -27,6 +27,7 @@ from deepfm_tuner.tuner.pipeline.workers import (
 )
 from deepfm_tuner.tuner.spec.study import StudySpec
 from deepfm_tuner.tuner.stores.check import check_stores
+from deepfm_tuner.tuner.stores.datasets import part_dataset
 from deepfm_tuner.tuner.stores.locations import redact, resolve_stores
 from deepfm_tuner.tuner.trials import interrupts
 from deepfm_tuner.tuner.trials.finalist_runs import run_finalists
@@ -76,6 +77,7 @@ def tune(
     check_stores(stores)  # a wrong URI fails in seconds, not after the data step
     check_reference(spec)  # a reference LightGBM cannot train as written fails now, not after the trials
     data = data or load_data(spec, log)  # bad data fails here, before any study or run exists
+    latency = latency_probe(spec, data)  # with a latency budget: its rows, read before any study or run exists
     handle = init_study(spec, stores)
     if on_ready is not None:
         on_ready(handle, data)
@@ -88,7 +90,7 @@ def tune(
                 _trials_in_workers(handle, data, workers, threads or threads_per_worker(workers), log)
             else:
                 control = spec.training.replace(threads=threads) if threads else spec.training
-                run_trials(handle, data, control, on_epoch=on_epoch, on_trial=on_trial)
+                run_trials(handle, data, control, on_epoch=on_epoch, on_trial=on_trial, latency=latency)
             if summary:  # before the summary, so the parent run is still open; a Ctrl-C here ends it KILLED too
                 finalists = run_finalists(handle, data, threads=finalist_threads, log=log)
                 reference = run_reference(handle, data, threads=finalist_threads, log=log)
@@ -103,7 +105,7 @@ def tune(
     best = summarise(handle) if summary else best_trial(handle.study)
     result = TuneResult(handle, best, trial_counts(handle.study), finalists=finalists, reference=reference)
     if (spec.promote if promote is None else promote) and best is not None:
-        result.promotion = promote_study(handle, test_frame=data.test_frame())
+        result.promotion = promote_study(handle, test_frame=data.test_frame(), test_dataset=part_dataset(data, "test"))
     return result
 
 

@@ -3,7 +3,7 @@
     policy_digest_for   before logging: the policy directory's checksums.json digest (written now for a directory
                         saved before checksums existed) becomes the version's `policy_sha256` tag
     verify_download     after a download (pull, score): the files match checksums.json, and checksums.json the tag
-    discard_version     a version that failed its load-back check is deleted (and its registered model, when this
+    discard_version     a refused version is deleted (with its logged model, and its registered model when this
                         promotion created it), so no orphan version is left behind
 """
 
@@ -27,16 +27,21 @@ def policy_digest_for(policy_dir: str | Path) -> str:
     return policy_digest(policy_dir) or write_checksums(policy_dir)
 
 
-def verify_download(policy_dir: str | Path, mv) -> None:
-    """A downloaded version's policy directory is what was registered; a CorruptPolicyError names the file."""
-    verify_checksums(policy_dir, pull_fix(mv.name, mv.version), expected_digest=(mv.tags or {}).get(TAG_DIGEST))
+def verify_download(policy_dir: str | Path, mv, fix: str | None = None) -> None:
+    """A downloaded version's policy directory is what was registered; a CorruptPolicyError names the file and
+    `fix` (by default: re-promote)."""
+    verify_checksums(policy_dir, fix or pull_fix(mv.name, mv.version),
+                     expected_digest=(mv.tags or {}).get(TAG_DIGEST))
 
 
-def discard_version(client, name: str, version: str | int, created_model: bool) -> None:
-    """Delete a version that must not exist (best effort: the caller's error matters more)."""
+def discard_version(client, name: str, version: str | int, created_model: bool, model_id: str | None = None) -> None:
+    """Delete a version that must not exist, and the logged model it was registered from (best effort: the
+    caller's error matters more)."""
     try:
         client.delete_model_version(name, str(version))
         if created_model and not client.search_model_versions(f"name = '{name}'"):
             client.delete_registered_model(name)
+        if model_id:
+            client.delete_logged_model(model_id)
     except Exception:  # noqa: BLE001
         pass

@@ -1,6 +1,6 @@
-"""Taking a registered version out of the registry: downloaded to a folder (`deepfm pull`), or loaded as a pyfunc
-model for scoring (`deepfm score`). Either way a damaged copy in the artifact store is a one-line
-CorruptPolicyError that names the version and the fix (re-promote), not a torch traceback."""
+"""Taking a registered version out of the registry: downloaded to a folder (`deepfm pull`), loaded as a pyfunc
+model for scoring (`deepfm score`), or checked before a rollback points `champion` at it. Each way a damaged copy
+in the artifact store is a one-line CorruptPolicyError that names the version and the fix, not a torch traceback."""
 
 from __future__ import annotations
 
@@ -40,11 +40,7 @@ def pull_model(model_uri: str, out_dir: str | Path, *, client: MlflowClient | No
     out_dir.mkdir(parents=True, exist_ok=True)
     with _removed_if_failed(out_dir if created_out else None), using_client(client), \
             tempfile.TemporaryDirectory(dir=out_dir, prefix=".pull-") as tmp:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{mv.name}/{mv.version}", dst_path=tmp))
-        flavor = mlflow.models.Model.load(str(local)).flavors["python_function"]
-        policy_src = local / flavor["artifacts"][ARTIFACT_KEY]["path"]
-        verify_download(policy_src, mv)  # a damaged store copy is refused before anything is copied
-        ScoringPolicy.load(policy_src, fix=pull_fix(mv.name, mv.version))  # and it must load (older versions too)
+        local, policy_src = _download_checked(mv, Path(tmp))  # a damaged store copy is refused before any copy
         shutil.copytree(policy_src, out_dir / "policy")
         shutil.copyfile(policy_src / POLICY_FILE, out_dir / POLICY_FILE)
         shutil.move(str(local), out_dir / "model")
@@ -52,6 +48,25 @@ def pull_model(model_uri: str, out_dir: str | Path, *, client: MlflowClient | No
               "aliases": list(mv.aliases), "run_id": mv.run_id, "tracking_uri": client.tracking_uri}
     (out_dir / "source.json").write_text(json.dumps(source, indent=2) + "\n")
     return out_dir
+
+
+def check_version(mv, client: MlflowClient, fix: str) -> None:
+    """The version's stored files are what was registered, and its policy loads; else a CorruptPolicyError that
+    names the file and `fix` (a rollback refuses such a version)."""
+    with using_client(client), tempfile.TemporaryDirectory(prefix="deepfm-check-") as tmp:
+        _download_checked(mv, Path(tmp), fix)
+
+
+def _download_checked(mv, into: Path, fix: str | None = None) -> tuple[Path, Path]:
+    """(the MLflow model folder, its policy folder) of a version downloaded under `into` (inside using_client),
+    the policy's files checked against the registered digest and loaded (older versions without checksums too)."""
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{mv.name}/{mv.version}",
+                                                     dst_path=str(into)))
+    flavor = mlflow.models.Model.load(str(local)).flavors["python_function"]
+    policy_src = local / flavor["artifacts"][ARTIFACT_KEY]["path"]
+    verify_download(policy_src, mv, fix)
+    ScoringPolicy.load(policy_src, fix=fix or pull_fix(mv.name, mv.version))
+    return local, policy_src
 
 
 @contextlib.contextmanager

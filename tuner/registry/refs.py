@@ -1,6 +1,7 @@
 """Model references and the registry client they are resolved with.
 
-A reference is `NAME` (= NAME@champion), `NAME@alias` or `NAME/VERSION`, any of them optionally after `models:/`.
+A reference is `NAME` (= NAME@champion), `NAME@alias` or `NAME/VERSION`, any of them optionally after `models:/`;
+`NAME@3` (or `NAME@v3`) is version 3 unless an alias of that name exists.
 Aliases only (`champion`, `challenger`), never MLflow's deprecated stages. Every registry call goes through an
 explicit client; `using_client` is the one place that points MLflow's fluent API (runs, load_model, downloads) at
 a client's stores, and puts the previous settings back.
@@ -23,8 +24,10 @@ from mlflow.tracking._tracking_service import utils as tracking_utils
 from deepfm_tuner.model.errors import UserInputError, did_you_mean
 
 CHAMPION, CHALLENGER = "champion", "challenger"
+LOCK_SUFFIX = ".lock"  # registry.lock: the registered model that is a model's promotion lock
 _NAME = r"[^/@:\s][^/@:]*"
 _REFERENCE = re.compile(rf"^(?:models:/)?(?P<name>{_NAME})(?:@(?P<alias>[\w-]+)|/(?P<version>\d+))?$")
+_VERSION_ALIAS = re.compile(r"^[vV]?(\d+)$")  # NAME@3 or NAME@v3: version 3 when no alias of that name exists
 
 
 class RegistryError(UserInputError):
@@ -48,6 +51,10 @@ class ModelRef:
         return f"models:/{self.name}@{self.alias}" if self.alias else f"models:/{self.name}/{self.version}"
 
 
+def lock_name(name: str) -> str:
+    return f"{name}{LOCK_SUFFIX}"
+
+
 def parse_model_ref(reference: str) -> ModelRef:
     """`NAME`, `NAME@alias`, `NAME/VERSION`, optionally prefixed by `models:/`; bare NAME means NAME@champion."""
     match = _REFERENCE.match(reference.strip())
@@ -64,21 +71,33 @@ def resolve_model_version(reference: str, client: MlflowClient | None = None):
     """The registry's ModelVersion a reference points at; a one-line ModelNotFoundError otherwise."""
     client = client or MlflowClient()
     ref = parse_model_ref(reference)
-    try:
-        client.get_registered_model(ref.name)
-    except MlflowException:
-        names = [m.name for m in client.search_registered_models(max_results=1000)]
-        known = f"; registered models: {', '.join(sorted(names)[:10])}" if names else "; the registry is empty"
-        raise ModelNotFoundError(f"no registered model '{ref.name}' in {client.tracking_uri}"
-                                 f"{did_you_mean(ref.name, names)}{known}") from None
+    require_registered_model(client, ref.name)
     try:
         if ref.alias:
-            return client.get_model_version_by_alias(ref.name, ref.alias)
+            try:
+                return client.get_model_version_by_alias(ref.name, ref.alias)
+            except MlflowException:
+                number = _VERSION_ALIAS.match(ref.alias)
+                if number is None:
+                    raise
+                return client.get_model_version(ref.name, number.group(1))
         return client.get_model_version(ref.name, ref.version)
     except MlflowException:
         what = f"alias '{ref.alias}'" if ref.alias else f"version {ref.version}"
         raise ModelNotFoundError(f"registered model '{ref.name}' has no {what}; {_versions_hint(client, ref.name)}") \
             from None
+
+
+def require_registered_model(client: MlflowClient, name: str):
+    """The registered model `name`; a one-line ModelNotFoundError naming the close and known ones otherwise."""
+    try:
+        return client.get_registered_model(name)
+    except MlflowException:
+        names = [m.name for m in client.search_registered_models(max_results=1000)
+                 if not m.name.endswith(LOCK_SUFFIX)]
+        known = f"; registered models: {', '.join(sorted(names)[:10])}" if names else "; the registry is empty"
+        raise ModelNotFoundError(f"no registered model '{name}' in {client.tracking_uri}"
+                                 f"{did_you_mean(name, names)}{known}") from None
 
 
 def _versions_hint(client: MlflowClient, name: str) -> str:

@@ -3,6 +3,7 @@ declaration (model.validation), into a StudySpec.
 
     study:     {name, n_trials, timeout, metric, sampler, pruner, storage, tracking_uri, experiment,
                 registered_model, promote, warm_start: {from, top_k, storage}, finalists: {top_k, seeds},
+                constraints: {max_parameters, max_latency_ms},   serving budgets (tuner.spec.constraints)
                 reference: lightgbm | {type: lightgbm, params: {...}}}
     data:      see model.data.source.DataSpec (files or `synthetic: {rows: N}`)
     training:  see model.config.TrainConfig (batch_size, max_epochs, patience, ...); embedding_l2, weight_decay
@@ -35,6 +36,7 @@ from deepfm_tuner.model.config import TrainConfig, load_yaml
 from deepfm_tuner.model.data.source import DataSpec
 from deepfm_tuner.model.errors import ConfigError
 from deepfm_tuner.model.validation import Block, Bool, Float, Int, Must, OneOf, Text, declared, parse, refuse
+from deepfm_tuner.tuner.spec.constraints import ConstraintsSpec
 from deepfm_tuner.tuner.spec.space import Spec, parse_space, parse_training
 
 if TYPE_CHECKING:  # Optuna is imported when samplers and pruners are built, not when a study file is read
@@ -194,6 +196,7 @@ class StudyBlock:
     promote: Bool = True
     warm_start: Optional[Block(WarmStartSpec, "from")] = None
     finalists: Optional[FinalistsSpec] = None  # None: the best single trial is the champion candidate
+    constraints: Optional[ConstraintsSpec] = None  # serving budgets; None: every trial may be champion
     reference: Optional[Block(ReferenceSpec, "type")] = None  # None: no tree-model reference
 
     @model_validator(mode="after")
@@ -246,6 +249,7 @@ class StudySpec:
     warm_start: WarmStartSpec | None = None
     training_space: Mapping[str, Spec] = field(default_factory=dict)  # tuned training knobs, `training.<knob>`
     finalists: FinalistsSpec | None = None  # None: the best single trial is the champion candidate
+    constraints: ConstraintsSpec | None = None  # serving budgets; None: every trial may be champion
     reference: ReferenceSpec | None = None  # None: no tree-model reference
     source: str = ""
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import DatasetInput, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
@@ -163,6 +163,10 @@ class StudyTracker:
         run = retry(self.client.create_run, self.experiment_id, run_name=run_name, tags=all_tags)
         retry(self.client.log_batch, run.info.run_id, params=_params(params))
         return run.info.run_id
+
+    def log_datasets(self, run_id: str, datasets: Sequence[DatasetInput]) -> None:
+        """The data a run used, as MLflow dataset inputs (tuner.stores.datasets), in one call."""
+        retry(self.client.log_inputs, run_id, datasets=list(datasets))
 
     def log_epoch(self, run_id: str, step: int, metrics: Mapping[str, float]) -> None:
         now = int(time.time() * 1000)

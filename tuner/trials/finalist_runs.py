@@ -12,7 +12,8 @@ from typing import Any, Callable
 import optuna
 
 from deepfm_tuner.model.data.tensors import PreparedData
-from deepfm_tuner.model.train import train
+from deepfm_tuner.model.train import train, training_setup
+from deepfm_tuner.tuner.stores.datasets import run_datasets
 from deepfm_tuner.tuner.stores.disks import is_disk_error
 from deepfm_tuner.tuner.stores.locks import creation_lock
 from deepfm_tuner.tuner.stores.retry import retry
@@ -91,9 +92,11 @@ def _retrain(handle, prepared: PreparedData, trial: optuna.trial.FrozenTrial, se
     policy, control = trained_config(trial, spec)
     control = (control or spec.training).replace(seed=seed, threads=threads or (control or spec.training).threads)
     tags = {TAG_FINALIST_OF_TRIAL: str(trial.number), TAG_FINALIST_SEED: str(seed),
-            TAG_FINALIST_OF_RUN: trial.user_attrs.get(ATTR_RUN_ID, ""), **run_tags(prepared.fingerprint, seed)}
+            TAG_FINALIST_OF_RUN: trial.user_attrs.get(ATTR_RUN_ID, ""),
+            **run_tags(prepared.fingerprint, seed, training_setup(control))}
     with training_run(tracker, handle.parent_run_id, f"finalist-{trial.number}-seed-{seed}", "finalist",
-                      run_params(policy, control), tags, interrupted=("KILLED", "KILLED")) as run:
+                      run_params(policy, control), tags, datasets=run_datasets(prepared),
+                      interrupted=("KILLED", "KILLED")) as run:
         entry: dict[str, Any] = {"trial": trial.number, "seed": seed, "run_id": run.run_id, "state": "FAIL"}
         try:
             result = train(prepared, policy, control, on_epoch=run.log_epoch, select=spec.metric)

@@ -4,9 +4,10 @@ Seed-to-seed noise (1e-4 to 1e-3 AUC) is as large as many differences between co
 configuration cannot separate close candidates. With `study.finalists: {top_k: K, seeds: S}`, once the trials
 have ended (in the process that summarises the study: `deepfm tune`, the `--workers N` coordinator, or
 `deepfm promote`), the K best COMPLETE trials by value in the study's direction (the V1 baseline trial may be
-one) are each trained again S times, exactly as recorded (`record.trained_config`), with seeds
-`seed + 1 .. seed + S` (`seed`: the trial's own training seed, so never the trial's own run again). Every retrain
-is its own MLflow run (role `finalist`) nested under the study's parent run.
+one; with study.constraints, only trials within the serving budget) are each trained again S times, exactly as
+recorded (`record.trained_config`), with seeds `seed + 1 .. seed + S` (`seed`: the trial's own training seed, so
+never the trial's own run again). Every retrain is its own MLflow run (role `finalist`) nested under the study's
+parent run.
 
 The champion candidate is the configuration with the best MEAN over its retrains. The original trial's value is
 not in the mean: that trial was selected because its value was high (the winner's curse), so counting it would
@@ -45,6 +46,7 @@ from typing import Any
 
 import optuna
 
+from deepfm_tuner.tuner.trials.constraints import within_budget
 from deepfm_tuner.tuner.trials.names import ATTR_FINALISTS, ATTR_RUN_ID, score_name
 from deepfm_tuner.tuner.trials.record import trained_config
 
@@ -99,9 +101,10 @@ class FinalistsResult:
 
 
 def candidates(study: optuna.Study, top_k: int) -> list[optuna.trial.FrozenTrial]:
-    """The `top_k` best COMPLETE trials in the study's direction; ties: the earlier trial first."""
+    """The `top_k` best COMPLETE trials within the serving budget, in the study's direction; ties: the earlier
+    trial first."""
     complete = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-                if t.value is not None and math.isfinite(t.value)]
+                if t.value is not None and math.isfinite(t.value) and within_budget(t)]
     sign = -1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1.0
     return sorted(complete, key=lambda t: (sign * t.value, t.number))[:top_k]
 

@@ -13,15 +13,20 @@ ATTR_CHECKPOINT = "checkpoint"  # runs:/ID/checkpoint of a trial that was best w
 ATTR_RETRY_OF = "retry_of_run_id"  # the dead trial's run a retry replaces
 ATTR_SKIPPED = "skipped"  # a trial claimed after the total was reached: failed without running
 ATTR_WORKER = "worker"  # host:pid of the process that ran the trial (team mode: which machine to look at)
+ATTR_DEVICE, ATTR_OPTIMIZER = "device", "optimizer"  # where and how it trained (model.train.training_setup)
 ATTR_TRAINING = "training"  # {seconds: epochs only, wall_seconds: build + epochs + evaluation, best_epoch, samples:
 #   training rows processed; pruned: score, pruned_at_epoch, or with eval_every pruned_at_step and epochs_trained}
 ATTR_BASELINE, ATTR_BASELINE_NOTE = "baseline", "baseline_adjusted"  # the V1 baseline trial (tuner.trials.baseline)
 ATTR_WARM_START = "warm_start_from"  # "STUDY#TRIAL" of an earlier study's configuration (tuner.trials.warmstart)
 ATTR_TRAINED, ATTR_FAILURE = "trained", "failure"  # the exact config trained; why it failed (tuner.trials.record)
+# a trial's serving cost (tuner.trials.constraints), also its run's metrics of the same names: the parameter count
+# (every trial, at its start) and with study.constraints.max_latency_ms the median ms to score 1,000 raw rows
+PARAMETER_COUNT, SCORE_LATENCY_MS = "parameter_count", "score_latency_ms"
 
 # -- Optuna study user attributes ------------------------------------------------------------------------------
 ATTR_PARENT_RUN, ATTR_EXPERIMENT, ATTR_TRACKING_URI = "mlflow_parent_run_id", "mlflow_experiment_id", "mlflow_tracking_uri"
 ATTR_FINALISTS = "finalists"  # the finalists' retrains, per-candidate mean/std and the choice (tuner.trials.finalists)
+ATTR_BUDGET = "serving_budget"  # the study.constraints the study was created with (tuner.trials.constraints)
 ATTR_REFERENCE = "reference"  # the tree-model reference's run, scores and settings (tuner.trials.reference)
 
 # -- MLflow tags -------------------------------------------------------------------------------------------------
@@ -33,6 +38,7 @@ TAG_PRUNED_AT_STEP = "deepfm.pruned_at_step"  # with training.eval_every: the 0-
 TAG_FINALIST_OF_TRIAL, TAG_FINALIST_OF_RUN = "deepfm.finalist_of_trial", "deepfm.finalist_of_run_id"
 TAG_FINALIST_SEED = "deepfm.finalist_seed"
 TAG_FINALISTS_CHOSEN = "deepfm.finalists.chosen_trial"  # on the parent run: the trial whose configuration won
+TAG_WITHIN_BUDGET = "deepfm.within_budget"  # with study.constraints: "true" or "false" on a complete trial's run
 TAG_REFERENCE_RUN = "deepfm.reference_run_id"  # on the parent run: the tree-model reference's run (role reference)
 
 # -- MLflow metric names ---------------------------------------------------------------------------------------

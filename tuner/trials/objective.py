@@ -15,14 +15,19 @@ import optuna
 from deepfm_tuner.model.config import TrainConfig
 from deepfm_tuner.model.data.tensors import PreparedData
 from deepfm_tuner.model.errors import TrainingDiverged
-from deepfm_tuner.model.train import SELECT_METRICS, EpochMetrics, StepMetrics, train
+from deepfm_tuner.model.policy import ScoringPolicy
+from deepfm_tuner.model.train import SELECT_METRICS, EpochMetrics, StepMetrics, train, training_setup
 from deepfm_tuner.tuner.spec.space import suggest_policy, suggest_training
 from deepfm_tuner.tuner.spec.study import StudySpec
+from deepfm_tuner.tuner.stores.datasets import run_datasets
 from deepfm_tuner.tuner.stores.tracking import StudyTracker
+from deepfm_tuner.tuner.trials.constraints import ServingBudget
 from deepfm_tuner.tuner.trials.names import (
     ATTR_BASELINE,
     ATTR_BASELINE_NOTE,
     ATTR_CHECKPOINT,
+    ATTR_DEVICE,
+    ATTR_OPTIMIZER,
     ATTR_RETRY_OF,
     ATTR_RUN_ID,
     ATTR_SKIPPED,
@@ -64,9 +69,15 @@ def make_objective(
     parent_run_id: str,
     base_control: TrainConfig,
     on_epoch: Callable[[optuna.Trial, EpochMetrics], None] | None = None,
+    latency: Callable[[ScoringPolicy], float] | None = None,
 ) -> Callable[[optuna.Trial], float]:
+    """`latency`: the served path's milliseconds for a trained policy (tuner.serving.latency), needed when the study
+    has a latency budget (study.constraints.max_latency_ms; tuner.trials.constraints)."""
+    setup = training_setup(base_control)  # this process's device: workers of one study may differ
+    budget = ServingBudget(spec.constraints, prepared.encoder, latency)
     common_tags = {"deepfm.sampler": spec.sampler.type, "deepfm.pruner": spec.pruner.type,
-                   **run_tags(prepared.fingerprint, base_control.seed)}
+                   **run_tags(prepared.fingerprint, base_control.seed, setup)}
+    datasets = run_datasets(prepared)  # described once: every trial of this process logs the same data
 
     def objective(trial: optuna.Trial) -> float:
         trials = trial.study.get_trials(deepcopy=False)  # one read serves the total check and the retry lookup
@@ -77,6 +88,8 @@ def make_objective(
         record_trained(trial, policy, control)  # what this trial trains, exactly (status/summary/promote read it)
         worker = worker_name()
         trial.set_user_attr(ATTR_WORKER, worker)
+        trial.set_user_attr(ATTR_DEVICE, setup["device"])
+        trial.set_user_attr(ATTR_OPTIMIZER, setup["optimizer"])
         tags = {**common_tags, "deepfm.worker": worker}
         baseline = bool(trial.user_attrs.get(ATTR_BASELINE))
         if baseline:
@@ -94,16 +107,18 @@ def make_objective(
                 tags["deepfm.retry_of_run_id"] = old_run
                 trial.set_user_attr(ATTR_RETRY_OF, old_run)
         with training_run(tracker, parent_run_id, f"trial-{trial.number}", "trial", run_params(policy, control),
-                          {TAG_TRIAL: str(trial.number), **tags}) as run:
+                          {TAG_TRIAL: str(trial.number), **tags}, datasets=datasets) as run:
             trial.set_user_attr(ATTR_RUN_ID, run.run_id)
-            return _train_and_report(trial, run, spec, prepared, policy, control, baseline, on_epoch)
+            budget.count(trial, run, policy)
+            return _train_and_report(trial, run, spec, prepared, policy, control, baseline, on_epoch, budget)
 
     return objective
 
 
 def _train_and_report(trial: optuna.Trial, run, spec: StudySpec, prepared: PreparedData, policy, control: TrainConfig,
-                      baseline: bool, on_epoch) -> float:
-    """Train the trial's configuration, reporting to Optuna (pruning) and to its run; record what it did."""
+                      baseline: bool, on_epoch, budget: ServingBudget) -> float:
+    """Train the trial's configuration, reporting to Optuna (pruning) and to its run; record what it did and
+    whether it fits the serving budget (only a trial within it may keep a checkpoint as the best so far)."""
     started = time.perf_counter()
     best_so_far: dict[str, EpochMetrics] = {}  # best (by the study metric, as train() chooses) and last epoch
     sign = SELECT_METRICS[spec.metric]  # +1: higher is better
@@ -145,8 +160,9 @@ def _train_and_report(trial: optuna.Trial, run, spec: StudySpec, prepared: Prepa
         overhead = time.perf_counter() - started - train_wall
         value = run.log_result(result, spec.metric, {SAMPLES_TRAINED: result.samples,
                                                      "platform_overhead_seconds": overhead})
+        fits = budget.judge(trial, run, lambda: _as_served(policy, control, prepared, result.model))
         # the baseline keeps its checkpoint too: promotion compares the champion-to-be with it
-        if baseline or _better(value, _study_best(trial.study), spec.direction):
+        if baseline or (fits and _better(value, _study_best(trial.study), spec.direction)):
             trial.set_user_attr(ATTR_CHECKPOINT, run.save_checkpoint(policy, control, prepared, result))
         Training(seconds=result.train_seconds, wall_seconds=train_wall, best_epoch=result.best_epoch,
                  samples=result.samples).write(trial)
@@ -163,6 +179,13 @@ def _train_and_report(trial: optuna.Trial, run, spec: StudySpec, prepared: Prepa
     except Exception as exc:
         run.fail(record_failure(trial, exc))
         raise
+
+
+def _as_served(policy, control: TrainConfig, prepared: PreparedData, model) -> ScoringPolicy:
+    """The trained policy as a registered model serves it, on the CPU: a GPU-trained model's weights are copied."""
+    if next(model.parameters()).device.type == "cpu":
+        return ScoringPolicy(policy, control, prepared.encoder, model)
+    return ScoringPolicy.build(policy, control, prepared.encoder, model.state_dict())
 
 
 def _record_pruned(trial: optuna.Trial, run, metric: str, by_step: bool, best_so_far: dict, last_step: dict,

@@ -1,7 +1,7 @@
 """The life of one training run in MLflow, shared by trials and finalist retrains: a run nested under the study's
-parent run is opened with its params and tags, logs its epochs, saves its checkpoint, and is always closed with the
-right status (never left RUNNING: an exception fails it with the reason, Ctrl-C closes it too); a run whose worker
-died is closed FAILED by whoever notices.
+parent run is opened with its params, tags and data (MLflow dataset inputs), logs its epochs, saves its checkpoint,
+and is always closed with the right status (never left RUNNING: an exception fails it with the reason, Ctrl-C closes
+it too); a run whose worker died is closed FAILED by whoever notices.
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Iterator, Mapping, Sequence
 
 from mlflow.artifacts import download_artifacts
+from mlflow.entities import DatasetInput
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
 from deepfm_tuner.model.config import PolicyConfig, TrainConfig
@@ -57,9 +58,10 @@ def run_params(policy: PolicyConfig, control: TrainConfig) -> dict[str, object]:
     return params
 
 
-def run_tags(fingerprint: str, seed: int) -> dict[str, str]:
-    """Tags every training run carries: the data it trained on, its seed and the code's commit."""
-    return {"deepfm.data_fingerprint": fingerprint, "deepfm.seed": str(seed),
+def run_tags(fingerprint: str, seed: int, setup: Mapping[str, str]) -> dict[str, str]:
+    """Tags every training run carries: the data it trained on, its seed, where and how it trains (`setup`:
+    model.train.training_setup, e.g. deepfm.device=cuda, deepfm.optimizer=adam+lazy_adam) and the code's commit."""
+    return {"deepfm.data_fingerprint": fingerprint, "deepfm.seed": str(seed), **{f"deepfm.{k}": v for k, v in setup.items()},
             **({"mlflow.source.git.commit": git_commit()} if git_commit() else {})}
 
 
@@ -111,13 +113,15 @@ class TrainingRun:
 
 @contextlib.contextmanager
 def training_run(tracker: StudyTracker, parent_run_id: str, run_name: str, role: str, params: Mapping[str, object],
-                 tags: Mapping[str, str], *, interrupted: tuple[str, str] = ("FAILED", "FAIL")
-                 ) -> Iterator[TrainingRun]:
-    """Open a nested run, yield it, close it whatever happens. Ctrl-C (or SystemExit) tags it interrupted and
+                 tags: Mapping[str, str], *, datasets: Sequence[DatasetInput],
+                 interrupted: tuple[str, str] = ("FAILED", "FAIL")) -> Iterator[TrainingRun]:
+    """Open a nested run with the data it trains and is scored on (`datasets`: tuner.stores.datasets.run_datasets,
+    MLflow's dataset inputs), yield it, close it whatever happens. Ctrl-C (or SystemExit) tags it interrupted and
     closes it with `interrupted` (status, state) before the interrupt goes on; exceptions are the caller's to
     describe (`TrainingRun.fail`) and end the run with its status and state as they stand."""
     run = TrainingRun(tracker, tracker.start_child_run(parent_run_id, run_name, role, params, tags))
     try:
+        tracker.log_datasets(run.run_id, datasets)
         yield run
     except Exception:
         raise

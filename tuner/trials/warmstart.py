@@ -4,8 +4,9 @@
       warm_start: {from: OLD_STUDY, top_k: 5, storage: URL}   # storage: default this study's
 
 The source is read before anything is created (a missing source study is a one-line error); its `top_k` best
-completed trials are enqueued once, when the new study is created, each with only the parameters the new search
-space holds (the sampler fills the rest; a one-line note names what was skipped).
+completed trials (within its serving budget, if it had one) are enqueued once, when the new study is created, each
+with only the parameters the new search space holds (the sampler fills the rest; a one-line note names what was
+skipped).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from deepfm_tuner.tuner.spec.space import check_params
 from deepfm_tuner.tuner.spec.study import StudySpec
 from deepfm_tuner.tuner.stores.locations import redact
 from deepfm_tuner.tuner.stores.optuna_storage import open_storage, resolve_storage
+from deepfm_tuner.tuner.trials.constraints import within_budget
 from deepfm_tuner.tuner.trials.names import ATTR_WARM_START
 
 
@@ -60,7 +62,7 @@ def plan_warm_start(spec: StudySpec, storage_url: str, storage: optuna.storages.
                           f"{did_you_mean(warm.source, names)}{known}") from None
     plan = WarmStartPlan(warm.source, source_url)
     complete = [t for t in source.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-                if t.value is not None]
+                if t.value is not None and within_budget(t)]  # over the source's serving budget: not a best
     maximize = source.direction == optuna.study.StudyDirection.MAXIMIZE
     complete.sort(key=lambda t: (-t.value if maximize else t.value, t.number))
     if not complete:

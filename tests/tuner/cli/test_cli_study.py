@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from support import run
+from support import assert_one_line_error, run, stored_policy_dir, truncate
 
 pytestmark = pytest.mark.slow
 
@@ -95,3 +95,33 @@ def test_promote_registers_the_best_trial_as_champion(tuned, in_tmp):
     result = run("pull", "ctr@champion", "--out", "pulled")
     assert result.exit_code == 0, result.output
     assert (in_tmp / "pulled" / "policy.yaml").read_text().startswith("policy_configs:")
+
+
+def test_promote_again_registers_nothing_and_a_refused_candidate_leaves_no_version(tuned, in_tmp):
+    """Issue #18 item 10: re-running `deepfm promote` registers the same run once; a candidate refused because the
+    champion cannot be compared leaves no version, and the line says so."""
+    from mlflow import MlflowClient
+
+    from deepfm_tuner.model.data.synth import SynthSpec, generate
+    from deepfm_tuner.tuner.registry.promotion import promote_policy
+
+    assert run("promote", tuned, "--name", "ctr").exit_code == 0
+    again = run("promote", tuned, "--name", "ctr")
+    assert again.exit_code == 0, again.output
+    assert "ctr version 1 already holds this checkpoint, not registered again" in again.output
+    assert "already the champion" in again.output
+    client = MlflowClient(f"sqlite:///{(in_tmp / 'mlruns' / 'mlflow.db').resolve()}")
+    assert [int(v.version) for v in client.search_model_versions("name = 'ctr'")] == [1]
+
+    # 'other' has a champion (another run) whose stored files are damaged: the study's candidate is refused
+    assert run("pull", "ctr", "--out", "pulled").exit_code == 0
+    run_id = client.create_run(client.get_experiment_by_name("deepfm-clitiny").experiment_id).info.run_id
+    client.set_terminated(run_id)
+    frame, _ = generate(SynthSpec(**STUDY["data"]["synthetic"]))
+    promote_policy(run_id=run_id, policy_dir=in_tmp / "pulled" / "policy", test_frame=frame.head(500),
+                   registered_name="other", tags={}, client=client)
+    truncate(stored_policy_dir(client, "other", 1) / "weights.pt")
+    refused = run("promote", tuned, "--name", "other")
+    assert_one_line_error(refused, "the current champion (version 1 of 'other') cannot score",
+                          "no new version was kept")
+    assert [int(v.version) for v in client.search_model_versions("name = 'other'")] == [1]

@@ -132,3 +132,24 @@ def test_numbers_are_compact(value, shown):
                                             (6000, "1.7h"), (40000, "11h")])
 def test_durations_are_compact(seconds, shown):
     assert compact_seconds(seconds) == shown
+
+
+def test_a_trial_over_the_serving_budget_reads_over_budget_and_the_rows_stay_one_line(spec):
+    """study.constraints: trial 7 (the best score) is over budget; trial 6 is the best trial within it."""
+    source = eight_trials()
+    study = optuna.create_study(direction="maximize")
+    study.set_user_attr("serving_budget", {"max_parameters": 12000})
+    for trial in source.trials:
+        over = trial.number == 7
+        trial.system_attrs["constraints:max_parameters"] = 0.46 if over else -0.2
+        trial.user_attrs["parameter_count"] = 17491 if over else 9583
+        study.add_trial(trial)
+    for width in (80, 100):
+        lines = rendered(study, spec, width)
+        rows = trial_rows(lines)
+        assert [row.split()[0] for row in rows] == [str(n) for n in range(8)] and all(len(r) <= width for r in rows)
+        assert rows[7].split()[1:3] == ["over", "budget"] and rows[6].split()[1] == "complete"
+    assert "6 complete, 2 pruned; best trial 6: score_val_auc 0.7600" in lines
+    assert "serving budget {max_parameters: 12000}: 1 complete trial over it, never champion (trial 7)" in lines
+    assert "best trial 6 within budget: 9,583 parameters" in lines
+    assert "best overall trial 7 (over budget): score_val_auc 0.7700, 17,491 parameters (max 12,000)" in lines

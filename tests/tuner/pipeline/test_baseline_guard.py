@@ -7,6 +7,7 @@ import pytest
 
 from deepfm_tuner.tuner.pipeline.promotion import promote_study
 from deepfm_tuner.tuner.pipeline.tune import tune
+from deepfm_tuner.tuner.registry.history import read_history
 from deepfm_tuner.tuner.spec.study import load_study
 
 
@@ -40,3 +41,6 @@ def test_a_tuned_model_worse_than_the_baseline_on_test_is_replaced_by_the_baseli
     version = result.handle.tracker.client.get_model_version("guard-m", str(promotion.version))
     assert version.tags["trial_number"] == str(best.number) and "chosen_by" not in version.tags
     assert promotion.baseline_message.startswith("tuning helped")
+    # the model's history names both moves, the guard's first
+    moves = [(e.action, e.to_version) for e in read_history(result.handle.tracker.client, "guard-m")][::-1]
+    assert moves[0] == ("baseline_guard", 1) and moves[1][1] == promotion.version

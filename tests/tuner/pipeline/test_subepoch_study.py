@@ -128,3 +128,25 @@ def test_a_pruned_trial_of_a_logloss_study_is_scored_by_its_lowest_logloss(tmp_p
         curve = [m.value for m in client.get_metric_history(runs[trial.number].info.run_id, "epoch_val_logloss")]
         assert trial.user_attrs["training"]["score"] == pytest.approx(min(curve))
         assert trial.user_attrs["training"]["best_epoch"] == curve.index(min(curve))
+
+
+@pytest.mark.slow
+def test_step_patience_trials_stop_after_their_peak_and_score_the_kept_point(in_tmp):
+    """A study with `patience_steps`: every complete trial trains less than max_epochs, its value is the kept
+    point's full-split score (the run's score metric and the checkpoint say the same), and its run says why."""
+    path = write_study(in_tmp, study__n_trials=2, study__pruner={"type": "none"},
+                       training__max_epochs=6, training__eval_every=0.25, training__patience_steps=1,
+                       training__patience=0)
+    spec = load_study(path)
+    result = tune(spec)
+    rows = len(load_data(spec).parts["train"])
+    client, runs = _runs(in_tmp)
+    n = len(result.handle.study.trials)
+    complete = [t for t in result.handle.study.trials if t.state.name == "COMPLETE"]
+    assert len(complete) == n == 2
+    for trial in complete:
+        run = runs[trial.number]
+        assert run.data.metrics["samples_trained"] < 6 * rows
+        assert run.data.tags["deepfm.stop_reason"].startswith("early stop: no better val_auc on the validation "
+                                                              "sample for 1 evaluations")
+        assert run.data.metrics["score_val_auc"] == pytest.approx(trial.value, abs=1e-9)

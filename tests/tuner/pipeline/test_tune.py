@@ -88,6 +88,9 @@ def test_trial_runs_hold_params_tags_and_per_epoch_metrics(in_study):
         assert run.data.params["training.batch_size"] == "256"
         for tag in ("deepfm.study", "deepfm.sampler", "deepfm.data_fingerprint", "deepfm.seed"):
             assert tag in run.data.tags
+        # where and how every trial trained, pruned and failed ones included: one optimizer on every device
+        assert (run.data.tags["deepfm.device"], run.data.tags["deepfm.optimizer"]) == ("cpu", "adam+lazy_adam")
+        assert (trial.user_attrs["device"], trial.user_attrs["optimizer"]) == ("cpu", "adam+lazy_adam")
         if trial.state != optuna.trial.TrialState.FAIL:
             steps = [m.step for m in client.get_metric_history(run.info.run_id, "epoch_val_auc")]
             assert steps == list(range(len(steps))) and steps
@@ -258,7 +261,11 @@ def test_promotion_compares_the_best_trial_with_the_baseline(in_tmp, study_file)
         assert float(tags["baseline.auc_diff"]) == 0.0 and float(tags["baseline.p_value"]) == 1.0
     else:
         assert {"baseline.auc_diff", "baseline.ci_low", "baseline.ci_high", "baseline.p_value"} <= set(tags)
-    again = tune(load_study(path).with_overrides(n_trials=4))  # one more trial, promoted through the gate
+    # another study's best trial under the same registered name: a new checkpoint, promoted through the gate (the
+    # same checkpoint again is not registered again, issue #18: tests/tuner/registry/test_idempotent_promotion.py)
+    other = study_file(study__name="tiny2", study__n_trials=2, study__promote=True,
+                       study__registered_model=promotion.name)
+    again = tune(load_study(other))
     tags = client.get_model_version(again.promotion.name, str(again.promotion.version)).tags
     assert tags["gate.require"] == "not_worse" and float(tags["gate.ci_low"]) <= float(tags["gate.ci_high"])
     assert tags["gate.decision"] in ("promoted", "kept_challenger") and "95% CI" in again.promotion.reason

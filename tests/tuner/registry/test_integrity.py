@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from urllib.parse import unquote, urlparse
 
 import pytest
 from click.testing import CliRunner
@@ -21,18 +20,13 @@ from deepfm_tuner.tuner.registry import promotion as registry
 from deepfm_tuner.tuner.registry.promotion import PromotionCheckError, promote_policy
 
 from conftest import TINY_POLICY, TINY_TRAINING
-from support import assert_one_line_error
+from support import assert_one_line_error, stored_policy_dir, truncate
 
 TAGS = {"study": "tiny", "trial_number": "0"}
 
 
 def run(*args):
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-
-def truncate(path: Path) -> None:
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
 
 
 @pytest.fixture(scope="module")
@@ -81,24 +75,13 @@ def test_evaluate_refuses_a_truncated_policy(policy_dir, tiny_criteo_dir, tmp_pa
     assert_one_line_error(result, f"{copy / 'weights.pt'} is corrupt", "re-promote")
 
 
-def _version_policy_dir(client: MlflowClient, name: str, version: str) -> Path:
-    """The registered version's policy folder inside the artifact store (plain files for a local store)."""
-    mv = client.get_model_version(name, version)
-    model_id = mv.model_id or mv.source.removeprefix("models:/")
-    location = client.get_logged_model(model_id).artifact_location
-    root = Path(unquote(urlparse(location).path))
-    found = [p.parent for p in root.rglob("weights.pt")]
-    assert len(found) == 1, found
-    return found[0]
-
-
 def test_pull_and_score_refuse_a_version_damaged_in_the_artifact_store(store, policy_dir, test_frame, tmp_path,
                                                                         tiny_criteo_dir):
     uri, client, run_id = store
     promoted = promote_policy(run_id=run_id, policy_dir=policy_dir, test_frame=test_frame, registered_name="ctr",
                               tags=TAGS, client=client)
     version = client.get_model_version("ctr", str(promoted.version))
-    stored = _version_policy_dir(client, "ctr", str(promoted.version))
+    stored = stored_policy_dir(client, "ctr", str(promoted.version))
     assert version.tags["policy_sha256"] == file_sha256(stored / CHECKSUMS_FILE)  # the digest recorded at registration
     truncate(stored / "weights.pt")
 
@@ -116,7 +99,7 @@ def test_pull_refuses_checksums_that_differ_from_the_registered_digest(store, po
     uri, client, run_id = store
     promote_policy(run_id=run_id, policy_dir=policy_dir, test_frame=test_frame, registered_name="ctr", tags=TAGS,
                    client=client)
-    stored = _version_policy_dir(client, "ctr", "1")
+    stored = stored_policy_dir(client, "ctr", "1")
     truncate(stored / "weights.pt")  # and the checksums rewritten to match: only the registry's digest can tell
     from deepfm_tuner.model.checksums import write_checksums
 
@@ -143,7 +126,7 @@ def test_pull_load_checks_a_version_registered_before_checksums(store, policy_di
     uri, client, run_id = store
     promote_policy(run_id=run_id, policy_dir=policy_dir, test_frame=test_frame, registered_name="ctr", tags=TAGS,
                    client=client)
-    stored = _version_policy_dir(client, "ctr", "1")
+    stored = stored_policy_dir(client, "ctr", "1")
     (stored / CHECKSUMS_FILE).unlink()  # as a version registered before checksums existed
     client.delete_model_version_tag("ctr", "1", "policy_sha256")
     truncate(stored / "weights.pt")

@@ -150,6 +150,7 @@ def test_finalists_produce_top_k_x_seeds_runs(in_finalised):
         assert r.data.params["training.seed"] == r.data.tags["deepfm.finalist_seed"]
         assert r.data.params["learning_rate"] == str(trial.user_attrs["trained"]["policy"]["learning_rate"])
         assert "score_val_auc" in r.data.metrics and client.get_metric_history(r.info.run_id, "epoch_val_auc")
+        assert (r.data.tags["deepfm.device"], r.data.tags["deepfm.optimizer"]) == ("cpu", "adam+lazy_adam")
 
 
 def test_mean_and_std_are_recorded_on_the_study_and_the_parent_run(in_finalised):
