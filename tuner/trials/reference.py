@@ -52,6 +52,7 @@ from deepfm_tuner.model.data.frames import check_labels
 from deepfm_tuner.model.errors import ConfigError, DataError, did_you_mean
 from deepfm_tuner.model.metrics import classification_metrics
 from deepfm_tuner.tuner.spec.study import ReferenceSpec
+from deepfm_tuner.tuner.stores.datasets import run_datasets
 from deepfm_tuner.tuner.stores.locks import creation_lock
 from deepfm_tuner.tuner.stores.retry import retry
 from deepfm_tuner.tuner.trials.names import ATTR_REFERENCE, TAG_REFERENCE_RUN, TAG_STATE, score_name
@@ -188,9 +189,11 @@ def _train_run(handle, prepared, params: dict[str, Any], key: dict[str, Any],
                log: Callable[[str], None]) -> dict[str, Any] | None:
     """Train, score and save the reference as its own nested run; its record, or None when it failed."""
     spec, tracker = handle.spec, handle.tracker
-    tags = {"deepfm.reference_type": spec.reference.type, **run_tags(prepared.fingerprint, spec.training.seed)}
+    tags = {"deepfm.reference_type": spec.reference.type,
+            **run_tags(prepared.fingerprint, spec.training.seed, {"device": "cpu"})}  # LightGBM trains on the CPU
+    # the same dataset inputs as the trials' runs: the MLflow UI shows both trained on one split
     with training_run(tracker, handle.parent_run_id, f"reference-{spec.reference.type}", ROLE, params, tags,
-                      interrupted=("KILLED", "KILLED")) as run:
+                      datasets=run_datasets(prepared), interrupted=("KILLED", "KILLED")) as run:
         try:
             booster, seconds = train_lightgbm(prepared, params)
             best = booster.best_iteration or booster.current_iteration()

@@ -165,6 +165,8 @@ def test_the_reference_is_a_nested_run_trained_on_the_trials_split(in_referenced
     assert ref.data.params["num_leaves"] == "15" and ref.data.params["num_iterations"] == "200"  # an alias, mapped
     trial_run = handle.tracker.client.get_run(handle.study.trials[0].user_attrs["mlflow_run_id"])
     assert ref.data.tags["deepfm.data_fingerprint"] == trial_run.data.tags["deepfm.data_fingerprint"]
+    digests = [sorted(i.dataset.digest for i in run.inputs.dataset_inputs) for run in (ref, trial_run)]
+    assert len(digests[0]) == 3 and digests[0] == digests[1]  # the same train, validation and test parts
     metrics = ref.data.metrics
     assert metrics["val_auc"] == metrics["score_val_auc"] > 0.75 and metrics["test_auc"] > 0.75
     assert 1 <= metrics["best_iteration"] <= 200 and metrics["train_seconds"] > 0
