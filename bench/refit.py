@@ -90,8 +90,9 @@ def main() -> None:
              refit=record["refit"], refit_baseline=record.get("refit_baseline"))
     a["refit_seconds"] = sum(e.get("wall_seconds", 0) for e in {e["run_id"]: e for e in record.values()}.values())
     results["studies"]["a_sample_refit"] = a
-    print(f"(a) {args.tune_rows:,} rows + refit: trials {a['trials_seconds']:.0f} s, refits {a['refit_seconds']:.0f} s, "
-          f"whole {a['wall_seconds']:.0f} s; champion test AUC {a['champion_test_auc']:.4f}", flush=True)
+    print(f"(a) {args.tune_rows:,} rows + refit: trials {a['trials_seconds']:.0f} s, refits "
+          f"{a['refit_seconds']:.0f} s, whole {a['wall_seconds']:.0f} s; champion test AUC "
+          f"{a['champion_test_auc']:.4f}", flush=True)
 
     # (b) every row, its first full_trials trials
     document = pays_document("all_rows", data_block, args, {}, 0.25)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from deepfm_tuner.tuner.cli.show import compact_seconds
 from deepfm_tuner.tuner.spec.space import shown_params
 from deepfm_tuner.tuner.trials.constraints import within_budget
 from deepfm_tuner.tuner.trials.record import human_epoch, pruned_where, trial_score
@@ -110,8 +111,7 @@ def _left(epochs: int, rows: int | None, samples_per_second: float) -> str:
     if not epochs or not rows or samples_per_second <= 0:
         return ""
     seconds = epochs * rows / samples_per_second
-    shown = f"{seconds:.0f}s" if seconds < 99.5 else f"{seconds / 60:.0f}m" if seconds < 5970 else f"{seconds / 3600:.1f}h"
-    return f", at most ~{shown} left"
+    return f", at most ~{compact_seconds(seconds)} left"
 
 
 def _short(value) -> str:

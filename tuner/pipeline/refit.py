@@ -40,6 +40,7 @@ import optuna
 from deepfm_tuner.model.config import TrainConfig
 from deepfm_tuner.model.data.tensors import PreparedData
 from deepfm_tuner.model.errors import UserInputError
+from deepfm_tuner.tuner.spec.study import METRICS
 from deepfm_tuner.tuner.stores.retry import retry
 from deepfm_tuner.tuner.trials.baseline import baseline_trial
 from deepfm_tuner.tuner.trials.finalists import Candidate, champion_candidate, trial_candidate
@@ -214,8 +215,8 @@ def refitted_sides(study: optuna.Study, spec, candidate: Candidate, baseline: Ca
     record = recorded(study)
     entry = record.get("refit")
     if not _current(entry, candidate, spec):
-        raise UserInputError(f"the refit of trial {candidate.trial.number} of study '{spec.name}' (study.refit) has not "
-                             f"run; run 'deepfm promote' with the study file, which refits it first")
+        raise UserInputError(f"the refit of trial {candidate.trial.number} of study '{spec.name}' (study.refit) has "
+                             f"not run; run 'deepfm promote' with the study file, which refits it first")
     if entry["state"] == "FAIL":
         raise UserInputError(f"the refit of trial {candidate.trial.number} of study '{spec.name}' failed "
                              f"({entry.get('reason', '')[:300]}); run 'deepfm promote' to try it again, or set "
@@ -281,8 +282,15 @@ def record_lines(record: dict[str, Any], metric: str) -> list[str]:
                          f"{human_epoch(e['best_epoch'])} of {e['epochs']}, {_duration(e['wall_seconds'])}")
         else:
             lines.append(f"{head} failed: {e.get('reason', '')[:50]}")
+    base = record.get("refit_baseline")
+    if base is not None and entry["state"] == base["state"] == "COMPLETE" and base["run_id"] != entry["run_id"]:
+        sign = 1 if METRICS[metric] == "maximize" else -1  # > 0: the chosen refit is better, whatever the direction
+        lines.append(f"  lift of the chosen refit over the baseline's: {sign * (entry['value'] - base['value']):+.4f}")
     return lines
 
 
 def _duration(seconds: float) -> str:
-    return f"{seconds:.0f}s" if seconds < 99.5 else f"{seconds / 60:.0f}m" if seconds < 5970 else f"{seconds / 3600:.1f}h"
+    """41s, 17m, 2.5h."""
+    if seconds < 99.5:
+        return f"{seconds:.0f}s"
+    return f"{seconds / 60:.0f}m" if seconds < 5970 else f"{seconds / 3600:.1f}h"

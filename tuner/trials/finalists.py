@@ -28,7 +28,7 @@ Recorded for later readers (`deepfm status`, promotion, a resume):
     parent run                   metrics finalists_chosen_trial, finalists_{mean,std,original}_score_<metric>,
                                   finalists_n; tag deepfm.finalists.chosen_trial; artifact finalists.json (the results)
     each finalist run            the trial's params (training.seed = its seed) and epoch_* curves, score_<metric>,
-                                  best_epoch; tags deepfm.finalist_of_trial, deepfm.finalist_of_run_id,
+                                  best_epoch, samples_trained; tags deepfm.finalist_of_trial, deepfm.finalist_of_run_id,
                                   deepfm.finalist_seed, deepfm.trial_state
 
 Resume: each retrain is recorded as it ends, keyed by (trial, seed), and is never trained twice (a failed one, e.g.

@@ -116,6 +116,9 @@ def test_trials_train_on_the_sample_and_the_registry_holds_the_refit_gated_again
     assert lines[start + 1].startswith(f"  chosen   trial {best.number}: {chosen['value']:.4f} (sample-trained "
                                        f"{best.value:.4f}), best epoch")
     assert lines[start + 2].startswith(f"  baseline trial 0: {base['value']:.4f}")
+    assert lines[start + 3] == f"  lift of the chosen refit over the baseline's: {chosen['value'] - base['value']:+.4f}"
+    assert run("report", path, "--out", "report.html").exit_code == 0
+    assert f"<h2>Refit</h2><pre>refit on all {rows:,} training rows" in Path("report.html").read_text()
 
     # a resume trains nothing again (team mode: the second process finds the refits recorded, under a lock)
     sample = next(Path("data/encoded").glob(f"*/samples/train-{SAMPLE}-seed42/categorical.npy"))
@@ -168,7 +171,9 @@ def test_a_refit_killed_half_way_is_redone_by_promote_and_never_registered(in_tm
 
 @pytest.mark.slow
 def test_ctrl_c_during_a_refit_leaves_nothing_running_and_the_next_tune_refits(in_tmp, study_file):
-    path = study_file(STUDY, study__promote=False)
+    """With finalists, the refit repeats what promotion would register: the chosen finalist's best retrain (which,
+    like the trials, trained on the sample)."""
+    path = study_file(STUDY, study__promote=False, study__finalists={"top_k": 1, "seeds": 1})
 
     def interrupt(task, metrics):
         raise KeyboardInterrupt
@@ -182,4 +187,8 @@ def test_ctrl_c_during_a_refit_leaves_nothing_running_and_the_next_tune_refits(i
     assert "refit" not in existing_handle(spec, resolve_stores(spec=spec), str(path)).study.user_attrs.get("refit", {})
 
     tune(load_study(path))
-    assert len(runs("refit", status="FINISHED")) == 1
+    (refit,) = runs("refit", status="FINISHED")
+    (finalist,) = runs("finalist")
+    assert refit.data.tags["deepfm.refit_of_run_id"] == finalist.info.run_id
+    assert finalist.data.metrics["samples_trained"] == SAMPLE * finalist.data.metrics["epochs_trained"]
+    assert refit.data.metrics["sample_score_val_auc"] == finalist.data.metrics["score_val_auc"]
