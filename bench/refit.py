@@ -1,7 +1,7 @@
 """Tune on a sample, refit the winner on every row (issue 16): the same study run two ways on the same synthetic
 rows and seeds, (a) `data.tune_rows: N` + `study.refit` and (b) every row, each promoted to its own registered
 model. Records the wall time of the trials and of the refits, each champion's test AUC on the same test rows,
-DeLong's comparison of the two champions, the refit against the sample-trained winner it repeats (more rows
+DeLong's comparison of the two champions, each refit against the sample-trained run it repeats (more rows
 should help), the study process's peak RSS after (a), and an extrapolation to 45M rows from the measured parts.
 
 TPE + sub-epoch median pruning (eval_every 0.25) over the five V1 hyperparameters (bench/tuning.py's `pays`
@@ -34,19 +34,26 @@ def trials_seconds(trials) -> float:
     return sum((t.datetime_complete - t.datetime_start).total_seconds() for t in trials if t.datetime_complete)
 
 
-def sample_trained_scores(root: Path, record: dict, test_frame):
-    """The sample-trained winner's click probabilities on the test rows (its trial checkpoint)."""
+def refit_gain(root: Path, entry: dict, test_frame, labels) -> dict:
+    """DeLong's comparison, on the test rows, of a refit (every row) with the run it repeats (trained on the
+    sample): does the refit beat the sample-trained model?"""
     import optuna
 
     from deepfm_tuner.model.policy import ScoringPolicy
+    from deepfm_tuner.tuner.registry.gate import delong_test
     from deepfm_tuner.tuner.trials.runs import download_checkpoint
 
     study = optuna.load_study(study_name="refit_sample", storage=f"sqlite:///{root}/optuna.db")
-    trial = next(t for t in study.get_trials(deepcopy=False) if t.number == record["of_trial"])
+    trial = next(t for t in study.get_trials(deepcopy=False) if t.number == entry["of_trial"])
+    scores = []
     with tempfile.TemporaryDirectory() as tmp:
-        policy = ScoringPolicy.load(download_checkpoint(f"sqlite:///{root}/mlflow.db", trial.user_attrs["checkpoint"],
-                                                        Path(tmp)))
-        return policy.predict(test_frame)
+        for name, checkpoint in (("refit", entry["checkpoint"]), ("sample", trial.user_attrs["checkpoint"])):
+            folder = download_checkpoint(f"sqlite:///{root}/mlflow.db", checkpoint, Path(tmp) / name)
+            scores.append(ScoringPolicy.load(folder).predict(test_frame))
+    c = delong_test(labels, *scores)
+    return {"trial": entry["of_trial"], "refit_test_auc": c.auc_a, "sample_trained_test_auc": c.auc_b,
+            "auc_diff": c.diff, "ci_low": c.ci_low, "ci_high": c.ci_high, "p_value": c.p_value,
+            "described": c.describe()}
 
 
 def main() -> None:
@@ -80,7 +87,8 @@ def main() -> None:
     prepare_seconds = time.perf_counter() - started
     train_rows = len(data.parts["train"])
     results: dict = {"benchmark": "refit", "date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(),
-                     "args": vars(args), "data": data.summary(), "prepare_seconds": prepare_seconds, "studies": {}}
+                     "args": vars(args), "data": data.summary(), "prepare_seconds": prepare_seconds, "studies": {},
+                     "load_average_before": os.getloadavg()}
 
     # (a) trials on the sample, the winner and the V1 baseline refit on every row
     document = pays_document("refit_sample", {**data_block, "tune_rows": args.tune_rows}, args, {}, 0.25)
@@ -117,10 +125,10 @@ def main() -> None:
     versus = delong_test(labels, champions["a_sample_refit"], champions["b_all_rows"])
     results["a_minus_b"] = {"auc_diff": versus.diff, "ci_low": versus.ci_low, "ci_high": versus.ci_high,
                             "p_value": versus.p_value}
-    refit_gain = delong_test(labels, champions["a_sample_refit"],
-                             sample_trained_scores(workdir / "refit_sample", a["refit"], test_frame))
-    results["refit_minus_sample_trained"] = {"auc_diff": refit_gain.diff, "ci_low": refit_gain.ci_low,
-                                             "ci_high": refit_gain.ci_high, "p_value": refit_gain.p_value}
+    results["refit_minus_sample_trained"] = {
+        role: refit_gain(workdir / "refit_sample", entry, test_frame, labels)
+        for role, entry in (("chosen", a["refit"]), ("baseline", a["refit_baseline"]))
+        if entry and entry["state"] == "COMPLETE"}
     results["wall_ratio_a_over_b"] = a["wall_seconds"] / b["wall_seconds_for_all_trials"]
     results["whole_a_with_prepare_seconds"] = prepare_seconds + a["wall_seconds"]
     scale = ROWS_45M / args.rows  # the trials' cost is the sample's, whatever the rows; prepare and refits grow
@@ -129,9 +137,11 @@ def main() -> None:
         "refit_seconds": a["refit_seconds"] * scale,
         "a_whole_seconds": prepare_seconds * scale + a["wall_seconds"] + a["refit_seconds"] * (scale - 1),
         "b_whole_seconds": prepare_seconds * scale + b["wall_seconds_for_all_trials"] * scale}
-    print(f"(a) / (b) wall x{results['wall_ratio_a_over_b']:.2f}; champion AUC a - b {versus.describe()}; "
-          f"refit - sample-trained winner {refit_gain.describe()}", flush=True)
-    results["workdir"] = str(workdir)
+    gains = "; ".join(f"{role} refit - its sample-trained run {g['described']}"
+                      for role, g in results["refit_minus_sample_trained"].items())
+    print(f"(a) / (b) wall x{results['wall_ratio_a_over_b']:.2f}; champion AUC a - b {versus.describe()}; {gains}",
+          flush=True)
+    results["workdir"], results["load_average_after"] = str(workdir), os.getloadavg()
     write_json(results, "refit.json", args.out)
 
 

@@ -135,6 +135,7 @@ def _refit(handle, prepared: PreparedData, role: str, side: Candidate, trial_row
            log: Callable[[str], None], on_epoch) -> dict[str, Any]:
     """One refit of `side`'s run on every training row, as its own nested run; returns its record entry."""
     from deepfm_tuner.model.train import train, training_setup
+    from deepfm_tuner.tuner.stores.datasets import run_datasets
     from deepfm_tuner.tuner.trials.runs import run_params, run_tags, training_run
 
     spec, tracker = handle.spec, handle.tracker
@@ -159,7 +160,8 @@ def _refit(handle, prepared: PreparedData, role: str, side: Candidate, trial_row
     tags = {TAG_REFIT_OF_TRIAL: str(side.trial.number), TAG_REFIT_OF_RUN: side.run_id, TAG_REFIT_ROWS: str(rows),
             **run_tags(prepared.fingerprint, side.seed, training_setup(control))}
     with training_run(tracker, handle.parent_run_id, f"{role.replace('_', '-')}-{side.trial.number}", role,
-                      run_params(policy, control), tags, interrupted=("KILLED", "KILLED")) as run:
+                      run_params(policy, control), tags, datasets=run_datasets(prepared),
+                      interrupted=("KILLED", "KILLED")) as run:
         entry.update(state="FAIL", run_id=run.run_id)
 
         def epoch(metrics) -> None:

@@ -4,6 +4,7 @@ refit. A refit killed half-way (kill -9 or Ctrl-C) is redone by the next command
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -51,6 +52,12 @@ def runs(role: str, **where) -> list:
     return [r for r in found if all(getattr(r.info, k) == v for k, v in where.items())]
 
 
+def training_data(run) -> tuple[str, int]:
+    """(name, rows) of the dataset a run logged as its training data."""
+    (found,) = [d.dataset for d in run.inputs.dataset_inputs if {t.value for t in d.tags} == {"training"}]
+    return found.name, json.loads(found.profile)["rows"]
+
+
 def scores(tracking_uri: str, checkpoint: str, frame, folder: Path) -> np.ndarray:
     policy = ScoringPolicy.load(download_checkpoint(tracking_uri, checkpoint, folder))
     return np.asarray(policy.predict(frame), dtype=np.float64).reshape(-1)
@@ -88,6 +95,8 @@ def test_trials_train_on_the_sample_and_the_registry_holds_the_refit_gated_again
     assert refit.data.metrics["samples_trained"] == rows * refit.data.metrics["epochs_trained"]
     assert refit.data.tags["mlflow.parentRunId"] == handle.parent_run_id
     assert baseline_refit.data.tags["deepfm.refit_of_trial"] == "0"
+    assert training_data(trials[0]) == ("synth-3000-seed1-card200/train:train-sample-400-seed42", SAMPLE)
+    assert training_data(refit) == ("synth-3000-seed1-card200/train:train", rows)  # MLflow's datasets say so too
 
     # the registry holds the refit, with the sample-trained score beside its own
     version = client().get_model_version("deepfm-refit", "1")
