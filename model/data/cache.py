@@ -176,7 +176,7 @@ def load(folder: str | Path, hit: bool = True) -> PreparedData:
 
 
 # -- the trials' sample of the training rows (data.tune_rows) ---------------------------------------------
-SAMPLE_CHUNK_ROWS = 1 << 16  # rows gathered and written at a time: a sample of any size costs a few MiB of memory
+SAMPLE_CHUNK_ROWS = 1 << 16  # rows gathered and written at a time: the gather holds a few MiB, whatever the size
 
 
 def sample_rows(n: int, rows: int, seed: int) -> np.ndarray:

@@ -88,7 +88,9 @@ def init(study_path, storage, tracking_uri) -> None:
     spec = load_spec(study_path)
     stores = resolve_stores(storage, tracking_uri, spec)
     check_stores(stores)
-    load_data(spec, log_to_stderr)  # encoded once here; the workers map it (bad data fails before the study)
+    # encoded once here (and with data.tune_rows the trials' sample drawn): the workers map them; bad data fails
+    # before the study exists
+    spec.data.for_trials(load_data(spec, log_to_stderr), log_to_stderr)
     handle = init_study(spec, stores)
     for note in handle.notes:
         console.print(note, markup=False)
