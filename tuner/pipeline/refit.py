@@ -37,7 +37,6 @@ from typing import Any, Callable
 
 import optuna
 
-from deepfm_tuner.model.config import TrainConfig
 from deepfm_tuner.model.data.tensors import PreparedData
 from deepfm_tuner.model.errors import UserInputError
 from deepfm_tuner.tuner.spec.study import METRICS
@@ -140,16 +139,15 @@ def _refit(handle, prepared: PreparedData, role: str, side: Candidate, trial_row
 
     spec, tracker = handle.spec, handle.tracker
     max_epochs, patience = settings(spec)
-    policy, control = trained_config(side.trial, spec)
-    control: TrainConfig = (control or spec.training).replace(
-        seed=side.seed, max_epochs=max_epochs, patience=patience, threads=threads or (control or spec.training).threads)
+    policy, trained = trained_config(side.trial, spec)
+    trained = trained or spec.training  # a trial from before the record: the study's training control
+    control = trained.replace(seed=side.seed, max_epochs=max_epochs, patience=patience,
+                              threads=threads or trained.threads)
     rows = len(prepared.parts["train"])
     entry: dict[str, Any] = {"role": role, "of_trial": side.trial.number, "of_run_id": side.run_id,
                              "seed": side.seed, "max_epochs": max_epochs, "patience": patience, "rows": rows,
                              "trial_rows": trial_rows, "sample_value": side.value}
-    _, trained = trained_config(side.trial, spec)
-    if trial_rows >= rows and (trained or spec.training).max_epochs == max_epochs and \
-            (trained or spec.training).patience == patience:
+    if trial_rows >= rows and (trained.max_epochs, trained.patience) == (max_epochs, patience):
         log(f"refit of trial {side.trial.number}: not needed (its run trained on every row with the refit's epochs "
             f"and patience)")
         return {**entry, "state": "SKIPPED", "run_id": side.run_id}

@@ -201,3 +201,17 @@ def test_ctrl_c_during_a_refit_leaves_nothing_running_and_the_next_tune_refits(i
     assert refit.data.tags["deepfm.refit_of_run_id"] == finalist.info.run_id
     assert finalist.data.metrics["samples_trained"] == SAMPLE * finalist.data.metrics["epochs_trained"]
     assert refit.data.metrics["sample_score_val_auc"] == finalist.data.metrics["score_val_auc"]
+
+
+@pytest.mark.slow
+def test_tune_rows_past_the_split_trains_on_every_row_and_needs_no_refit(in_tmp, study_file):
+    path = study_file(STUDY, data__tune_rows=10_000_000)
+    result = run("tune", path)
+    assert result.exit_code == 0, result.output
+    rows = len(load_data(load_study(path)).parts["train"])
+    assert f"trials train on all {rows:,} rows (data.tune_rows is not below the split's rows)" in result.output
+    assert f"refit: not needed (the trials trained on all {rows:,} rows with its epochs and patience)" in result.output
+    assert not runs("refit") and not runs("refit_baseline")
+    best = max(runs("trial"), key=lambda r: r.data.metrics.get("score_val_auc", 0))
+    version = client().get_model_version("deepfm-refit", "1")
+    assert version.run_id == best.info.run_id and not any(k.startswith("refit.") for k in version.tags)
