@@ -33,6 +33,8 @@ def print_promotion(console: Console, name: str, p) -> None:
     console.print(f"model URI: {p.model_uri}")
     if p.baseline_message:
         console.print(p.baseline_message)
+    if p.reference_message:
+        console.print(p.reference_message, markup=False, highlight=False)
 
 
 def _auc(value: float | None) -> str:
@@ -131,6 +133,8 @@ def print_tune_result(console: Console, spec, result, tracking_uri: str | None) 
     console.print(describe_lift(result.handle.study, spec.metric))
     print_finalists(console, result.finalists)
     print_lines(console, refit_lines(result.handle.study, spec))
+    if result.reference is not None:
+        console.print(result.reference.line(), markup=False, highlight=False)
     if result.promotion is not None:
         print_promotion(console, spec.model_name, result.promotion)
     uri = result.handle.tracking_uri

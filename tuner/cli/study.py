@@ -148,7 +148,7 @@ def promote(study_path, storage, tracking_uri, name, force) -> None:
     With study.finalists, the candidate is the configuration with the best mean over its re-seeded runs (its
     best retrain is registered); retrains not recorded yet are trained first. With study.refit, the candidate's
     refit on every training row is registered and compared with the V1 baseline's refit; a refit not recorded
-    yet (or killed half-way) is trained first.
+    yet (or killed half-way) is trained first, and so is study.reference.
 
     The gate is DeLong's paired AUC test against the current champion on the same test rows (study file
     'promotion: {require: not_worse|better, alpha: 0.05}'); the V1 baseline trial is compared the same way.
@@ -163,11 +163,13 @@ def promote(study_path, storage, tracking_uri, name, force) -> None:
     from deepfm_tuner.tuner.stores.check import check_stores
     from deepfm_tuner.tuner.stores.datasets import part_dataset
     from deepfm_tuner.tuner.trials.finalist_runs import run_finalists
+    from deepfm_tuner.tuner.trials.reference import check_reference, run_reference
 
     quiet_optuna()
     spec = load_spec(study_path)
     stores = resolve_stores(storage, tracking_uri, spec)
     check_stores(stores)
+    check_reference(spec)
     handle = existing_handle(spec, stores, study_path)  # a wrong name creates nothing
     data = load_data(spec, log_to_stderr)  # mapped; promotion reads only the test rows
     trial_data = spec.data.for_trials(data, log_to_stderr)  # the trials' sample with data.tune_rows, else `data`
@@ -176,6 +178,10 @@ def promote(study_path, storage, tracking_uri, name, force) -> None:
     if spec.refit is not None:  # a refit not recorded yet (an interrupted or killed one included) trains here
         run_refit(handle, data, trial_rows=len(trial_data.parts["train"]), log=log_to_stderr)
         print_lines(console, refit_lines(handle.study, spec))
+    # trained only when not recorded yet; on every row when the study refits (like with like), else the trials' rows
+    reference = run_reference(handle, data if spec.refit is not None else trial_data, log=log_to_stderr)
+    if reference is not None:
+        console.print(reference.line(), markup=False, highlight=False)
     print_promotion(console, name or spec.model_name,
                     promote_study(handle, test_frame=data.test_frame(), force=force, name=name,
                                   test_dataset=part_dataset(data, "test")))

@@ -13,7 +13,10 @@ message says so. The candidate itself is always within the budget (record.best_t
 `--force` skips the guard with the gate.
 
 With `study.refit`, each side is its refit on every training row (tuner.pipeline.refit): the candidate's refit is
-registered (tags `refit.*`) and compared with the V1 baseline's refit, like with like."""
+registered (tags `refit.*`) and compared with the V1 baseline's refit, like with like.
+With `study.reference`, the registered version is compared the same way with the study's tree-model reference
+(tuner.trials.reference) on the same test rows: tags `reference.*` on the version and the parent run, and one line
+that says so when the tree model is significantly better. Informative only: it never changes what is promoted."""
 
 from __future__ import annotations
 
@@ -31,13 +34,15 @@ from deepfm_tuner.model.errors import UserInputError
 from deepfm_tuner.model.policy import ScoringPolicy
 from deepfm_tuner.tuner.pipeline.handle import StudyHandle
 from deepfm_tuner.tuner.pipeline.refit import refitted_sides
-from deepfm_tuner.tuner.registry.gate import delong_test
-from deepfm_tuner.tuner.registry.promotion import promote_policy
+from deepfm_tuner.tuner.registry.gate import AucComparison, delong_test
+from deepfm_tuner.tuner.registry.promotion import PromotionResult, promote_policy
+from deepfm_tuner.tuner.stores.retry import retry
 from deepfm_tuner.tuner.trials.baseline import baseline_trial
 from deepfm_tuner.tuner.trials.constraints import within_budget
 from deepfm_tuner.tuner.trials.finalists import champion_candidate, trial_candidate
 from deepfm_tuner.tuner.trials.names import score_name
 from deepfm_tuner.tuner.trials.record import human_epoch
+from deepfm_tuner.tuner.trials.reference import NAMES, recorded, reference_scores
 from deepfm_tuner.tuner.trials.runs import download_checkpoint
 
 
@@ -103,7 +108,8 @@ def promote_study(handle: StudyHandle, *, test_frame: pd.DataFrame, force: bool 
         if same_run and result.baseline is not None:
             result = dataclasses.replace(result, baseline_message=(
                 f"no significant gain over the V1 baseline: the best trial ({best.number}) is the baseline itself"))
-        return dataclasses.replace(result, baseline_message=note) if note else result
+        result = dataclasses.replace(result, baseline_message=note) if note else result
+        return _versus_reference(handle, result, policy_dir, test_frame)
 
 
 def _version_tags(spec, trial_number: int, value: float, policy_dir: Path, extra: dict) -> dict[str, str]:
@@ -133,3 +139,50 @@ def _baseline_guard(candidate_dir: Path, baseline_dir: Path, test_frame: pd.Data
     except Exception:  # noqa: BLE001 - e.g. one class in the test rows: promote_policy reports that itself
         return None
     return comparison if comparison.diff < 0 and comparison.p_value < alpha else None
+
+
+def _versus_reference(handle: StudyHandle, result: PromotionResult, policy_dir: Path,
+                      test_frame: pd.DataFrame) -> PromotionResult:
+    """The registered version vs the study's reference on the same test rows (DeLong): tags `reference.*` on the
+    version and the parent run, one line in the result."""
+    spec = handle.spec
+    if spec.reference is None:
+        return result
+    kind, record = NAMES[spec.reference.type], recorded(handle.study)
+    if record is None:
+        return dataclasses.replace(result, reference_message=(
+            f"no {kind} reference recorded for study '{spec.name}' (it failed: see its run); not compared"))
+    try:
+        policy = ScoringPolicy.load(policy_dir)
+        labels = check_labels(test_frame, policy.encoder.schema.label, "promotion test frame")
+        comparison = delong_test(labels, np.asarray(policy.predict(test_frame), dtype=np.float64).reshape(-1),
+                                 reference_scores(handle.tracking_uri, record, test_frame))
+    except Exception as exc:  # noqa: BLE001 - the comparison informs; it never blocks a promotion
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        return dataclasses.replace(result, reference_message=f"could not compare with the {kind} reference ({first})")
+    c = comparison
+    tags = {"reference.type": spec.reference.type, "reference.test_auc": f"{c.auc_b:.6f}",
+            "reference.auc_diff": f"{c.diff:.6f}", "reference.ci_low": f"{c.ci_low:.6f}",
+            "reference.ci_high": f"{c.ci_high:.6f}", "reference.p_value": f"{c.p_value:.6g}"}
+    for key, value in tags.items():
+        retry(handle.tracker.client.set_model_version_tag, result.name, str(result.version), key, value)
+    handle.tracker.log_summary(handle.parent_run_id, {
+        "reference_auc_diff": c.diff, "reference_ci_low": c.ci_low, "reference_ci_high": c.ci_high,
+        "reference_p_value": c.p_value}, tags={**tags, "reference.version": str(result.version)})
+    info = {"type": spec.reference.type, "run_id": record["run_id"], "test_auc": c.auc_b, "auc_diff": c.diff,
+            "ci_low": c.ci_low, "ci_high": c.ci_high, "p_value": c.p_value}
+    return dataclasses.replace(result, reference=info, reference_message=reference_line(
+        c, kind, result.version, spec.promotion.alpha))
+
+
+def reference_line(c: AucComparison, kind: str, version: int, alpha: float) -> str:
+    """Version vs reference in one line; when the tree model is significantly better, the advice."""
+    versus = f"test AUC {c.auc_a:.4f} vs {c.auc_b:.4f} on the same {c.rows:,} rows: {c.describe()}"
+    if c.p_value < alpha and c.diff < 0:
+        return (f"the {kind} reference is significantly better than version {version} ({versus}): with these "
+                f"features prefer the tree model, or give DeepFM what it is made for (sparse, high-cardinality or "
+                f"multi-valued fields, more rows)")
+    if c.p_value < alpha:
+        return f"DeepFM earned its keep: version {version} beats the {kind} reference ({versus})"
+    return f"no significant difference from the {kind} reference ({versus})"
+

@@ -1,8 +1,8 @@
 """A study's life in one function, called the same way by `deepfm tune` in one process, by the coordinator of
 local workers (`--workers N`) and by each team worker: stores -> data -> study -> trials -> finalists -> refit ->
-summary -> promotion. The data step runs first and once per data set (later runs map the encoded dataset, and with
-data.tune_rows the trials' sample of it); the stores are resolved once, here, and checked before it, so a wrong URI
-fails in seconds.
+reference -> summary -> promotion. The data step runs first and once per data set (later runs map the encoded
+dataset, and with data.tune_rows the trials' sample of it); the stores are resolved once, here, and checked before
+it, so a wrong URI fails in seconds.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from deepfm_tuner.tuner.trials import interrupts
 from deepfm_tuner.tuner.trials.finalist_runs import run_finalists
 from deepfm_tuner.tuner.trials.finalists import FinalistsResult
 from deepfm_tuner.tuner.trials.record import best_trial, trial_counts
+from deepfm_tuner.tuner.trials.reference import ReferenceResult, check_reference, run_reference
 
 
 def load_data(spec: StudySpec, log: Callable[[str], None] = lambda message: None) -> PreparedData:
@@ -49,6 +50,7 @@ class TuneResult:
     counts: dict[str, int] = field(default_factory=dict)
     promotion: Any = None  # tuner.registry.promotion.PromotionResult when the best trial was promoted
     finalists: FinalistsResult | None = None  # when the study has a finalists block
+    reference: ReferenceResult | None = None  # when the study has a reference that trained (now or earlier)
 
 
 def tune(
@@ -68,15 +70,17 @@ def tune(
     log: Callable[[str], None] = lambda message: None,
 ) -> TuneResult:
     """Create or resume the study and run its trials; then re-train the finalists, refit the chosen configuration on
-    every training row, summarise on the parent run and promote (unless `summary` is False: a local worker, whose
-    coordinator does those once, after every worker). With data.tune_rows the trials and finalists train on the
-    study's sample of the training rows (`data` is then the whole dataset, the refit's).
+    every training row, train the reference, summarise on the parent run and promote (unless `summary` is False: a
+    local worker, whose coordinator does those once, after every worker). With data.tune_rows the trials and
+    finalists train on the study's sample of the training rows (`data` is then the whole dataset, the refit's, and
+    the reference's when the study refits: like with like against the registered refit).
 
     With `workers` > 1 the trials run in that many local processes (each runs `deepfm tune STUDY --workers 1
     --no-summary`, what a team worker on another machine runs) and this process coordinates them; `threads` is
     then per worker (default: this machine's cores split between them)."""
     stores = resolve_stores(storage, tracking_uri, spec)
     check_stores(stores)  # a wrong URI fails in seconds, not after the data step
+    check_reference(spec)  # a reference LightGBM cannot train as written fails now, not after the trials
     full = data or load_data(spec, log)  # bad data fails here, before any study or run exists
     data = spec.data.for_trials(full, log)  # with data.tune_rows: the sample, drawn once, before any worker starts
     latency = latency_probe(spec, data)  # with a latency budget: its rows, read before any study or run exists
@@ -84,7 +88,7 @@ def tune(
     if on_ready is not None:
         on_ready(handle, data)
     finalist_threads = threads
-    finalists = None
+    finalists = reference = None
     try:
         with sigterm_as_interrupt() if workers > 1 else contextlib.nullcontext():
             if workers > 1:
@@ -97,6 +101,8 @@ def tune(
                 finalists = run_finalists(handle, data, threads=finalist_threads, log=log)
                 run_refit(handle, full, trial_rows=len(data.parts["train"]), threads=finalist_threads, log=log,
                           on_epoch=on_refit_epoch)
+                reference = run_reference(handle, full if spec.refit is not None else data, threads=finalist_threads,
+                                          log=log)
     except KeyboardInterrupt:
         interrupts.handled()
         if summary:
@@ -106,7 +112,7 @@ def tune(
         summarise(handle, status="FAILED")
         raise
     best = summarise(handle) if summary else best_trial(handle.study)
-    result = TuneResult(handle, best, trial_counts(handle.study), finalists=finalists)
+    result = TuneResult(handle, best, trial_counts(handle.study), finalists=finalists, reference=reference)
     if (spec.promote if promote is None else promote) and best is not None:
         result.promotion = promote_study(handle, test_frame=data.test_frame(), test_dataset=part_dataset(data, "test"))
     return result

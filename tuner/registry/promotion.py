@@ -61,6 +61,8 @@ class PromotionResult:
     baseline: dict | None = None  # challenger - V1 baseline: auc_diff, ci_low, ci_high, p_value, helped
     baseline_message: str = ""  # "tuning helped: ..." or "no significant gain over the V1 baseline ..."
     registered: bool = True  # False: the checkpoint was already registered as this version (nothing new)
+    reference: dict | None = None  # this version - the study's tree-model reference: type, test_auc, auc_diff, ...
+    reference_message: str = ""  # the comparison in one line, with the advice when the tree model is better
 
     @property
     def promoted(self) -> bool:

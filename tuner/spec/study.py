@@ -4,7 +4,7 @@ declaration (model.validation), into a StudySpec.
     study:     {name, n_trials, timeout, metric, sampler, pruner, storage, tracking_uri, experiment,
                 registered_model, promote, warm_start: {from, top_k, storage}, finalists: {top_k, seeds},
                 constraints: {max_parameters, max_latency_ms} (serving budgets: tuner.spec.constraints),
-                refit: {max_epochs, patience} | true | false}
+                refit: {max_epochs, patience} | true | false, reference: lightgbm | {type: lightgbm, params: {...}}}
     data:      see model.data.source.DataSpec (files or `synthetic: {rows: N}`)
     training:  see model.config.TrainConfig (batch_size, max_epochs, patience, ...); embedding_l2, weight_decay
                and batch_size may be tunable specs, as in the policy (tuner.spec.space)
@@ -20,7 +20,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Mapping, Optional
 
-from pydantic import AfterValidator, BeforeValidator, Field, StringConstraints, WrapValidator, model_validator
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    StringConstraints,
+    WrapValidator,
+    model_validator,
+)
 
 from deepfm_tuner.model.config import TrainConfig, load_yaml
 from deepfm_tuner.model.data.source import DataSpec
@@ -36,6 +47,7 @@ SAMPLERS = ("tpe", "random", "gp", "qmc")
 PRUNERS = ("median", "hyperband", "none")
 METRICS = {"val_auc": "maximize", "val_logloss": "minimize"}
 REQUIREMENTS = ("not_worse", "better")
+REFERENCES = ("lightgbm",)
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 
 
@@ -174,6 +186,23 @@ def _flag_or_block(value: Any, handler: Any) -> Any:
 RefitBlock = Annotated[Optional[RefitSpec], WrapValidator(_flag_or_block)]
 
 
+ParamValue = Annotated[StrictBool | StrictInt | StrictFloat | StrictStr,
+                       Must("must be a number, true/false or a string")]
+
+
+@declared("study.reference")
+class ReferenceSpec:
+    """A tree model trained on the trials' own train / validation rows and scored on the champion's test rows, so a
+    study says whether DeepFM beat it (tuner.trials.reference). `params` are LightGBM's, over our defaults; their
+    names are checked against LightGBM's own list when the study starts."""
+
+    type: Annotated[str, OneOf("reference model", REFERENCES, "use lightgbm (the one reference model so far)")] = \
+        "lightgbm"
+    params: dict[str, ParamValue] = field(default_factory=dict)
+
+    SHAPE: ClassVar[str] = "a model name or a mapping such as {type: lightgbm, params: {num_leaves: 127}}"
+
+
 @declared("study")
 class StudyBlock:
     """The `study:` block; its name defaults to the file's stem."""
@@ -193,6 +222,9 @@ class StudyBlock:
     finalists: Optional[FinalistsSpec] = None  # None: the best single trial is the champion candidate
     constraints: Optional[ConstraintsSpec] = None  # serving budgets; None: every trial may be champion
     refit: RefitBlock = None  # None: on when data.tune_rows is set; False: off
+
+
+    reference: Optional[Block(ReferenceSpec, "type")] = None  # None: no tree-model reference
 
     @model_validator(mode="after")
     def _ends(self) -> "StudyBlock":
@@ -246,6 +278,7 @@ class StudySpec:
     finalists: FinalistsSpec | None = None  # None: the best single trial is the champion candidate
     constraints: ConstraintsSpec | None = None  # serving budgets; None: every trial may be champion
     refit: RefitSpec | None = None  # None: promotion registers the chosen run as trained (parse_study resolves it)
+    reference: ReferenceSpec | None = None  # None: no tree-model reference
     source: str = ""
 
     @property

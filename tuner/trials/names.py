@@ -28,6 +28,7 @@ ATTR_PARENT_RUN, ATTR_EXPERIMENT, ATTR_TRACKING_URI = "mlflow_parent_run_id", "m
 ATTR_FINALISTS = "finalists"  # the finalists' retrains, per-candidate mean/std and the choice (tuner.trials.finalists)
 ATTR_BUDGET = "serving_budget"  # the study.constraints the study was created with (tuner.trials.constraints)
 ATTR_REFIT = "refit"  # the chosen configuration's and the V1 baseline's refits on every row (tuner.pipeline.refit)
+ATTR_REFERENCE = "reference"  # the tree-model reference's run, scores and settings (tuner.trials.reference)
 
 # -- MLflow tags -------------------------------------------------------------------------------------------------
 TAG_TRIAL = "deepfm.trial_number"
@@ -43,6 +44,7 @@ TAG_WITHIN_BUDGET = "deepfm.within_budget"  # with study.constraints: "true" or 
 # the run it repeats (the trial's, or the chosen finalist retrain's), its training rows and the samples it trained
 TAG_REFIT_OF_TRIAL, TAG_REFIT_OF_RUN = "deepfm.refit_of_trial", "deepfm.refit_of_run_id"
 TAG_REFIT_ROWS, TAG_REFIT_SAMPLES = "deepfm.refit_rows", "deepfm.refit_samples"
+TAG_REFERENCE_RUN = "deepfm.reference_run_id"  # on the parent run: the tree-model reference's run (role reference)
 
 # -- MLflow metric names ---------------------------------------------------------------------------------------
 CHECKPOINT_PATH = "checkpoint"  # the artifact folder holding a run's policy directory
