@@ -126,6 +126,7 @@ def run_pays_study(document: dict, root: Path, data) -> dict:
         "finalists": {k: v for k, v in result.handle.study.user_attrs.get("finalists", {}).items()
                       if k in ("results", "chosen")},
         "baseline_message": promotion.baseline_message, "promotion_reason": promotion.reason,
+        "refit": result.handle.study.user_attrs.get("refit", {}),  # study.refit: the refits' record
         "_trials": trials,
     }
 

@@ -11,19 +11,32 @@ from typing import Annotated, Any, Callable, ClassVar, Mapping, Optional
 
 import pandas as pd
 from annotated_types import MinLen
-from pydantic import BeforeValidator, model_validator, with_config
+from pydantic import BeforeValidator, PlainValidator, model_validator, with_config
 from typing_extensions import TypedDict
 
-from deepfm_tuner.model.data.cache import open_or_build
+from deepfm_tuner.model.data.cache import open_or_build, train_sample
 from deepfm_tuner.model.data.frames import FORMATS, check_file
 from deepfm_tuner.model.data.layout import Source, SplitRule
 from deepfm_tuner.model.data.schema import FeatureSchema, SchemaHints, criteo_schema, infer_schema
 from deepfm_tuner.model.data.synth import SynthSpec, write_dataset
 from deepfm_tuner.model.data.tensors import PreparedData
 from deepfm_tuner.model.errors import DataError, did_you_mean
-from deepfm_tuner.model.validation import CONFIG, Float, Int, Must, OneOf, Text, declared, parse, refuse
+from deepfm_tuner.model.validation import CONFIG, Float, Int, Must, OneOf, Text, declared, must, parse, refuse
 
 Fraction = Float("must be a number in [0, 1)", ge=0, lt=1)
+
+
+def _rows_or_fraction(value: Any) -> int | float:
+    """An integer is a number of rows, a number below 1 a fraction of the training split."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    if isinstance(value, float) and 0 < value < 1:
+        return value
+    raise must("must be a number of training rows (an integer >= 1, e.g. 2000000) or a fraction of the training "
+               "split in (0, 1) (e.g. 0.1)")
+
+
+TuneRows = Annotated[int | float, PlainValidator(_rows_or_fraction)]
 
 
 @with_config(CONFIG)
@@ -61,6 +74,8 @@ class DataSpec:
     test_fraction: Fraction = 0.1
     split_seed: Int(0) = 42
     order_by: Optional[Text] = None  # split by this column (latest rows -> val, test) instead of at random
+    tune_rows: Optional[TuneRows] = None  # trials train on this many training rows (or this fraction of them),
+    #   one sample drawn with split_seed; validation and test rows are unchanged (study.refit: the winner on all)
 
     SHAPE: ClassVar[str] = "a mapping such as {train: PATH}, {train: [PATH, ...]} or {synthetic: {rows: N}}"
 
@@ -127,6 +142,15 @@ class DataSpec:
         sources = self.sources()
         settings = {"schema": dict(self.schema)}
         return open_or_build(sources, self.resolve_schema, self.split_rule(), self.encoded_dir, settings, log)
+
+    def for_trials(self, prepared: PreparedData, log=lambda message: None) -> PreparedData:
+        """What trials train on: `prepared`, or with `tune_rows` its sample of the training rows (drawn with
+        split_seed, written once beside the encoded dataset and mapped by every trial, worker and resume)."""
+        if self.tune_rows is None:
+            return prepared
+        rows = len(prepared.parts["train"])
+        wanted = self.tune_rows if isinstance(self.tune_rows, int) else max(1, round(self.tune_rows * rows))
+        return train_sample(prepared, wanted, self.split_seed, log)
 
     def resolve_schema(self, sample: Callable[[], pd.DataFrame], fmt: str) -> FeatureSchema:
         """The Criteo preset; or declared roles, the rest inferred from `sample()` (the first rows of the file)."""

@@ -96,6 +96,25 @@ class EncodedRows:
         return TensorData.from_features(self.features, self.labels)
 
 
+@dataclass(frozen=True)
+class TrainSample:
+    """What a study's trials train on with `data.tune_rows`: `rows` of the split's `of` training rows, drawn with
+    `seed` (`rows == of`: every row, the split being no larger than tune_rows)."""
+
+    rows: int
+    of: int
+    seed: int
+
+    @property
+    def whole(self) -> bool:
+        return self.rows >= self.of
+
+    def describe(self) -> str:
+        if self.whole:
+            return f"trials train on all {self.of:,} rows (data.tune_rows is not below the split's rows)"
+        return f"trials train on {self.rows:,} of {self.of:,} rows (sample seed {self.seed})"
+
+
 @dataclass
 class PreparedData:
     """The fitted encoder and the encoded train/val/test rows, plus a fingerprint of the data. Each split becomes
@@ -106,6 +125,7 @@ class PreparedData:
     fingerprint: str
     folder: Path | None = None  # the on-disk encoded dataset these parts map, if any
     cache_hit: bool | None = None  # mapped an existing one (True) or built it (False)
+    sample: TrainSample | None = None  # with data.tune_rows: the trials' sample, which "train" holds
 
     @cached_property
     def train(self) -> TensorData:
@@ -123,8 +143,10 @@ class PreparedData:
         where = "" if self.folder is None else (
             f", encoded dataset {self.folder} ({'hit: mapped' if self.cache_hit else 'miss: encoded now'})")
         train, val, test = (len(self.parts[part]) for part in ("train", "val", "test"))
+        train = train if self.sample is None else self.sample.of
+        trials = "" if self.sample is None else f"; {self.sample.describe()}"
         return (f"{train:,} train / {val:,} val / {test:,} test rows, "
-                f"{len(self.encoder.schema.features)} fields, fingerprint {self.fingerprint}{where}")
+                f"{len(self.encoder.schema.features)} fields, fingerprint {self.fingerprint}{where}{trials}")
 
     def test_frame(self, rows: int | None = None) -> pd.DataFrame:
         """The raw rows of the test split (promotion scores them through the served model), read alone; with

@@ -8,12 +8,14 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from deepfm_tuner.tuner.cli.show import compact_seconds
 from deepfm_tuner.tuner.spec.space import shown_params
 from deepfm_tuner.tuner.trials.constraints import within_budget
 from deepfm_tuner.tuner.trials.record import human_epoch, pruned_where, trial_score
 
 if TYPE_CHECKING:  # the training loop (torch) is imported by the commands that train
     from deepfm_tuner.model.train import EpochMetrics
+    from deepfm_tuner.tuner.pipeline.refit import RefitTask
 
 
 def format_epoch(m: EpochMetrics) -> str:
@@ -40,14 +42,18 @@ class EpochProgress:
 
 
 class TrialProgress:
-    """Live view of a study: trials done/total, the current trial's epoch and metric, the best so far."""
+    """Live view of a study: trials done/total, the current trial's epoch and metric, the time its remaining epochs
+    take at the measured samples/s, the best so far; then the refit's epochs on every training row, the same way."""
 
     def __init__(self, console: Console, total: int | None, max_epochs: int, metric: str, direction: str):
         self.console, self.metric, self.max_epochs, self.direction = console, metric, max_epochs, direction
-        self.progress = Progress(TextColumn("[bold]trials"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                                 TextColumn("{task.description}"), console=console, transient=True)
-        self.task = self.progress.add_task("", total=total)
+        self.progress = Progress(TextColumn("[bold]{task.fields[what]}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), TextColumn("{task.description}"), console=console,
+                                 transient=True)
+        self.task = self.progress.add_task("", total=total, what="trials")
         self.best: tuple[int, float] | None = None
+        self.rows: int | None = None  # training rows each trial sees
+        self.refits: dict[str, int] = {}  # role -> its progress task
 
     def __enter__(self) -> "TrialProgress":
         self.progress.start()
@@ -56,8 +62,8 @@ class TrialProgress:
     def __exit__(self, *exc) -> None:
         self.progress.stop()
 
-    def start(self, finished: int, best: tuple[int, float] | None) -> None:
-        self.best = best
+    def start(self, finished: int, best: tuple[int, float] | None, rows: int | None = None) -> None:
+        self.best, self.rows = best, rows
         self.progress.update(self.task, completed=finished)
 
     def _best_text(self) -> str:
@@ -65,8 +71,21 @@ class TrialProgress:
 
     def on_epoch(self, trial, metrics: EpochMetrics) -> None:
         value = getattr(metrics, self.metric)
+        left = _left(self.max_epochs - human_epoch(metrics.epoch), self.rows, metrics.samples_per_second)
         self.progress.update(self.task, description=f"trial {trial.number} epoch {human_epoch(metrics.epoch)}/{self.max_epochs} "
-                                                    f"{self.metric} {value:.4f} | {self._best_text()}")
+                                                    f"{self.metric} {value:.4f}{left} | {self._best_text()}")
+
+    def on_refit_epoch(self, task: RefitTask, metrics: EpochMetrics) -> None:
+        """The refit's bar: epochs done of its max_epochs on every training row (early stopping may end it sooner)."""
+        if task.role not in self.refits:
+            what = "refit" if task.role == "refit" else "baseline refit"
+            self.refits[task.role] = self.progress.add_task("", total=task.max_epochs, what=what)
+        left = _left(task.max_epochs - human_epoch(metrics.epoch), task.rows, metrics.samples_per_second)
+        self.progress.update(self.refits[task.role], completed=human_epoch(metrics.epoch), description=(
+            f"trial {task.trial} on {task.rows:,} rows: {self.metric} {getattr(metrics, self.metric):.4f}, "
+            f"{metrics.samples_per_second:,.0f} samples/s{left}"))
+        self.console.print(f"{'refit' if task.role == 'refit' else 'baseline refit'} of trial {task.trial}: "
+                           f"{format_epoch(metrics)}", markup=False, highlight=False)
 
     def on_trial(self, study, trial) -> None:
         state = trial.state.name
@@ -85,6 +104,14 @@ class TrialProgress:
                            f"| {self._best_text()}")
         if state in ("COMPLETE", "PRUNED"):
             self.progress.advance(self.task)
+
+
+def _left(epochs: int, rows: int | None, samples_per_second: float) -> str:
+    """", at most ~4m left": the remaining epochs at the measured rate (early stopping or pruning may end sooner)."""
+    if not epochs or not rows or samples_per_second <= 0:
+        return ""
+    seconds = epochs * rows / samples_per_second
+    return f", at most ~{compact_seconds(seconds)} left"
 
 
 def _short(value) -> str:

@@ -9,6 +9,7 @@ from rich.table import Table
 from rich.text import Text
 
 from deepfm_tuner.model.config import policy_to_v1_yaml, policy_with_training_yaml
+from deepfm_tuner.tuner.pipeline.refit import refit_lines
 from deepfm_tuner.tuner.spec.space import TRAINING_PREFIX, Fixed, Layers, layers_label, shown_params, tuned_training
 from deepfm_tuner.tuner.trials.baseline import describe_lift, is_baseline
 from deepfm_tuner.tuner.trials.constraints import budget_lines, over_budget, within_budget
@@ -131,6 +132,7 @@ def print_tune_result(console: Console, spec, result, tracking_uri: str | None) 
     print_lines(console, budget_lines(result.handle.study, spec.metric))
     console.print(describe_lift(result.handle.study, spec.metric))
     print_finalists(console, result.finalists)
+    print_lines(console, refit_lines(result.handle.study, spec))
     if result.reference is not None:
         console.print(result.reference.line(), markup=False, highlight=False)
     if result.promotion is not None:
@@ -214,7 +216,8 @@ def _one_line_per_row(headers: tuple[str, ...], rows: list[tuple[str, ...]], wid
 def print_status(console: Console, study, spec) -> None:
     """Trials table, one line per trial (number, state, score at the best epoch, best epoch, time, then one narrow
     column per tuned hyperparameter; the fixed ones stated once above it), the best trial, the serving budget (a
-    complete trial over it reads "over budget"), the lift over the V1 baseline and the finalists."""
+    complete trial over it reads "over budget"), the refit on every training row (its own lines, below the table),
+    the lift over the V1 baseline and the finalists."""
     score = score_name(spec.metric)
     tuned = {**{name: s for name, s in spec.space.items() if not isinstance(s, Fixed)}, **spec.training_space}
     fixed = {name: s.value for name, s in spec.space.items() if isinstance(s, Fixed)}
@@ -250,6 +253,7 @@ def print_status(console: Console, study, spec) -> None:
     best = best_trial(study)
     console.print(f"{counts or 'no trials'}" + (f"; best trial {best.number}: {score} {best.value:.4f}" if best else ""))
     print_lines(console, budget_lines(study, spec.metric))
+    print_lines(console, refit_lines(study, spec))
     if best is not None:
         print_trained(console, best, spec)
     if study.trials:

@@ -53,7 +53,7 @@ def tune(study_path, storage, tracking_uri, n_trials, timeout, threads, workers,
             err.print(note, markup=False)
         best = best_trial(handle.study)
         progress.start(sum(1 for t in handle.study.trials if t.state.name in ("COMPLETE", "PRUNED")),
-                       (best.number, best.value) if best else None)
+                       (best.number, best.value) if best else None, rows=len(data.parts["train"]))
 
     try:
         if workers > 1:  # this process coordinates; the workers show their own trials, prefixed
@@ -63,11 +63,11 @@ def tune(study_path, storage, tracking_uri, n_trials, timeout, threads, workers,
             with progress:
                 result = run_tune(spec, storage=storage, tracking_uri=tracking_uri, threads=threads, promote=promote,
                                   on_epoch=progress.on_epoch, on_trial=progress.on_trial, on_ready=ready,
-                                  summary=summary, log=log_to_stderr)
+                                  on_refit_epoch=progress.on_refit_epoch, summary=summary, log=log_to_stderr)
     except KeyboardInterrupt:
         interrupts.handled()
-        err.print("interrupted: the running trial was marked failed (a finalist retrain: killed) and its MLflow run "
-                  "closed; run the same command to resume")
+        err.print("interrupted: the running trial was marked failed (a finalist retrain or a refit: killed) and its "
+                  "MLflow run closed; run the same command to resume")
         sys.exit(130)
     print_tune_result(console, spec, result, tracking_uri)
 
@@ -88,7 +88,9 @@ def init(study_path, storage, tracking_uri) -> None:
     spec = load_spec(study_path)
     stores = resolve_stores(storage, tracking_uri, spec)
     check_stores(stores)
-    load_data(spec, log_to_stderr)  # encoded once here; the workers map it (bad data fails before the study)
+    # encoded once here (and with data.tune_rows the trials' sample drawn): the workers map them; bad data fails
+    # before the study exists
+    spec.data.for_trials(load_data(spec, log_to_stderr), log_to_stderr)
     handle = init_study(spec, stores)
     for note in handle.notes:
         console.print(note, markup=False)
@@ -144,16 +146,19 @@ def promote(study_path, storage, tracking_uri, name, force) -> None:
     """Register the study's best trial and move alias 'champion' to it if it passes the gate.
 
     With study.finalists, the candidate is the configuration with the best mean over its re-seeded runs (its
-    best retrain is registered); retrains not recorded yet are trained first, and so is study.reference.
+    best retrain is registered); retrains not recorded yet are trained first. With study.refit, the candidate's
+    refit on every training row is registered and compared with the V1 baseline's refit; a refit not recorded
+    yet (or killed half-way) is trained first, and so is study.reference.
 
     The gate is DeLong's paired AUC test against the current champion on the same test rows (study file
     'promotion: {require: not_worse|better, alpha: 0.05}'); the V1 baseline trial is compared the same way.
 
     Example: deepfm promote studies/quick.yaml
     """
-    from deepfm_tuner.tuner.cli.show import print_finalists, print_promotion
+    from deepfm_tuner.tuner.cli.show import print_finalists, print_lines, print_promotion
     from deepfm_tuner.tuner.pipeline.handle import existing_handle
     from deepfm_tuner.tuner.pipeline.promotion import promote_study
+    from deepfm_tuner.tuner.pipeline.refit import refit_lines, run_refit
     from deepfm_tuner.tuner.pipeline.tune import load_data
     from deepfm_tuner.tuner.stores.check import check_stores
     from deepfm_tuner.tuner.stores.datasets import part_dataset
@@ -166,10 +171,15 @@ def promote(study_path, storage, tracking_uri, name, force) -> None:
     check_stores(stores)
     check_reference(spec)
     handle = existing_handle(spec, stores, study_path)  # a wrong name creates nothing
-    data = load_data(spec, log_to_stderr)  # only the test rows are read: from the encoded dataset
+    data = load_data(spec, log_to_stderr)  # mapped; promotion reads only the test rows
+    trial_data = spec.data.for_trials(data, log_to_stderr)  # the trials' sample with data.tune_rows, else `data`
     if spec.finalists is not None:  # finalist retrains not recorded yet (an interrupted tune, team mode) train here
-        print_finalists(console, run_finalists(handle, data, log=log_to_stderr))
-    reference = run_reference(handle, data, log=log_to_stderr)  # trained only when not recorded yet
+        print_finalists(console, run_finalists(handle, trial_data, log=log_to_stderr))
+    if spec.refit is not None:  # a refit not recorded yet (an interrupted or killed one included) trains here
+        run_refit(handle, data, trial_rows=len(trial_data.parts["train"]), log=log_to_stderr)
+        print_lines(console, refit_lines(handle.study, spec))
+    # trained only when not recorded yet; on every row when the study refits (like with like), else the trials' rows
+    reference = run_reference(handle, data if spec.refit is not None else trial_data, log=log_to_stderr)
     if reference is not None:
         console.print(reference.line(), markup=False, highlight=False)
     print_promotion(console, name or spec.model_name,

@@ -12,6 +12,8 @@ unless the default is over the study's serving budget (study.constraints): then 
 message says so. The candidate itself is always within the budget (record.best_trial, the finalists' candidates).
 `--force` skips the guard with the gate.
 
+With `study.refit`, each side is its refit on every training row (tuner.pipeline.refit): the candidate's refit is
+registered (tags `refit.*`) and compared with the V1 baseline's refit, like with like.
 With `study.reference`, the registered version is compared the same way with the study's tree-model reference
 (tuner.trials.reference) on the same test rows: tags `reference.*` on the version and the parent run, and one line
 that says so when the tree model is significantly better. Informative only: it never changes what is promoted."""
@@ -31,14 +33,15 @@ from deepfm_tuner.model.data.frames import check_labels
 from deepfm_tuner.model.errors import UserInputError
 from deepfm_tuner.model.policy import ScoringPolicy
 from deepfm_tuner.tuner.pipeline.handle import StudyHandle
+from deepfm_tuner.tuner.pipeline.refit import refitted_sides
 from deepfm_tuner.tuner.registry.gate import AucComparison, delong_test
 from deepfm_tuner.tuner.registry.promotion import PromotionResult, promote_policy
 from deepfm_tuner.tuner.stores.retry import retry
 from deepfm_tuner.tuner.trials.baseline import baseline_trial
-from deepfm_tuner.tuner.trials.constraints import over_budget, within_budget
-from deepfm_tuner.tuner.trials.finalists import current_result
-from deepfm_tuner.tuner.trials.names import ATTR_CHECKPOINT, ATTR_RUN_ID, score_name
-from deepfm_tuner.tuner.trials.record import best_trial, human_epoch
+from deepfm_tuner.tuner.trials.constraints import within_budget
+from deepfm_tuner.tuner.trials.finalists import champion_candidate, trial_candidate
+from deepfm_tuner.tuner.trials.names import score_name
+from deepfm_tuner.tuner.trials.record import human_epoch
 from deepfm_tuner.tuner.trials.reference import NAMES, recorded, reference_scores
 from deepfm_tuner.tuner.trials.runs import download_checkpoint
 
@@ -48,37 +51,35 @@ def promote_study(handle: StudyHandle, *, test_frame: pd.DataFrame, force: bool 
     """Register the study's candidate and move `champion` if it passes the gate on `test_frame`, which
     `test_dataset` names in MLflow (tuner.stores.datasets.part_dataset: the encoded dataset's test part)."""
     study, spec = handle.study, handle.spec
-    best = best_trial(study)
-    if best is None and over_budget(study):
-        raise UserInputError(f"no complete trial of study '{spec.name}' is within its serving budget "
-                             f"(study.constraints); 'deepfm status' shows each trial's cost: tune smaller models in "
-                             f"a new study")
-    if best is None:
-        raise UserInputError(f"study '{spec.name}' has no completed trial to promote; run 'deepfm tune' first")
-    run_id, value, finalist_tags = best.user_attrs.get(ATTR_RUN_ID), best.value, {}
-    checkpoint = best.user_attrs.get(ATTR_CHECKPOINT)
-    if spec.finalists is not None:
-        best, run_id, value, checkpoint, finalist_tags = _finalist_candidate(study, spec)
+    candidate = champion_candidate(study, spec)  # within the serving budget (study.constraints), as promoted
+    base = baseline_trial(study)
+    baseline = trial_candidate(base, spec) if base is not None and base.state.name == "COMPLETE" else None
+    refit_note = ""
+    if spec.refit is not None:  # both sides as trained again on every training row (tuner.pipeline.refit)
+        candidate, baseline, refit_note = refitted_sides(study, spec, candidate, baseline)
+    best, run_id, value, checkpoint, finalist_tags = (candidate.trial, candidate.run_id, candidate.value,
+                                                       candidate.checkpoint, candidate.tags)
     if not checkpoint:
-        which = f"the chosen finalist run of trial {best.number}" if finalist_tags else f"best trial {best.number}"
+        which = f"the chosen finalist run of trial {best.number}" if spec.finalists else f"best trial {best.number}"
         raise UserInputError(f"{which} of study '{spec.name}' has no saved checkpoint; re-run it with 'deepfm tune' "
                              f"(checkpoints are kept for the best trial only)")
     with tempfile.TemporaryDirectory(prefix="deepfm-promote-") as tmp:
         policy_dir = download_checkpoint(handle.tracking_uri, checkpoint, Path(tmp))
         tags = _version_tags(spec, best.number, value, policy_dir, finalist_tags)
         baseline_dir, note = None, ""
-        base = baseline_trial(study)
+        same_run = baseline is not None and baseline.run_id == run_id  # the candidate is the baseline's own model
         if base is None:
             note = "no V1 baseline trial in this study to compare with"
-        elif base.state.name != "COMPLETE" or not base.user_attrs.get(ATTR_CHECKPOINT):
+        elif refit_note:
+            note = refit_note
+        elif baseline is None or not baseline.checkpoint:
             note = f"V1 baseline trial {base.number} is {base.state.name.lower()} with no checkpoint; not compared"
-        elif base.number == best.number and not finalist_tags:  # a finalist retrain is not the baseline's model
+        elif same_run:
             baseline_dir = policy_dir
             tags["baseline.trial_number"] = str(base.number)
         else:
             try:
-                baseline_dir = download_checkpoint(handle.tracking_uri, base.user_attrs[ATTR_CHECKPOINT],
-                                                   Path(tmp) / "baseline")
+                baseline_dir = download_checkpoint(handle.tracking_uri, baseline.checkpoint, Path(tmp) / "baseline")
                 tags["baseline.trial_number"] = str(base.number)
             except Exception as exc:  # noqa: BLE001 - the comparison informs; it never blocks a promotion
                 note = f"could not download the V1 baseline's checkpoint ({str(exc).splitlines()[0][:200]})"
@@ -91,11 +92,11 @@ def promote_study(handle: StudyHandle, *, test_frame: pd.DataFrame, force: bool 
                     f"(study.constraints); registered the tuned candidate")
             guard = None
         if guard is not None:  # the tuned candidate is significantly worse than the default: promote the default
-            tags = _version_tags(spec, base.number, base.value, baseline_dir, {
-                "chosen_by": "baseline_guard", "guard.tuned_trial": str(best.number),
+            tags = _version_tags(spec, base.number, baseline.value, baseline_dir, {
+                **baseline.tags, "chosen_by": "baseline_guard", "guard.tuned_trial": str(best.number),
                 "guard.auc_diff": f"{guard.diff:.6f}", "guard.p_value": f"{guard.p_value:.3g}",
                 "baseline.trial_number": str(base.number)})
-            policy_dir, run_id = baseline_dir, base.user_attrs[ATTR_RUN_ID]
+            policy_dir, run_id = baseline_dir, baseline.run_id
             note = (f"baseline guard: the tuned candidate (trial {best.number}) is significantly worse than the V1 "
                     f"baseline on the test rows ({guard.describe()}); registered the V1 baseline trial "
                     f"{base.number} instead")
@@ -104,7 +105,7 @@ def promote_study(handle: StudyHandle, *, test_frame: pd.DataFrame, force: bool 
                                 registered_name=name or spec.model_name, tags=tags, force=force,
                                 client=handle.tracker.client, require=spec.promotion.require,
                                 alpha=spec.promotion.alpha, baseline_dir=baseline_dir, test_dataset=test_dataset)
-        if base is not None and base.number == best.number and result.baseline is not None and not finalist_tags:
+        if same_run and result.baseline is not None:
             result = dataclasses.replace(result, baseline_message=(
                 f"no significant gain over the V1 baseline: the best trial ({best.number}) is the baseline itself"))
         result = dataclasses.replace(result, baseline_message=note) if note else result
@@ -185,23 +186,3 @@ def reference_line(c: AucComparison, kind: str, version: int, alpha: float) -> s
         return f"DeepFM earned its keep: version {version} beats the {kind} reference ({versus})"
     return f"no significant difference from the {kind} reference ({versus})"
 
-
-def _finalist_candidate(study, spec):
-    """(the chosen configuration's trial, its best retrain's run id, that run's score, its checkpoint, version tags)
-    from the finalists recorded for the study's current top trials."""
-    result = current_result(study, spec)
-    if result is None:
-        raise UserInputError(f"the finalists of study '{spec.name}' have not run for its current best trials; run "
-                             f"'deepfm tune' or 'deepfm promote' with the study file, which re-train them first")
-    chosen = result.chosen
-    if chosen is None:
-        raise UserInputError(f"no finalist retrain of study '{spec.name}' completed (see deepfm.failure_reason on "
-                             f"its finalist runs); remove study.finalists to promote the best single trial")
-    trial = next(t for t in study.get_trials(deepcopy=False) if t.number == chosen.trial)
-    score = score_name(spec.metric)
-    tags = {"chosen_by": "finalists_mean", "finalist.of_trial": str(chosen.trial),
-            "finalist.seed": str(chosen.best_seed), f"finalist.mean_{score}": f"{chosen.mean:.6f}",
-            "finalist.n": str(chosen.n), f"finalist.original_{score}": f"{chosen.original:.6f}"}
-    if chosen.std is not None:  # sample std: needs two retrains
-        tags[f"finalist.std_{score}"] = f"{chosen.std:.6f}"
-    return trial, chosen.best_run_id, chosen.best_value, chosen.checkpoint, tags

@@ -1,5 +1,6 @@
-"""The study report: Optuna's plotly figures in one self-contained HTML file (plotly.js embedded once), and for a
-study with a serving budget (study.constraints) the score against each complete trial's serving cost.
+"""The study report: Optuna's plotly figures in one self-contained HTML file (plotly.js embedded once), under the
+refit's lines when the study has one (tuner.pipeline.refit), and for a study with a serving budget
+(study.constraints) the score against each complete trial's serving cost.
 
 Axes name the metric as everywhere else: the trials' score is `score_<metric>` (best epoch), the intermediate
 values are the per-epoch curves `epoch_<metric>`, or with training.eval_every the validation sample's
@@ -14,6 +15,7 @@ from pathlib import Path
 import optuna
 from optuna import visualization as vis
 
+from deepfm_tuner.tuner.pipeline.refit import record_lines, recorded
 from deepfm_tuner.tuner.trials.constraints import Cost, recorded_budget, within_budget
 from deepfm_tuner.tuner.trials.names import EPOCH_PREFIX, score_name
 
@@ -94,8 +96,10 @@ def write_report(study: optuna.Study, path: str | Path, metric: str = "val_auc",
     for trial in study.get_trials(deepcopy=False):
         states[trial.state.name] = states.get(trial.state.name, 0) + 1
     summary = ", ".join(f"{n} {s.lower()}" for s, n in sorted(states.items()))
+    refit = record_lines(recorded(study), metric)  # study.refit: the chosen configuration on every training row
+    refit_section = f"<h2>Refit</h2><pre>{html.escape(chr(10).join(refit))}</pre>" if refit else ""
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>Study {html.escape(study.study_name)}</title>"
             f"</head><body style='font-family:sans-serif'><h1>Study {html.escape(study.study_name)}</h1>"
-            f"<p>{len(study.trials)} trials: {html.escape(summary)}</p>{''.join(sections)}</body></html>")
+            f"<p>{len(study.trials)} trials: {html.escape(summary)}</p>{refit_section}{''.join(sections)}</body></html>")
     path.write_text(page)
     return path

@@ -1,7 +1,8 @@
 """A study's life in one function, called the same way by `deepfm tune` in one process, by the coordinator of
-local workers (`--workers N`) and by each team worker: stores -> data -> study -> trials -> finalists -> reference
--> summary -> promotion. The data step runs first and once per data set (later runs map the encoded dataset); the
-stores are resolved once, here, and checked before it, so a wrong URI fails in seconds.
+local workers (`--workers N`) and by each team worker: stores -> data -> study -> trials -> finalists -> refit ->
+reference -> summary -> promotion. The data step runs first and once per data set (later runs map the encoded
+dataset, and with data.tune_rows the trials' sample of it); the stores are resolved once, here, and checked before
+it, so a wrong URI fails in seconds.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from deepfm_tuner.model.train import EpochMetrics
 from deepfm_tuner.tuner.pipeline.handle import StudyHandle, init_study
 from deepfm_tuner.tuner.pipeline.loop import latency_probe, run_trials
 from deepfm_tuner.tuner.pipeline.promotion import promote_study
+from deepfm_tuner.tuner.pipeline.refit import RefitTask, run_refit
 from deepfm_tuner.tuner.pipeline.summary import summarise
 from deepfm_tuner.tuner.pipeline.workers import (
     WorkersFailed,
@@ -64,11 +66,14 @@ def tune(
     on_epoch: Callable[[optuna.Trial, EpochMetrics], None] | None = None,
     on_trial: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
     on_ready: Callable[[StudyHandle, PreparedData], None] | None = None,
+    on_refit_epoch: Callable[[RefitTask, EpochMetrics], None] | None = None,
     log: Callable[[str], None] = lambda message: None,
 ) -> TuneResult:
-    """Create or resume the study and run its trials; then re-train the finalists, train the reference, summarise
-    on the parent run and promote (unless `summary` is False: a local worker, whose coordinator does those once,
-    after every worker).
+    """Create or resume the study and run its trials; then re-train the finalists, refit the chosen configuration on
+    every training row, train the reference, summarise on the parent run and promote (unless `summary` is False: a
+    local worker, whose coordinator does those once, after every worker). With data.tune_rows the trials and
+    finalists train on the study's sample of the training rows (`data` is then the whole dataset, the refit's, and
+    the reference's when the study refits: like with like against the registered refit).
 
     With `workers` > 1 the trials run in that many local processes (each runs `deepfm tune STUDY --workers 1
     --no-summary`, what a team worker on another machine runs) and this process coordinates them; `threads` is
@@ -76,7 +81,8 @@ def tune(
     stores = resolve_stores(storage, tracking_uri, spec)
     check_stores(stores)  # a wrong URI fails in seconds, not after the data step
     check_reference(spec)  # a reference LightGBM cannot train as written fails now, not after the trials
-    data = data or load_data(spec, log)  # bad data fails here, before any study or run exists
+    full = data or load_data(spec, log)  # bad data fails here, before any study or run exists
+    data = spec.data.for_trials(full, log)  # with data.tune_rows: the sample, drawn once, before any worker starts
     latency = latency_probe(spec, data)  # with a latency budget: its rows, read before any study or run exists
     handle = init_study(spec, stores)
     if on_ready is not None:
@@ -93,7 +99,10 @@ def tune(
                 run_trials(handle, data, control, on_epoch=on_epoch, on_trial=on_trial, latency=latency)
             if summary:  # before the summary, so the parent run is still open; a Ctrl-C here ends it KILLED too
                 finalists = run_finalists(handle, data, threads=finalist_threads, log=log)
-                reference = run_reference(handle, data, threads=finalist_threads, log=log)
+                run_refit(handle, full, trial_rows=len(data.parts["train"]), threads=finalist_threads, log=log,
+                          on_epoch=on_refit_epoch)
+                reference = run_reference(handle, full if spec.refit is not None else data, threads=finalist_threads,
+                                          log=log)
     except KeyboardInterrupt:
         interrupts.handled()
         if summary:

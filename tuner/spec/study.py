@@ -3,8 +3,8 @@ declaration (model.validation), into a StudySpec.
 
     study:     {name, n_trials, timeout, metric, sampler, pruner, storage, tracking_uri, experiment,
                 registered_model, promote, warm_start: {from, top_k, storage}, finalists: {top_k, seeds},
-                constraints: {max_parameters, max_latency_ms},   serving budgets (tuner.spec.constraints)
-                reference: lightgbm | {type: lightgbm, params: {...}}}
+                constraints: {max_parameters, max_latency_ms} (serving budgets: tuner.spec.constraints),
+                refit: {max_epochs, patience} | true | false, reference: lightgbm | {type: lightgbm, params: {...}}}
     data:      see model.data.source.DataSpec (files or `synthetic: {rows: N}`)
     training:  see model.config.TrainConfig (batch_size, max_epochs, patience, ...); embedding_l2, weight_decay
                and batch_size may be tunable specs, as in the policy (tuner.spec.space)
@@ -29,6 +29,7 @@ from pydantic import (
     StrictInt,
     StrictStr,
     StringConstraints,
+    WrapValidator,
     model_validator,
 )
 
@@ -162,6 +163,29 @@ class FinalistsSpec:
     SHAPE: ClassVar[str] = "a mapping such as {top_k: 3, seeds: 3}"
 
 
+@declared("study.refit")
+class RefitSpec:
+    """After the trials and finalists: train the chosen configuration (and the V1 baseline's) again on every
+    training row, early-stopped on the validation split (tuner.pipeline.refit). Unset values: the study's
+    training.max_epochs and training.patience."""
+
+    max_epochs: Optional[Int(1)] = None
+    patience: Optional[Int(0)] = None
+
+    SHAPE: ClassVar[str] = "true, false or a mapping such as {max_epochs: 3, patience: 1}"
+
+
+def _flag_or_block(value: Any, handler: Any) -> Any:
+    """`refit: true` is the block with its defaults, `refit: false` turns it off (kept as False: unset means
+    "on when data.tune_rows is set")."""
+    if value is False:
+        return False
+    return handler({} if value is True else value)
+
+
+RefitBlock = Annotated[Optional[RefitSpec], WrapValidator(_flag_or_block)]
+
+
 ParamValue = Annotated[StrictBool | StrictInt | StrictFloat | StrictStr,
                        Must("must be a number, true/false or a string")]
 
@@ -197,6 +221,9 @@ class StudyBlock:
     warm_start: Optional[Block(WarmStartSpec, "from")] = None
     finalists: Optional[FinalistsSpec] = None  # None: the best single trial is the champion candidate
     constraints: Optional[ConstraintsSpec] = None  # serving budgets; None: every trial may be champion
+    refit: RefitBlock = None  # None: on when data.tune_rows is set; False: off
+
+
     reference: Optional[Block(ReferenceSpec, "type")] = None  # None: no tree-model reference
 
     @model_validator(mode="after")
@@ -250,6 +277,7 @@ class StudySpec:
     training_space: Mapping[str, Spec] = field(default_factory=dict)  # tuned training knobs, `training.<knob>`
     finalists: FinalistsSpec | None = None  # None: the best single trial is the champion candidate
     constraints: ConstraintsSpec | None = None  # serving budgets; None: every trial may be champion
+    refit: RefitSpec | None = None  # None: promotion registers the chosen run as trained (parse_study resolves it)
     reference: ReferenceSpec | None = None  # None: no tree-model reference
     source: str = ""
 
@@ -279,9 +307,15 @@ def parse_study(document: Any, source: str, default_name: str) -> StudySpec:
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
     name = block.name or parse(StudyName, default_name, "study.name", source)
-    settings = {f.name: getattr(block, f.name) for f in dataclasses.fields(block) if f.name != "name"}
+    settings = {f.name: getattr(block, f.name) for f in dataclasses.fields(block) if f.name not in ("name", "refit")}
+    refit = block.refit if block.refit is not False else None
+    if block.refit is None and file.data.tune_rows is not None:  # trials on a sample: the winner on every row
+        refit = RefitSpec()
+    if refit is not None:  # its defaults are the study's own training settings
+        refit = RefitSpec(max_epochs=refit.max_epochs or training.max_epochs,
+                          patience=training.patience if refit.patience is None else refit.patience)
     return StudySpec(name=name, space=space, data=file.data, training=training, training_space=training_space,
-                     promotion=file.promotion, source=source, **settings)
+                     promotion=file.promotion, source=source, refit=refit, **settings)
 
 
 def load_study(path: str | Path) -> StudySpec:

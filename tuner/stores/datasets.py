@@ -3,7 +3,8 @@ a run page's datasets, a logged model's "Datasets used", and lets runs be filter
 (`dataset.digest = '<fingerprint>'`, `dataset.name = 'day_0:train'`, `dataset.context = 'test'`).
 
 One dataset per part of the encoded dataset (train, val, test), each with its fingerprint as digest and named after
-the source files feeding that part, so a person recognises it; source = those files (JSON), schema = the columns
+the source files feeding that part, so a person recognises it (the trials' sample of the training rows, with
+data.tune_rows: `<files>:train-sample-<rows>-seed<seed>`, a dataset of its own); source = those files (JSON), schema = the columns
 the model reads, profile = rows and clicks. Described from the manifest and the mapped arrays' lengths alone:
 nothing reads the data.
 """
@@ -45,7 +46,9 @@ def _dataset(prepared: PreparedData, part: str, info: dict) -> Dataset:
     profile = {"rows": len(prepared.parts[part])}
     if part in info.get("clicks", {}):
         profile["clicks"] = int(info["clicks"][part])
-    return Dataset(name=f"{_label(files)}:{part}", digest=prepared.fingerprint, source_type=SOURCE_TYPE,
+    sample = prepared.sample if part == "train" and prepared.sample and not prepared.sample.whole else None
+    name = f"{_label(files)}:{part}" + ("" if sample is None else f"-sample-{sample.rows}-seed{sample.seed}")
+    return Dataset(name=name, digest=prepared.fingerprint, source_type=SOURCE_TYPE,
                    source=_source(files, prepared.folder), schema=_schema(info.get("schema")),
                    profile=json.dumps(profile))
 

@@ -30,6 +30,7 @@ from deepfm_tuner.tuner.trials.finalists import (
 from deepfm_tuner.tuner.trials.names import (
     ATTR_FINALISTS,
     ATTR_RUN_ID,
+    SAMPLES_TRAINED,
     TAG_FINALIST_OF_RUN,
     TAG_FINALIST_OF_TRIAL,
     TAG_FINALIST_SEED,
@@ -100,7 +101,7 @@ def _retrain(handle, prepared: PreparedData, trial: optuna.trial.FrozenTrial, se
         entry: dict[str, Any] = {"trial": trial.number, "seed": seed, "run_id": run.run_id, "state": "FAIL"}
         try:
             result = train(prepared, policy, control, on_epoch=run.log_epoch, select=spec.metric)
-            value = run.log_result(result, spec.metric)
+            value = run.log_result(result, spec.metric, {SAMPLES_TRAINED: result.samples})  # tune_rows: the sample
             entry.update(state="COMPLETE", value=value, best_epoch=result.best_epoch)
             previous = _best_with_checkpoint(record, trial.number, spec.direction)
             if previous is None or better(value, previous["value"], spec.direction):  # the candidate's best so far

@@ -15,8 +15,9 @@ bias the mean towards the luckiest configuration; it is reported beside the mean
 value wins. The promoted model is the chosen configuration's best retrain by the validation metric; the best
 retrain of every current candidate keeps its checkpoint (at most K), the others are deleted.
 
-This module chooses and reads the record (no training: `deepfm status` uses it); tuner.trials.finalist_runs
-trains the retrains.
+This module chooses and reads the record (no training: `deepfm status` uses it), and says what promotion (and a
+refit) takes as the champion candidate: the finalists' choice with study.finalists, else the best trial
+(`champion_candidate`); tuner.trials.finalist_runs trains the retrains.
 
 Recorded for later readers (`deepfm status`, promotion, a resume):
     study user attr `finalists`  {top_k, seeds, metric, candidates: [trial numbers, best first], retrains: [{trial,
@@ -27,7 +28,7 @@ Recorded for later readers (`deepfm status`, promotion, a resume):
     parent run                   metrics finalists_chosen_trial, finalists_{mean,std,original}_score_<metric>,
                                   finalists_n; tag deepfm.finalists.chosen_trial; artifact finalists.json (the results)
     each finalist run            the trial's params (training.seed = its seed) and epoch_* curves, score_<metric>,
-                                  best_epoch; tags deepfm.finalist_of_trial, deepfm.finalist_of_run_id,
+                                  best_epoch, samples_trained; tags deepfm.finalist_of_trial, deepfm.finalist_of_run_id,
                                   deepfm.finalist_seed, deepfm.trial_state
 
 Resume: each retrain is recorded as it ends, keyed by (trial, seed), and is never trained twice (a failed one, e.g.
@@ -46,9 +47,10 @@ from typing import Any
 
 import optuna
 
-from deepfm_tuner.tuner.trials.constraints import within_budget
-from deepfm_tuner.tuner.trials.names import ATTR_FINALISTS, ATTR_RUN_ID, score_name
-from deepfm_tuner.tuner.trials.record import trained_config
+from deepfm_tuner.model.errors import UserInputError
+from deepfm_tuner.tuner.trials.constraints import over_budget, within_budget
+from deepfm_tuner.tuner.trials.names import ATTR_CHECKPOINT, ATTR_FINALISTS, ATTR_RUN_ID, score_name
+from deepfm_tuner.tuner.trials.record import best_trial, trained_config
 
 ARTIFACT = "finalists.json"
 
@@ -98,6 +100,56 @@ class FinalistsResult:
     def to_dict(self) -> dict[str, Any]:
         return {"metric": self.metric, "chosen": None if self.chosen is None else self.chosen.trial,
                 "finalists": [f.to_dict() for f in self.finalists]}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A configuration and the run of it that promotion registers (or compares with): the trial's own run, or the
+    chosen finalist's best retrain; `tags` are the version tags saying how it was chosen."""
+
+    trial: optuna.trial.FrozenTrial
+    run_id: str
+    value: float  # that run's score_<metric>
+    checkpoint: str | None  # runs:/<run_id>/checkpoint, if kept
+    seed: int  # the seed that run trained with
+    tags: dict[str, str]
+
+
+def trial_candidate(trial: optuna.trial.FrozenTrial, spec) -> Candidate:
+    """A trial as trained: its run, score, checkpoint and seed."""
+    _, control = trained_config(trial, spec)
+    return Candidate(trial, trial.user_attrs.get(ATTR_RUN_ID, ""), trial.value, trial.user_attrs.get(ATTR_CHECKPOINT),
+                     (control or spec.training).seed, {})
+
+
+def champion_candidate(study: optuna.Study, spec) -> Candidate:
+    """What promotion registers: with study.finalists the configuration chosen by the mean over its retrains (its
+    best retrain), else the best trial; one UserInputError line when there is none yet."""
+    best = best_trial(study)
+    if best is None and over_budget(study):
+        raise UserInputError(f"no complete trial of study '{spec.name}' is within its serving budget "
+                             f"(study.constraints); 'deepfm status' shows each trial's cost: tune smaller models in "
+                             f"a new study")
+    if best is None:
+        raise UserInputError(f"study '{spec.name}' has no completed trial to promote; run 'deepfm tune' first")
+    if spec.finalists is None:
+        return trial_candidate(best, spec)
+    result = current_result(study, spec)
+    if result is None:
+        raise UserInputError(f"the finalists of study '{spec.name}' have not run for its current best trials; run "
+                             f"'deepfm tune' or 'deepfm promote' with the study file, which re-train them first")
+    chosen = result.chosen
+    if chosen is None:
+        raise UserInputError(f"no finalist retrain of study '{spec.name}' completed (see deepfm.failure_reason on "
+                             f"its finalist runs); remove study.finalists to promote the best single trial")
+    trial = next(t for t in study.get_trials(deepcopy=False) if t.number == chosen.trial)
+    score = score_name(spec.metric)
+    tags = {"chosen_by": "finalists_mean", "finalist.of_trial": str(chosen.trial),
+            "finalist.seed": str(chosen.best_seed), f"finalist.mean_{score}": f"{chosen.mean:.6f}",
+            "finalist.n": str(chosen.n), f"finalist.original_{score}": f"{chosen.original:.6f}"}
+    if chosen.std is not None:  # sample std: needs two retrains
+        tags[f"finalist.std_{score}"] = f"{chosen.std:.6f}"
+    return Candidate(trial, chosen.best_run_id, chosen.best_value, chosen.checkpoint, chosen.best_seed, tags)
 
 
 def candidates(study: optuna.Study, top_k: int) -> list[optuna.trial.FrozenTrial]:

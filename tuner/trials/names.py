@@ -27,6 +27,7 @@ PARAMETER_COUNT, SCORE_LATENCY_MS = "parameter_count", "score_latency_ms"
 ATTR_PARENT_RUN, ATTR_EXPERIMENT, ATTR_TRACKING_URI = "mlflow_parent_run_id", "mlflow_experiment_id", "mlflow_tracking_uri"
 ATTR_FINALISTS = "finalists"  # the finalists' retrains, per-candidate mean/std and the choice (tuner.trials.finalists)
 ATTR_BUDGET = "serving_budget"  # the study.constraints the study was created with (tuner.trials.constraints)
+ATTR_REFIT = "refit"  # the chosen configuration's and the V1 baseline's refits on every row (tuner.pipeline.refit)
 ATTR_REFERENCE = "reference"  # the tree-model reference's run, scores and settings (tuner.trials.reference)
 
 # -- MLflow tags -------------------------------------------------------------------------------------------------
@@ -39,6 +40,10 @@ TAG_FINALIST_OF_TRIAL, TAG_FINALIST_OF_RUN = "deepfm.finalist_of_trial", "deepfm
 TAG_FINALIST_SEED = "deepfm.finalist_seed"
 TAG_FINALISTS_CHOSEN = "deepfm.finalists.chosen_trial"  # on the parent run: the trial whose configuration won
 TAG_WITHIN_BUDGET = "deepfm.within_budget"  # with study.constraints: "true" or "false" on a complete trial's run
+# a refit's run (roles "refit", "refit_baseline"): the trial whose configuration it trains on every training row,
+# the run it repeats (the trial's, or the chosen finalist retrain's), its training rows and the samples it trained
+TAG_REFIT_OF_TRIAL, TAG_REFIT_OF_RUN = "deepfm.refit_of_trial", "deepfm.refit_of_run_id"
+TAG_REFIT_ROWS, TAG_REFIT_SAMPLES = "deepfm.refit_rows", "deepfm.refit_samples"
 TAG_REFERENCE_RUN = "deepfm.reference_run_id"  # on the parent run: the tree-model reference's run (role reference)
 
 # -- MLflow metric names ---------------------------------------------------------------------------------------
@@ -55,6 +60,12 @@ def score_name(metric: str) -> str:
     """The one name of a trial's score everywhere (MLflow runs table, parent run, status, report, registry tags):
     `score_<metric>`, the study metric at the trial's best epoch (for a pruned trial: its best epoch so far)."""
     return f"score_{metric}"
+
+
+def sample_score_name(metric: str) -> str:
+    """A refit's run and registered version carry the score of the run it repeats (trained on the trials' rows)
+    under this name beside its own `score_<metric>`."""
+    return f"sample_{score_name(metric)}"
 
 
 def sub_epoch(control: TrainConfig) -> bool:

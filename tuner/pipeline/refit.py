@@ -1,0 +1,296 @@
+"""Refit: the chosen configuration trained again on every training row, after the trials and the finalists.
+
+With `data.tune_rows` the trials (and finalist retrains) train on a sample of the training rows; a model trained
+on all of them should score better, so with `study.refit` (on by default when tune_rows is set) the champion
+candidate (`finalists.champion_candidate`: the finalists' choice, else the best trial) is trained once more on
+every training row with its own configuration and seed, early-stopped on the validation split, up to
+`refit.max_epochs` with `refit.patience` (default: the study's training values). So that the gate compares like
+with like, the V1 baseline trial is refit the same way (role `refit_baseline`; the candidate's own refit when
+the candidate is the baseline's run). Promotion registers the candidate's refit and compares it with the
+baseline's (tuner.pipeline.promotion); a refit that would repeat its run exactly (the trials trained on every
+row, with the refit's epochs and patience) is not trained, and the run itself is registered.
+
+Recorded for later readers (promotion, `deepfm status`, the report, a resume):
+    study user attr `refit`  {"refit": entry, "refit_baseline": entry}; entry: {role, of_trial, of_run_id, seed,
+                             max_epochs, patience, rows (training rows), trial_rows (the trials' rows), state
+                             COMPLETE|FAIL|SKIPPED, run_id, value, sample_value (the repeated run's score),
+                             samples, seconds, wall_seconds, best_epoch (0-based), epochs, checkpoint, reason}
+    each refit run           (nested, role refit or refit_baseline) the configuration's params with the refit's
+                             max_epochs, patience and seed, epoch_* curves, score_<metric>, sample_score_<metric>,
+                             samples_trained; tags deepfm.refit_of_trial, deepfm.refit_of_run_id,
+                             deepfm.refit_rows, deepfm.refit_samples
+    parent run               metrics refit_score_<metric>, refit_baseline_score_<metric>
+
+Interrupts and crashes: an entry is written when its run ends (complete, or failed with the reason); Ctrl-C ends
+the running refit's run KILLED and records nothing, a process killed outright leaves its run RUNNING, closed FAILED
+with the reason by the next `deepfm tune` / `deepfm promote` (which then trains the refit again): a half-trained
+refit is never recorded, so never registered. Processes summarising one study (team mode) take turns under a lock
+on its storage, so the refit trains once. A refit that failed is tried again by the next run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import optuna
+
+from deepfm_tuner.model.data.tensors import PreparedData
+from deepfm_tuner.model.errors import UserInputError
+from deepfm_tuner.tuner.spec.study import METRICS
+from deepfm_tuner.tuner.stores.retry import retry
+from deepfm_tuner.tuner.trials.baseline import baseline_trial
+from deepfm_tuner.tuner.trials.finalists import Candidate, champion_candidate, trial_candidate
+from deepfm_tuner.tuner.trials.names import (
+    ATTR_REFIT,
+    SAMPLES_TRAINED,
+    TAG_REFIT_OF_RUN,
+    TAG_REFIT_OF_TRIAL,
+    TAG_REFIT_ROWS,
+    TAG_REFIT_SAMPLES,
+    sample_score_name,
+    score_name,
+)
+from deepfm_tuner.tuner.trials.record import human_epoch, trained_config
+
+ROLES = ("refit", "refit_baseline")
+
+
+@dataclass(frozen=True)
+class RefitTask:
+    """The refit being trained, for a progress view: its role, the trial it repeats, its rows and epochs."""
+
+    role: str
+    trial: int
+    rows: int
+    max_epochs: int
+
+
+def settings(spec) -> tuple[int, int]:
+    """(max_epochs, patience) of the study's refits: study.refit's, else the study's training values."""
+    refit = spec.refit
+    return (refit.max_epochs or spec.training.max_epochs,
+            spec.training.patience if refit.patience is None else refit.patience)
+
+
+def recorded(study: optuna.Study) -> dict[str, Any]:
+    record = study.user_attrs.get(ATTR_REFIT)
+    return record if isinstance(record, dict) else {}
+
+
+def _current(entry: dict[str, Any] | None, side: Candidate, spec) -> bool:
+    """The entry is the refit of this run, with the study's refit settings."""
+    return bool(entry) and (entry["of_run_id"], entry["seed"], (entry["max_epochs"], entry["patience"])) == (
+        side.run_id, side.seed, settings(spec))
+
+
+# -- training the refits ---------------------------------------------------------------------------------
+def run_refit(handle, prepared: PreparedData, *, trial_rows: int, threads: int | None = None,
+              log: Callable[[str], None] = lambda message: None,
+              on_epoch: Callable[[RefitTask, Any], None] | None = None) -> dict[str, Any] | None:
+    """Refit the champion candidate and the V1 baseline on every training row of `prepared` (what is not recorded
+    yet); `trial_rows`: the rows the trials trained on. Returns the study's refit record; None without
+    study.refit or without a candidate (no complete trial, finalists that chose nothing)."""
+    # the training loop (torch) and MLflow's run lifecycle: imported by the commands that train, not by status
+    from deepfm_tuner.tuner.stores.locks import creation_lock
+    from deepfm_tuner.tuner.trials.runs import close_orphan_runs
+
+    spec, study = handle.spec, handle.study
+    if spec.refit is None:
+        return None
+    # processes summarising one study (team mode) take turns: the second finds the refits recorded
+    with creation_lock(handle.storage_url, f"deepfm-refit-{spec.name}", f".{spec.name}.refit-lock"):
+        # a refit runs only under this lock: one still RUNNING belongs to a process that died (kill -9)
+        if closed := sum(close_orphan_runs(handle.tracker, handle.parent_run_id, role) for role in ROLES):
+            log(f"refit: closed {closed} run{'s' if closed != 1 else ''} left RUNNING by a process that died "
+                f"(FAILED, with the reason); training it again")
+        try:
+            candidate = champion_candidate(study, spec)
+        except UserInputError as exc:
+            log(f"refit: nothing to refit ({exc})")
+            return None
+        base = baseline_trial(study)
+        sides = [("refit", candidate)]
+        if base is not None and base.state == optuna.trial.TrialState.COMPLETE:
+            sides.append(("refit_baseline", trial_candidate(base, spec)))
+        record = recorded(study)
+        for role, side in sides:
+            if _current(record.get(role), side, spec) and record[role]["state"] != "FAIL":
+                continue
+            if role == "refit_baseline" and _current(record.get("refit"), side, spec):  # the candidate is the
+                record[role] = record["refit"]  # baseline's own run: its refit serves both sides
+            else:
+                previous = record.get(role)
+                record[role] = _refit(handle, prepared, role, side, trial_rows, threads, log, on_epoch)
+                _drop_checkpoint(handle, previous, record)
+            retry(study.set_user_attr, ATTR_REFIT, record)  # a Ctrl-C later keeps what finished
+        _log_to_parent(handle, record)
+        return record
+
+
+def _refit(handle, prepared: PreparedData, role: str, side: Candidate, trial_rows: int, threads: int | None,
+           log: Callable[[str], None], on_epoch) -> dict[str, Any]:
+    """One refit of `side`'s run on every training row, as its own nested run; returns its record entry."""
+    from deepfm_tuner.model.train import train, training_setup
+    from deepfm_tuner.tuner.stores.datasets import run_datasets
+    from deepfm_tuner.tuner.trials.runs import run_params, run_tags, training_run
+
+    spec, tracker = handle.spec, handle.tracker
+    max_epochs, patience = settings(spec)
+    policy, trained = trained_config(side.trial, spec)
+    trained = trained or spec.training  # a trial from before the record: the study's training control
+    control = trained.replace(seed=side.seed, max_epochs=max_epochs, patience=patience,
+                              threads=threads or trained.threads)
+    rows = len(prepared.parts["train"])
+    entry: dict[str, Any] = {"role": role, "of_trial": side.trial.number, "of_run_id": side.run_id,
+                             "seed": side.seed, "max_epochs": max_epochs, "patience": patience, "rows": rows,
+                             "trial_rows": trial_rows, "sample_value": side.value}
+    if trial_rows >= rows and (trained.max_epochs, trained.patience) == (max_epochs, patience):
+        log(f"refit of trial {side.trial.number}: not needed (its run trained on every row with the refit's epochs "
+            f"and patience)")
+        return {**entry, "state": "SKIPPED", "run_id": side.run_id}
+    who = "the V1 baseline trial" if role == "refit_baseline" else "trial"
+    log(f"refit: training {who} {side.trial.number}'s configuration (seed {side.seed}) on all {rows:,} training "
+        f"rows, up to {max_epochs} epoch{'s' if max_epochs != 1 else ''} (patience {patience})")
+    task = RefitTask(role, side.trial.number, rows, max_epochs)
+    tags = {TAG_REFIT_OF_TRIAL: str(side.trial.number), TAG_REFIT_OF_RUN: side.run_id, TAG_REFIT_ROWS: str(rows),
+            **run_tags(prepared.fingerprint, side.seed, training_setup(control))}
+    with training_run(tracker, handle.parent_run_id, f"{role.replace('_', '-')}-{side.trial.number}", role,
+                      run_params(policy, control), tags, datasets=run_datasets(prepared),
+                      interrupted=("KILLED", "KILLED")) as run:
+        entry.update(state="FAIL", run_id=run.run_id)
+
+        def epoch(metrics) -> None:
+            run.log_epoch(metrics)
+            if on_epoch is not None:
+                on_epoch(task, metrics)
+
+        try:
+            started = time.perf_counter()
+            result = train(prepared, policy, control, on_epoch=epoch, select=spec.metric)
+            value = run.log_result(result, spec.metric, {SAMPLES_TRAINED: result.samples,
+                                                         sample_score_name(spec.metric): side.value})
+            checkpoint = run.save_checkpoint(policy, control, prepared, result)
+            tracker.set_tags(run.run_id, {TAG_REFIT_SAMPLES: str(result.samples)})
+            entry.update(state="COMPLETE", value=value, samples=result.samples, seconds=result.train_seconds,
+                         wall_seconds=time.perf_counter() - started, best_epoch=result.best_epoch,
+                         epochs=len(result.history), checkpoint=checkpoint)
+            run.finished()
+            log(f"refit of trial {side.trial.number}: {score_name(spec.metric)} {value:.4f} on all rows "
+                f"(trained on the trials' {trial_rows:,} rows: {side.value:.4f}), {result.samples:,} samples "
+                f"in {entry['wall_seconds']:.0f}s")
+        except Exception as exc:  # noqa: BLE001 - recorded on the run and in the study; promotion says so
+            entry["reason"] = " ".join(f"{type(exc).__name__}: {exc}".split())[:1000]
+            run.fail(entry["reason"])
+            log(f"refit of trial {side.trial.number} failed: {entry['reason'][:200]}")
+    return entry
+
+
+def _drop_checkpoint(handle, previous: dict[str, Any] | None, record: dict[str, Any]) -> None:
+    """A replaced refit's checkpoint is deleted (best effort) unless the other side still uses it."""
+    from deepfm_tuner.tuner.trials.runs import prune_checkpoints  # MLflow: as run_refit
+
+    if previous and previous.get("checkpoint") and all(e.get("run_id") != previous["run_id"] for e in record.values()):
+        prune_checkpoints(handle.tracker, "", [previous["run_id"]])
+
+
+def _log_to_parent(handle, record: dict[str, Any]) -> None:
+    score = score_name(handle.spec.metric)
+    metrics = {f"{role}_{score}": record[role]["value"] for role in ROLES
+               if record.get(role, {}).get("state") == "COMPLETE"}
+    if metrics:
+        handle.tracker.log_summary(handle.parent_run_id, metrics)
+
+
+# -- what promotion registers --------------------------------------------------------------------------
+def refitted_sides(study: optuna.Study, spec, candidate: Candidate, baseline: Candidate | None
+                   ) -> tuple[Candidate, Candidate | None, str]:
+    """The gate's two sides as refit on every training row: (the candidate's refit, the baseline's refit or None,
+    why the baseline is not compared). A candidate whose refit has not run or failed is one UserInputError line
+    (never a half-trained or sample-trained model in its place); a baseline without a complete refit is not
+    compared (a sample-trained baseline is no match for a refit). A refit that was not needed leaves its side as
+    it is."""
+    record = recorded(study)
+    entry = record.get("refit")
+    if not _current(entry, candidate, spec):
+        raise UserInputError(f"the refit of trial {candidate.trial.number} of study '{spec.name}' (study.refit) has "
+                             f"not run; run 'deepfm promote' with the study file, which refits it first")
+    if entry["state"] == "FAIL":
+        raise UserInputError(f"the refit of trial {candidate.trial.number} of study '{spec.name}' failed "
+                             f"({entry.get('reason', '')[:300]}); run 'deepfm promote' to try it again, or set "
+                             f"study.refit: false to register the run trained on the trials' rows")
+    candidate = _as_refit(candidate, entry, spec.metric)
+    if baseline is None:
+        return candidate, None, ""
+    base = record.get("refit_baseline")
+    if not _current(base, baseline, spec) or base["state"] == "FAIL":
+        why = "failed" if _current(base, baseline, spec) else "has not run"
+        return candidate, None, (f"the refit of V1 baseline trial {baseline.trial.number} {why}: not compared "
+                                 f"(a baseline trained on the trials' rows is no match for a refit)")
+    return candidate, _as_refit(baseline, base, spec.metric), ""
+
+
+def _as_refit(side: Candidate, entry: dict[str, Any], metric: str) -> Candidate:
+    if entry["state"] != "COMPLETE":  # SKIPPED: the run itself is the model on every row
+        return side
+    return dataclasses.replace(side, run_id=entry["run_id"], value=entry["value"], checkpoint=entry["checkpoint"],
+                               tags={**side.tags, "refit.of_trial": str(entry["of_trial"]),
+                                     "refit.of_run_id": entry["of_run_id"], "refit.rows": str(entry["rows"]),
+                                     "refit.samples": str(entry["samples"]),
+                                     f"refit.{sample_score_name(metric)}": f"{entry['sample_value']:.6f}"})
+
+
+# -- what status and the report show ---------------------------------------------------------------------
+def refit_lines(study: optuna.Study, spec) -> list[str]:
+    """The refits beside the trials (`deepfm status`, `deepfm tune`), or why there is none yet."""
+    if spec.refit is None:
+        return []
+    record = recorded(study)
+    lines = record_lines(record, spec.metric)
+    if not lines:
+        return ["refit: not run yet ('deepfm tune' or 'deepfm promote' refits the chosen configuration)"]
+    try:
+        candidate = champion_candidate(study, spec)
+    except UserInputError:
+        return lines
+    if not _current(record["refit"], candidate, spec):
+        lines.append(f"  (of an earlier choice: the next 'deepfm tune' or 'deepfm promote' refits trial "
+                     f"{candidate.trial.number})")
+    return lines
+
+
+def record_lines(record: dict[str, Any], metric: str) -> list[str]:
+    """What the refit record says, in lines under 80 columns: each side's score on every row, the score of the run
+    it repeats (trained on the trials' rows), its epochs and time (also the report's section); [] for none."""
+    entry = record.get("refit")
+    if entry is None:
+        return []
+    if entry["state"] == "SKIPPED":
+        return [f"refit: not needed (the trials trained on all {entry['rows']:,} rows with its epochs and patience)"]
+    lines = [f"refit on all {entry['rows']:,} training rows (trials: {entry['trial_rows']:,}), {score_name(metric)}:"]
+    for role, label in (("refit", "chosen  "), ("refit_baseline", "baseline")):
+        e = record.get(role)
+        if e is None:
+            continue
+        head = f"  {label} trial {e['of_trial']}:"
+        if role == "refit_baseline" and e["run_id"] == entry["run_id"]:
+            lines.append(f"{head} the chosen configuration itself")
+        elif e["state"] == "COMPLETE":
+            lines.append(f"{head} {e['value']:.4f} (sample-trained {e['sample_value']:.4f}), best epoch "
+                         f"{human_epoch(e['best_epoch'])} of {e['epochs']}, {_duration(e['wall_seconds'])}")
+        else:
+            lines.append(f"{head} failed: {e.get('reason', '')[:50]}")
+    base = record.get("refit_baseline")
+    if base is not None and entry["state"] == base["state"] == "COMPLETE" and base["run_id"] != entry["run_id"]:
+        sign = 1 if METRICS[metric] == "maximize" else -1  # > 0: the chosen refit is better, whatever the direction
+        lines.append(f"  lift of the chosen refit over the baseline's: {sign * (entry['value'] - base['value']):+.4f}")
+    return lines
+
+
+def _duration(seconds: float) -> str:
+    """41s, 17m, 2.5h."""
+    if seconds < 99.5:
+        return f"{seconds:.0f}s"
+    return f"{seconds / 60:.0f}m" if seconds < 5970 else f"{seconds / 3600:.1f}h"
