@@ -37,6 +37,23 @@ def tiny_prepared(tiny_frame):
     return prepare(tiny_frame, criteo_schema(), split_rows(len(tiny_frame), seed=0))
 
 
+@pytest.fixture(scope="module")
+def test_frame(tiny_frame) -> pd.DataFrame:
+    """The tiny data's test rows, raw: what promotion scores through the registered model."""
+    return tiny_frame.iloc[split_rows(len(tiny_frame), seed=0).test].reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def good_dir(tiny_prepared, tmp_path_factory) -> Path:
+    """A trained tiny policy saved as a policy directory (what a checkpoint holds)."""
+    from deepfm_tuner.model.policy import ScoringPolicy  # torch: only the tests that train load it
+    from deepfm_tuner.model.train import train
+
+    result = train(tiny_prepared, TINY_POLICY, TINY_TRAINING)
+    return ScoringPolicy(TINY_POLICY, TINY_TRAINING, tiny_prepared.encoder, result.model, {}).save(
+        tmp_path_factory.mktemp("good") / "policy")
+
+
 @pytest.fixture(scope="session")
 def tiny_criteo_dir(tmp_path_factory) -> Path:
     """train.tsv / test.tsv / truth.json for 3,000 synthetic rows in Criteo's headerless TSV format."""

@@ -10,13 +10,10 @@ import json
 import multiprocessing
 from pathlib import Path
 
-import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from deepfm_tuner.model.data.frames import split_rows
 from deepfm_tuner.model.policy import ScoringPolicy
-from deepfm_tuner.model.train import train
 from deepfm_tuner.tuner.registry.history import AliasEvent, previous_champion, read_history
 from deepfm_tuner.tuner.registry.promotion import promote_policy
 from deepfm_tuner.tuner.stores.sqlite import absolute_sqlite
@@ -25,18 +22,6 @@ from conftest import TINY_POLICY, TINY_TRAINING
 from support import assert_one_line_error, killed_at_exit, run, stored_policy_dir, truncate
 
 WIDE_POLICY = dataclasses.replace(TINY_POLICY, embedding_dim=8)
-
-
-@pytest.fixture(scope="module")
-def test_frame(tiny_frame) -> pd.DataFrame:
-    return tiny_frame.iloc[split_rows(len(tiny_frame), seed=0).test].reset_index(drop=True)
-
-
-@pytest.fixture(scope="module")
-def good_dir(tiny_prepared, tmp_path_factory) -> Path:
-    result = train(tiny_prepared, TINY_POLICY, TINY_TRAINING)
-    return ScoringPolicy(TINY_POLICY, TINY_TRAINING, tiny_prepared.encoder, result.model, {}).save(
-        tmp_path_factory.mktemp("good") / "policy")
 
 
 @pytest.fixture(scope="module")

@@ -9,13 +9,10 @@ import os
 import socket
 from pathlib import Path
 
-import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from deepfm_tuner.model.data.frames import split_rows
 from deepfm_tuner.model.policy import ScoringPolicy
-from deepfm_tuner.model.train import train
 from deepfm_tuner.tuner.registry.lock import TAG_HEARTBEAT, TAG_OWNER, TAG_PURPOSE, RegistryBusyError, registry_lock
 from deepfm_tuner.tuner.registry.promotion import PromotionCheckError, promote_policy
 from deepfm_tuner.tuner.registry.refs import lock_name
@@ -25,18 +22,6 @@ from conftest import TINY_POLICY, TINY_TRAINING
 from support import killed_at_exit, stored_policy_dir, truncate
 
 TAGS = {"study": "tiny", "trial_number": "1"}
-
-
-@pytest.fixture(scope="module")
-def test_frame(tiny_frame) -> pd.DataFrame:
-    return tiny_frame.iloc[split_rows(len(tiny_frame), seed=0).test].reset_index(drop=True)
-
-
-@pytest.fixture(scope="module")
-def good_dir(tiny_prepared, tmp_path_factory) -> Path:
-    result = train(tiny_prepared, TINY_POLICY, TINY_TRAINING)
-    return ScoringPolicy(TINY_POLICY, TINY_TRAINING, tiny_prepared.encoder, result.model, {}).save(
-        tmp_path_factory.mktemp("good") / "policy")
 
 
 @pytest.fixture(scope="module")

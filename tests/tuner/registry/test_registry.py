@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -15,10 +14,9 @@ from click.testing import CliRunner
 from mlflow import MlflowClient  # noqa: E402  (after tuner: quiet defaults)
 
 from deepfm_tuner.model.config import read_policy_yaml
-from deepfm_tuner.model.data.frames import read_table, split_rows
+from deepfm_tuner.model.data.frames import read_table
 from deepfm_tuner.model.errors import DataError, UserInputError
 from deepfm_tuner.model.policy import ScoringPolicy
-from deepfm_tuner.model.train import train
 from deepfm_tuner.tuner.cli import main
 from deepfm_tuner.tuner.registry import promotion as registry
 from deepfm_tuner.tuner.registry.promotion import PromotionCheckError, promote_policy
@@ -59,18 +57,6 @@ def gate_store(tmp_path_factory) -> Store:
     uri = f"sqlite:///{root}/mlflow.db"
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     return Store(uri, client, client.create_experiment("gate", artifact_location=str(root / "artifacts")))
-
-
-@pytest.fixture(scope="module")
-def test_frame(tiny_frame) -> pd.DataFrame:
-    return tiny_frame.iloc[split_rows(len(tiny_frame), seed=0).test].reset_index(drop=True)
-
-
-@pytest.fixture(scope="module")
-def good_dir(tiny_prepared, tmp_path_factory) -> Path:
-    result = train(tiny_prepared, TINY_POLICY, TINY_TRAINING)
-    return ScoringPolicy(TINY_POLICY, TINY_TRAINING, tiny_prepared.encoder, result.model, {}).save(
-        tmp_path_factory.mktemp("good") / "policy")
 
 
 @pytest.fixture(scope="module")
