@@ -34,17 +34,21 @@ def resolve_storage(url: str) -> str:
 
 
 def open_storage(url: str, on_stale: StaleTrial | None = None) -> optuna.storages.RDBStorage:
-    """RDB storage with heartbeats: a trial whose worker died is failed, `on_stale` is told (its MLflow run is
-    closed there), and it is re-run."""
+    """RDB storage with heartbeats: a trial whose worker died is failed and re-run, and `on_stale` is told (its
+    MLflow run is closed there).
+
+    The retry is queued first: between the dead trial's FAIL and its retry's appearance, a new trial of another
+    worker sees the dead trial's slot free (tuner.trials.objective counts slots against study.n_trials) and the
+    study overshoots by one; closing the MLflow run first (server round trips) made that window ~100x wider."""
     retry_stale = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)
 
     def stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        retry_stale(study, trial)
         if on_stale is not None:
             try:
                 on_stale(trial)
-            except Exception:  # noqa: BLE001 - the retry matters more than the bookkeeping
+            except Exception:  # noqa: BLE001 - bookkeeping: the retry is already queued
                 pass
-        retry_stale(study, trial)
 
     heartbeat, grace = heartbeat_settings()
     sqlite = url.startswith("sqlite")
