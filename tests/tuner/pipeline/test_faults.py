@@ -3,6 +3,7 @@ trials that record exactly what they trained."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -79,14 +80,10 @@ def test_a_full_artifact_disk_fails_the_trials_and_the_parent_run_with_the_reaso
 def tuned(tmp_path_factory):
     """A finished one-trial study 't' in its own folder (embedding_dim fixed at 4)."""
     folder = tmp_path_factory.mktemp("tuned")
-    previous = os.getcwd()
-    os.chdir(folder)
-    try:
+    with contextlib.chdir(folder):  # the study's relative stores (mlruns/) land in its folder
         write_study(folder, STUDY, "s.yaml", sort_keys=False)
         result = run("tune", "s.yaml")
         assert result.exit_code == 0, result.output
-    finally:
-        os.chdir(previous)
     return folder
 
 

@@ -2,7 +2,7 @@
 acts before an epoch ends; the kept epoch is still chosen on the full validation split. The training loop's side:
 tests/model/test_subepoch.py."""
 
-import os
+import contextlib
 
 import optuna
 import pytest
@@ -31,9 +31,7 @@ def half_epochs(tmp_path_factory):
     """A 5-trial study reporting every half epoch (2 epochs: steps 0-3): the V1 baseline, two earlier trials
     at 0.99 on every step (so the median pruner stops any real trial at its first report), two real trials."""
     folder = tmp_path_factory.mktemp("subepoch")
-    old = os.getcwd()
-    os.chdir(folder)
-    try:
+    with contextlib.chdir(folder):  # the study's relative stores (mlruns/) land in its folder
         path = write_study(folder, study__n_trials=5,
                            study__pruner={"type": "median", "n_startup_trials": 1, "n_warmup_steps": 0},
                            training__max_epochs=2, training__eval_every=0.5)
@@ -43,8 +41,6 @@ def half_epochs(tmp_path_factory):
             study.add_trial(optuna.trial.create_trial(value=0.99, params=FAKE, distributions=FAKE_DISTRIBUTIONS,
                                                       intermediate_values={s: 0.99 for s in range(4)}))
         yield folder, spec, tune(spec)
-    finally:
-        os.chdir(old)
 
 
 def _runs(folder):

@@ -1,5 +1,6 @@
 """Tuning studies end to end on real SQLite stores: Optuna trials and MLflow runs stay in step."""
 
+import contextlib
 from pathlib import Path
 
 import optuna
@@ -40,19 +41,13 @@ def nan_on_trial(number):
 @pytest.fixture(scope="module")
 def six_trials(tmp_path_factory):
     """One 6-trial study (trial 2 forced to NaN) run once; tests below read its stores."""
-    import os
-
     folder = tmp_path_factory.mktemp("study")
-    old = os.getcwd()
-    os.chdir(folder)
-    try:
+    with contextlib.chdir(folder):  # the study's relative stores (mlruns/) land in its folder
         spec = load_study(write_study(folder))
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr("deepfm_tuner.tuner.trials.objective.suggest_policy", nan_on_trial(2))
             result = tune(spec)
         yield folder, spec, result
-    finally:
-        os.chdir(old)
 
 
 @pytest.fixture()

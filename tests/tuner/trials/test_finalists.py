@@ -111,17 +111,11 @@ def test_the_choice_is_the_best_mean_of_the_retrains_not_the_best_single_trial(s
 @pytest.fixture(scope="module")
 def finalised(tmp_path_factory):
     """One 3-trial study with finalists {top_k: 2, seeds: 2}, promoted; tests below read its stores."""
-    import os
-
     folder = tmp_path_factory.mktemp("finalists")
-    old = os.getcwd()
-    os.chdir(folder)
-    try:
+    with contextlib.chdir(folder):  # the study's relative stores (mlruns/) land in its folder
         path = write_study(folder, STUDY, study__promote=True)
         result = tune(load_study(path))
         yield folder, path, result
-    finally:
-        os.chdir(old)
 
 
 @pytest.fixture()

@@ -4,6 +4,7 @@ version and the parent run, one line of advice when the tree model wins), never 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
 
@@ -126,12 +127,8 @@ def test_the_line_says_which_model_won_and_advises_when_the_tree_does():
 def referenced(tmp_path_factory):
     """One 1-trial study whose DeepFM trains at learning rate 1e-5 for one epoch (it learns almost nothing), with
     `reference: {type: lightgbm, params: {num_leaves: 15, n_estimators: 200}}`, promoted."""
-    import os
-
     folder = tmp_path_factory.mktemp("reference")
-    old = os.getcwd()
-    os.chdir(folder)
-    try:
+    with contextlib.chdir(folder):  # the study's relative stores (mlruns/) land in its folder
         signal_frame().to_csv(folder / "clicks.csv", index=False)
         path = write_study(folder, {
             "study": {"name": "ref", "n_trials": 1, "registered_model": "ref-m",
@@ -141,8 +138,6 @@ def referenced(tmp_path_factory):
             "policy_configs": {"scoring_policy": {"embedding_dim": 4, "deep_hidden_units": [8],
                                                   "learning_rate": {"choices": [1.0e-5]}}}})
         yield folder, path, tune(load_study(path))
-    finally:
-        os.chdir(old)
 
 
 @pytest.fixture()
