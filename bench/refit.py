@@ -6,14 +6,20 @@ should help), the study process's peak RSS after (a), and an extrapolation to 45
 
 TPE + sub-epoch median pruning (eval_every 0.25) over the five V1 hyperparameters (bench/tuning.py's `pays`
 study), at most --epochs epochs per trial, finalists off. (b) may run only its first --full-trials trials (same
-seeds: the same first configurations); its wall time is then extrapolated to --trials linearly.
+seeds: the same first configurations); its wall time is then extrapolated to --trials linearly. `--knobs steps`
+stops every run (trials and refits) by step patience (patience_steps 2) instead of epoch patience 1.
+
+The two halves can run apart on one --workdir (`--part b`, then `--part a`: a long (b) need not hold up work on
+(a)); the prepare time recorded is the first, cold one, and the comparison is written when both are there.
 
     python bench/refit.py [--rows 20000000] [--tune-rows 2000000] [--trials 30] [--full-trials 10] [--epochs 3]
+                          [--knobs epochs|steps] [--part a|b|both] [--workdir DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -27,6 +33,7 @@ from bench.step_patience import champion_scores, study_version  # noqa: E402
 from bench.tuning import pays_document, run_pays_study  # noqa: E402
 
 ROWS_45M = 45_000_000  # Criteo Kaggle's size, for the extrapolation
+KNOBS = {"epochs": {}, "steps": {"patience": 0, "patience_steps": 2}}
 
 
 def trials_seconds(trials) -> float:
@@ -56,6 +63,12 @@ def refit_gain(root: Path, entry: dict, test_frame, labels) -> dict:
             "described": c.describe()}
 
 
+def _refit_entries(record: dict) -> list[dict]:
+    """Each refit trained once (the baseline's may be the chosen one's, a candidate's the chosen one's)."""
+    entries = [record.get("refit"), record.get("refit_baseline"), *(record.get("candidates") or [])]
+    return list({e["run_id"]: e for e in entries if e}.values())
+
+
 def extrapolate(prepare: float, a: dict, b: dict, rows: int, tune_rows: int, tune_rows_45m: int) -> dict:
     """Seconds at 45M rows, linear in the rows each part trains on: prepare, the refits and every trial of (b) grow
     with the rows (45M / rows); (a)'s trials with the sample (tune_rows_45m / tune_rows); the rest of (a) (study,
@@ -66,6 +79,15 @@ def extrapolate(prepare: float, a: dict, b: dict, rows: int, tune_rows: int, tun
              "refit_seconds": a["refit_seconds"] * rows_scale}
     return {**parts, "a_whole_seconds": sum(parts.values()) + rest,
             "b_whole_seconds": prepare * rows_scale + b["wall_seconds_for_all_trials"] * rows_scale}
+
+
+def _saved(workdir: Path, name: str) -> dict | None:
+    path = workdir / f"refit-{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _save(workdir: Path, name: str, value: dict) -> None:
+    (workdir / f"refit-{name}.json").write_text(json.dumps(value, indent=2, default=str) + "\n")
 
 
 def main() -> None:
@@ -80,6 +102,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--subepoch-warmup", type=int, default=2)
     parser.add_argument("--tune-rows-45m", type=int, default=2_000_000, help="tune_rows of the 45M extrapolation")
+    parser.add_argument("--knobs", choices=sorted(KNOBS), default="epochs", help="how runs stop early")
+    parser.add_argument("--part", choices=("a", "b", "both"), default="both")
     parser.add_argument("--workdir", default=None, help="reused: data, stores")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
@@ -97,34 +121,46 @@ def main() -> None:
                   "encoded_dir": str(workdir / "encoded")}
     started = time.perf_counter()
     data = DataSpec.from_dict(data_block).prepare(print)
-    prepare_seconds = time.perf_counter() - started
+    prepare = _saved(workdir, "prepare") or {"prepare_seconds": time.perf_counter() - started,
+                                              "load_average_before": os.getloadavg()}
+    _save(workdir, "prepare", prepare)
     train_rows = len(data.parts["train"])
+    knobs = KNOBS[args.knobs]
+
+    if args.part in ("a", "both"):  # (a) trials on the sample, the winner and the V1 baseline refit on every row
+        document = pays_document("refit_sample", {**data_block, "tune_rows": args.tune_rows}, args, knobs, 0.25)
+        a = run_pays_study(document, workdir / "refit_sample", data)
+        record = a.pop("refit")
+        a.update(trials_seconds=trials_seconds(a.pop("_trials")), peak_rss_mib=max_rss_mib(),
+                 refit=record["refit"], refit_baseline=record.get("refit_baseline"),
+                 refit_candidates=record.get("candidates"), load_average_after=os.getloadavg())
+        a["refit_seconds"] = sum(e.get("wall_seconds", 0) for e in _refit_entries(record))
+        _save(workdir, "a", a)
+        print(f"(a) {args.tune_rows:,} rows + refit: trials {a['trials_seconds']:.0f} s, refits "
+              f"{a['refit_seconds']:.0f} s, whole {a['wall_seconds']:.0f} s; champion test AUC "
+              f"{a['champion_test_auc']:.4f}", flush=True)
+
+    if args.part in ("b", "both"):  # (b) every row, its first full_trials trials
+        document = pays_document("all_rows", data_block, args, knobs, 0.25)
+        document["study"]["n_trials"] = full_trials
+        b = run_pays_study(document, workdir / "all_rows", data)
+        b.pop("refit")
+        b.update(trials_seconds=trials_seconds(b.pop("_trials")), peak_rss_mib=max_rss_mib(),
+                 wall_seconds_for_all_trials=b["wall_seconds"] * args.trials / full_trials,
+                 load_average_after=os.getloadavg())
+        _save(workdir, "b", b)
+        print(f"(b) all {train_rows:,} rows, {full_trials} trials: {b['wall_seconds']:.0f} s (for {args.trials}: "
+              f"{b['wall_seconds_for_all_trials']:.0f} s); champion test AUC {b['champion_test_auc']:.4f}",
+              flush=True)
+
+    a, b = _saved(workdir, "a"), _saved(workdir, "b")
+    if a is None or b is None:
+        print(f"the other half is not there yet: run --part {'a' if a is None else 'b'} --workdir {workdir}")
+        return
+    prepare_seconds = prepare["prepare_seconds"]
     results: dict = {"benchmark": "refit", "date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(),
-                     "args": vars(args), "data": data.summary(), "prepare_seconds": prepare_seconds, "studies": {},
-                     "load_average_before": os.getloadavg()}
-
-    # (a) trials on the sample, the winner and the V1 baseline refit on every row
-    document = pays_document("refit_sample", {**data_block, "tune_rows": args.tune_rows}, args, {}, 0.25)
-    a = run_pays_study(document, workdir / "refit_sample", data)
-    record = a.pop("refit")
-    a.update(trials_seconds=trials_seconds(a.pop("_trials")), peak_rss_mib=max_rss_mib(),
-             refit=record["refit"], refit_baseline=record.get("refit_baseline"))
-    a["refit_seconds"] = sum(e.get("wall_seconds", 0) for e in {e["run_id"]: e for e in record.values()}.values())
-    results["studies"]["a_sample_refit"] = a
-    print(f"(a) {args.tune_rows:,} rows + refit: trials {a['trials_seconds']:.0f} s, refits "
-          f"{a['refit_seconds']:.0f} s, whole {a['wall_seconds']:.0f} s; champion test AUC "
-          f"{a['champion_test_auc']:.4f}", flush=True)
-
-    # (b) every row, its first full_trials trials
-    document = pays_document("all_rows", data_block, args, {}, 0.25)
-    document["study"]["n_trials"] = full_trials
-    b = run_pays_study(document, workdir / "all_rows", data)
-    b.pop("refit")
-    b["trials_seconds"] = trials_seconds(b.pop("_trials"))
-    b["wall_seconds_for_all_trials"] = b["wall_seconds"] * args.trials / full_trials
-    results["studies"]["b_all_rows"] = b
-    print(f"(b) all {train_rows:,} rows, {full_trials} trials: {b['wall_seconds']:.0f} s (for {args.trials}: "
-          f"{b['wall_seconds_for_all_trials']:.0f} s); champion test AUC {b['champion_test_auc']:.4f}", flush=True)
+                     "args": vars(args), "data": data.summary(), **prepare,
+                     "studies": {"a_sample_refit": a, "b_all_rows": b}}
 
     # the two champions, and the refit against the run it repeats, on the same test rows
     test_frame = data.test_frame()
@@ -142,6 +178,9 @@ def main() -> None:
         role: refit_gain(workdir / "refit_sample", entry, test_frame, labels)
         for role, entry in (("chosen", a["refit"]), ("baseline", a["refit_baseline"]))
         if entry and entry["state"] == "COMPLETE"}
+    results["refit_candidates_minus_sample_trained"] = [
+        refit_gain(workdir / "refit_sample", entry, test_frame, labels)
+        for entry in a.get("refit_candidates") or [] if entry["state"] == "COMPLETE"]
     results["wall_ratio_a_over_b"] = a["wall_seconds"] / b["wall_seconds_for_all_trials"]
     results["whole_a_with_prepare_seconds"] = prepare_seconds + a["wall_seconds"]
     results["extrapolated_45m"] = extrapolate(prepare_seconds, a, b, args.rows, args.tune_rows, args.tune_rows_45m)
@@ -149,7 +188,7 @@ def main() -> None:
                       for role, g in results["refit_minus_sample_trained"].items())
     print(f"(a) / (b) wall x{results['wall_ratio_a_over_b']:.2f}; champion AUC a - b {versus.describe()}; {gains}",
           flush=True)
-    results["workdir"], results["load_average_after"] = str(workdir), os.getloadavg()
+    results["workdir"] = str(workdir)
     write_json(results, "refit.json", args.out)
 
 

@@ -53,7 +53,7 @@ class TrialProgress:
         self.task = self.progress.add_task("", total=total, what="trials")
         self.best: tuple[int, float] | None = None
         self.rows: int | None = None  # training rows each trial sees
-        self.refits: dict[str, int] = {}  # role -> its progress task
+        self.refits: dict[str, int] = {}  # role-trial -> its progress task
 
     def __enter__(self) -> "TrialProgress":
         self.progress.start()
@@ -77,11 +77,12 @@ class TrialProgress:
 
     def on_refit_epoch(self, task: RefitTask, metrics: EpochMetrics) -> None:
         """The refit's bar: epochs done of its max_epochs on every training row (early stopping may end it sooner)."""
-        if task.role not in self.refits:
+        key = f"{task.role}-{task.trial}"  # study.refit.candidates: a bar per configuration refit
+        if key not in self.refits:
             what = "refit" if task.role == "refit" else "baseline refit"
-            self.refits[task.role] = self.progress.add_task("", total=task.max_epochs, what=what)
+            self.refits[key] = self.progress.add_task("", total=task.max_epochs, what=what)
         left = _left(task.max_epochs - human_epoch(metrics.epoch), task.rows, metrics.samples_per_second)
-        self.progress.update(self.refits[task.role], completed=human_epoch(metrics.epoch), description=(
+        self.progress.update(self.refits[key], completed=human_epoch(metrics.epoch), description=(
             f"trial {task.trial} on {task.rows:,} rows: {self.metric} {getattr(metrics, self.metric):.4f}, "
             f"{metrics.samples_per_second:,.0f} samples/s{left}"))
         self.console.print(f"{'refit' if task.role == 'refit' else 'baseline refit'} of trial {task.trial}: "

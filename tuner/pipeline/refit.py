@@ -1,24 +1,28 @@
-"""Refit: the chosen configuration trained again on every training row, after the trials and the finalists.
+"""Refit: the best configurations trained again on every training row, after the trials and the finalists.
 
 With `data.tune_rows` the trials (and finalist retrains) train on a sample of the training rows; a model trained
 on all of them should score better, so with `study.refit` (on by default when tune_rows is set) the champion
-candidate (`finalists.champion_candidate`: the finalists' choice, else the best trial) is trained once more on
-every training row with its own configuration and seed, early-stopped on the validation split, up to
-`refit.max_epochs` with `refit.patience` (default: the study's training values). So that the gate compares like
-with like, the V1 baseline trial is refit the same way (role `refit_baseline`; the candidate's own refit when
-the candidate is the baseline's run). Promotion registers the candidate's refit and compares it with the
-baseline's (tuner.pipeline.promotion); a refit that would repeat its run exactly (the trials trained on every
-row, with the refit's epochs and patience) is not trained, and the run itself is registered.
+candidate (`finalists.champion_candidate`: the finalists' choice, else the best trial) and the next best trials,
+`refit.candidates` in all, are trained once more on every training row, each with its own configuration and
+seed, early-stopped on the validation split, up to `refit.max_epochs` with `refit.patience` (default: the study's
+training values). The refit with the best validation score is the chosen one: a configuration that won on a
+small sample (strong regularisation, a high learning rate) need not be the best on every row. So that the gate
+compares like with like, the V1 baseline trial is refit the same way (role `refit_baseline`; a candidate's own
+refit when it is one of them). Promotion registers the chosen refit and compares it with the baseline's
+(tuner.pipeline.promotion); a refit that would repeat its run exactly (the trials trained on every row, with the
+refit's epochs and patience) is not trained, and the run itself is registered.
 
 Recorded for later readers (promotion, `deepfm status`, the report, a resume):
-    study user attr `refit`  {"refit": entry, "refit_baseline": entry}; entry: {role, of_trial, of_run_id, seed,
+    study user attr `refit`  {"candidates": [entry, ...] (best-ranked first), "refit": the chosen entry,
+                             "refit_baseline": entry}; entry: {role, of_trial, of_run_id, seed,
                              max_epochs, patience, rows (training rows), trial_rows (the trials' rows), state
                              COMPLETE|FAIL|SKIPPED, run_id, value, sample_value (the repeated run's score),
                              samples, seconds, wall_seconds, best_epoch (0-based), epochs, checkpoint, reason}
     each refit run           (nested, role refit or refit_baseline) the configuration's params with the refit's
                              max_epochs, patience and seed, epoch_* curves, score_<metric>, sample_score_<metric>,
                              samples_trained; tags deepfm.refit_of_trial, deepfm.refit_of_run_id,
-                             deepfm.refit_rows, deepfm.refit_samples
+                             deepfm.refit_rows, deepfm.refit_samples, deepfm.refit_rank (a candidate's
+                             rank on the sample), deepfm.refit_chosen (on the chosen one, of several)
     parent run               metrics refit_score_<metric>, refit_baseline_score_<metric>
 
 Interrupts and crashes: an entry is written when its run ends (complete, or failed with the reason); Ctrl-C ends
@@ -43,11 +47,14 @@ from deepfm_tuner.tuner.spec.study import METRICS
 from deepfm_tuner.tuner.stores.retry import retry
 from deepfm_tuner.tuner.trials.baseline import baseline_trial
 from deepfm_tuner.tuner.trials.finalists import Candidate, champion_candidate, trial_candidate
+from deepfm_tuner.tuner.trials.finalists import candidates as best_trials
 from deepfm_tuner.tuner.trials.names import (
     ATTR_REFIT,
     SAMPLES_TRAINED,
     TAG_REFIT_OF_RUN,
+    TAG_REFIT_CHOSEN,
     TAG_REFIT_OF_TRIAL,
+    TAG_REFIT_RANK,
     TAG_REFIT_ROWS,
     TAG_REFIT_SAMPLES,
     sample_score_name,
@@ -87,12 +94,39 @@ def _current(entry: dict[str, Any] | None, side: Candidate, spec) -> bool:
 
 
 # -- training the refits ---------------------------------------------------------------------------------
+def refit_choices(study: optuna.Study, spec, first: Candidate | None = None) -> list[Candidate]:
+    """The configurations refit on every row, best first: the champion candidate (`first`; the finalists' choice,
+    else the best trial), then the next best trials within the serving budget, `refit.candidates` in all. One
+    UserInputError line when there is no candidate yet."""
+    first = first or champion_candidate(study, spec)
+    rest = [trial_candidate(t, spec) for t in best_trials(study, spec.refit.candidates)
+            if t.number != first.trial.number]
+    return [first, *rest][:spec.refit.candidates]
+
+
+def chosen_entry(entries: list[dict[str, Any]], metric: str) -> dict[str, Any]:
+    """The candidates' refit that promotion registers: the best score on the validation split (a refit not needed
+    scores as its run); the best-ranked first on a tie."""
+    sign = 1 if METRICS[metric] == "maximize" else -1
+    scored = [e for e in entries if e["state"] in ("COMPLETE", "SKIPPED")]
+    if len(scored) < len(entries):  # a failed refit: promotion names it (the choice must not hang on a failure)
+        return next(e for e in entries if e["state"] == "FAIL")
+    return max(scored, key=lambda e: (sign * e.get("value", e["sample_value"]), -entries.index(e)))
+
+
+def _reusable(record: dict[str, Any], side: Candidate, spec) -> dict[str, Any] | None:
+    """A recorded refit of this run with the study's refit settings that did not fail, whatever its role."""
+    entries = [*(record.get("candidates") or []), record.get("refit"), record.get("refit_baseline")]
+    return next((e for e in entries if _current(e, side, spec) and e["state"] != "FAIL"), None)
+
+
 def run_refit(handle, prepared: PreparedData, *, trial_rows: int, threads: int | None = None,
               log: Callable[[str], None] = lambda message: None,
               on_epoch: Callable[[RefitTask, Any], None] | None = None) -> dict[str, Any] | None:
-    """Refit the champion candidate and the V1 baseline on every training row of `prepared` (what is not recorded
-    yet); `trial_rows`: the rows the trials trained on. Returns the study's refit record; None without
-    study.refit or without a candidate (no complete trial, finalists that chose nothing)."""
+    """Refit the best configurations (study.refit.candidates) and the V1 baseline on every training row of
+    `prepared` (what is not recorded yet), and choose the candidates' refit with the best validation score;
+    `trial_rows`: the rows the trials trained on. Returns the study's refit record; None without study.refit or
+    without a candidate (no complete trial, finalists that chose nothing)."""
     # the training loop (torch) and MLflow's run lifecycle: imported by the commands that train, not by status
     from deepfm_tuner.tuner.stores.locks import creation_lock
     from deepfm_tuner.tuner.trials.runs import close_orphan_runs
@@ -107,31 +141,37 @@ def run_refit(handle, prepared: PreparedData, *, trial_rows: int, threads: int |
             log(f"refit: closed {closed} run{'s' if closed != 1 else ''} left RUNNING by a process that died "
                 f"(FAILED, with the reason); training it again")
         try:
-            candidate = champion_candidate(study, spec)
+            choices = refit_choices(study, spec)
         except UserInputError as exc:
             log(f"refit: nothing to refit ({exc})")
             return None
         base = baseline_trial(study)
-        sides = [("refit", candidate)]
-        if base is not None and base.state == optuna.trial.TrialState.COMPLETE:
-            sides.append(("refit_baseline", trial_candidate(base, spec)))
-        record = recorded(study)
-        for role, side in sides:
-            if _current(record.get(role), side, spec) and record[role]["state"] != "FAIL":
-                continue
-            if role == "refit_baseline" and _current(record.get("refit"), side, spec):  # the candidate is the
-                record[role] = record["refit"]  # baseline's own run: its refit serves both sides
-            else:
-                previous = record.get(role)
-                record[role] = _refit(handle, prepared, role, side, trial_rows, threads, log, on_epoch)
-                _drop_checkpoint(handle, previous, record)
-            retry(study.set_user_attr, ATTR_REFIT, record)  # a Ctrl-C later keeps what finished
+        baseline = trial_candidate(base, spec) if base is not None and base.state.name == "COMPLETE" else None
+        before = recorded(study)
+        record: dict[str, Any] = {"candidates": []}
+        for rank, side in enumerate(choices, 1):
+            entry = _reusable(before, side, spec) or _refit(handle, prepared, "refit", side, trial_rows, threads,
+                                                            log, on_epoch, rank=rank, of=len(choices))
+            record["candidates"].append(entry)
+            retry(study.set_user_attr, ATTR_REFIT, {**before, "candidates": record["candidates"]})  # a Ctrl-C
+            if entry["state"] == "SKIPPED":  # the trials trained on every row: the candidate's run is the model
+                break
+        record["refit"] = chosen_entry(record["candidates"], spec.metric)
+        if baseline is not None:
+            record["refit_baseline"] = _reusable(record, baseline, spec) or _reusable(before, baseline, spec) or \
+                _refit(handle, prepared, "refit_baseline", baseline, trial_rows, threads, log, on_epoch)
+        _drop_replaced_checkpoints(handle, before, record)
+        retry(study.set_user_attr, ATTR_REFIT, record)
+        if len(record["candidates"]) > 1 and record["refit"]["state"] == "COMPLETE":
+            handle.tracker.set_tags(record["refit"]["run_id"], {TAG_REFIT_CHOSEN: "true"})
+            log(f"refit: chose trial {record['refit']['of_trial']}'s configuration, the best of "
+                f"{len(record['candidates'])} on all rows ({score_name(spec.metric)} {record['refit']['value']:.4f})")
         _log_to_parent(handle, record)
         return record
 
 
 def _refit(handle, prepared: PreparedData, role: str, side: Candidate, trial_rows: int, threads: int | None,
-           log: Callable[[str], None], on_epoch) -> dict[str, Any]:
+           log: Callable[[str], None], on_epoch, rank: int = 0, of: int = 1) -> dict[str, Any]:
     """One refit of `side`'s run on every training row, as its own nested run; returns its record entry."""
     from deepfm_tuner.model.train import train, training_setup
     from deepfm_tuner.tuner.stores.datasets import run_datasets
@@ -152,11 +192,14 @@ def _refit(handle, prepared: PreparedData, role: str, side: Candidate, trial_row
             f"and patience)")
         return {**entry, "state": "SKIPPED", "run_id": side.run_id}
     who = "the V1 baseline trial" if role == "refit_baseline" else "trial"
-    log(f"refit: training {who} {side.trial.number}'s configuration (seed {side.seed}) on all {rows:,} training "
+    which = f" (candidate {rank} of {of})" if of > 1 else ""
+    log(f"refit{which}: training {who} {side.trial.number}'s configuration (seed {side.seed}) on all {rows:,} training "
         f"rows, up to {max_epochs} epoch{'s' if max_epochs != 1 else ''} (patience {patience})")
     task = RefitTask(role, side.trial.number, rows, max_epochs)
     tags = {TAG_REFIT_OF_TRIAL: str(side.trial.number), TAG_REFIT_OF_RUN: side.run_id, TAG_REFIT_ROWS: str(rows),
             **run_tags(prepared.fingerprint, side.seed, training_setup(control))}
+    if rank:
+        tags[TAG_REFIT_RANK] = str(rank)
     with training_run(tracker, handle.parent_run_id, f"{role.replace('_', '-')}-{side.trial.number}", role,
                       run_params(policy, control), tags, datasets=run_datasets(prepared),
                       interrupted=("KILLED", "KILLED")) as run:
@@ -188,12 +231,18 @@ def _refit(handle, prepared: PreparedData, role: str, side: Candidate, trial_row
     return entry
 
 
-def _drop_checkpoint(handle, previous: dict[str, Any] | None, record: dict[str, Any]) -> None:
-    """A replaced refit's checkpoint is deleted (best effort) unless the other side still uses it."""
+def _entries(record: dict[str, Any]) -> list[dict[str, Any]]:
+    return [e for e in (*(record.get("candidates") or []), record.get("refit"), record.get("refit_baseline")) if e]
+
+
+def _drop_replaced_checkpoints(handle, before: dict[str, Any], record: dict[str, Any]) -> None:
+    """The checkpoints of refits the new record no longer holds (an earlier choice) are deleted (best effort)."""
     from deepfm_tuner.tuner.trials.runs import prune_checkpoints  # MLflow: as run_refit
 
-    if previous and previous.get("checkpoint") and all(e.get("run_id") != previous["run_id"] for e in record.values()):
-        prune_checkpoints(handle.tracker, "", [previous["run_id"]])
+    kept = {e["run_id"] for e in _entries(record)}
+    replaced = {e["run_id"] for e in _entries(before) if e.get("checkpoint") and e["run_id"] not in kept}
+    if replaced:
+        prune_checkpoints(handle.tracker, "", sorted(replaced))
 
 
 def _log_to_parent(handle, record: dict[str, Any]) -> None:
@@ -207,29 +256,42 @@ def _log_to_parent(handle, record: dict[str, Any]) -> None:
 # -- what promotion registers --------------------------------------------------------------------------
 def refitted_sides(study: optuna.Study, spec, candidate: Candidate, baseline: Candidate | None
                    ) -> tuple[Candidate, Candidate | None, str]:
-    """The gate's two sides as refit on every training row: (the candidate's refit, the baseline's refit or None,
-    why the baseline is not compared). A candidate whose refit has not run or failed is one UserInputError line
-    (never a half-trained or sample-trained model in its place); a baseline without a complete refit is not
-    compared (a sample-trained baseline is no match for a refit). A refit that was not needed leaves its side as
-    it is."""
+    """The gate's two sides as refit on every training row: (the chosen refit, the baseline's refit or None, why
+    the baseline is not compared). The chosen refit is the best, on the validation split, of the refits of the
+    study's current choices (`refit_choices`, `candidate` first); a choice whose refit has not run or failed is
+    one UserInputError line (never a half-trained or sample-trained model in its place); a baseline without a
+    complete refit is not compared (a sample-trained baseline is no match for a refit). A refit that was not
+    needed leaves its side as it is."""
     record = recorded(study)
-    entry = record.get("refit")
-    if not _current(entry, candidate, spec):
-        raise UserInputError(f"the refit of trial {candidate.trial.number} of study '{spec.name}' (study.refit) has "
-                             f"not run; run 'deepfm promote' with the study file, which refits it first")
+    entries = [*(record.get("candidates") or []), *([record["refit"]] if record.get("refit") else [])]
+    current: list[dict[str, Any]] = []
+    for side in refit_choices(study, spec, candidate):
+        entry = next((e for e in entries if _current(e, side, spec)), None)
+        if entry is None:
+            raise UserInputError(f"the refit of trial {side.trial.number} of study '{spec.name}' (study.refit) has "
+                                 f"not run; run 'deepfm promote' with the study file, which refits it first")
+        current.append(entry)
+        if entry["state"] == "SKIPPED":
+            break
+    entry = chosen_entry(current, spec.metric)
     if entry["state"] == "FAIL":
-        raise UserInputError(f"the refit of trial {candidate.trial.number} of study '{spec.name}' failed "
+        raise UserInputError(f"the refit of trial {entry['of_trial']} of study '{spec.name}' failed "
                              f"({entry.get('reason', '')[:300]}); run 'deepfm promote' to try it again, or set "
                              f"study.refit: false to register the run trained on the trials' rows")
-    candidate = _as_refit(candidate, entry, spec.metric)
+    side = candidate if entry["of_run_id"] == candidate.run_id else next(
+        trial_candidate(t, spec) for t in study.get_trials(deepcopy=False) if t.number == entry["of_trial"])
+    chosen = _as_refit(side, entry, spec.metric)
+    if len(current) > 1:
+        chosen = dataclasses.replace(chosen, tags={**chosen.tags, "refit.candidates": str(len(current)),
+                                                   "refit.rank": str(current.index(entry) + 1)})
     if baseline is None:
-        return candidate, None, ""
+        return chosen, None, ""
     base = record.get("refit_baseline")
     if not _current(base, baseline, spec) or base["state"] == "FAIL":
         why = "failed" if _current(base, baseline, spec) else "has not run"
-        return candidate, None, (f"the refit of V1 baseline trial {baseline.trial.number} {why}: not compared "
-                                 f"(a baseline trained on the trials' rows is no match for a refit)")
-    return candidate, _as_refit(baseline, base, spec.metric), ""
+        return chosen, None, (f"the refit of V1 baseline trial {baseline.trial.number} {why}: not compared "
+                              f"(a baseline trained on the trials' rows is no match for a refit)")
+    return chosen, _as_refit(baseline, base, spec.metric), ""
 
 
 def _as_refit(side: Candidate, entry: dict[str, Any], metric: str) -> Candidate:
@@ -252,12 +314,16 @@ def refit_lines(study: optuna.Study, spec) -> list[str]:
     if not lines:
         return ["refit: not run yet ('deepfm tune' or 'deepfm promote' refits the chosen configuration)"]
     try:
-        candidate = champion_candidate(study, spec)
+        choices = refit_choices(study, spec)
     except UserInputError:
         return lines
-    if not _current(record["refit"], candidate, spec):
-        lines.append(f"  (of an earlier choice: the next 'deepfm tune' or 'deepfm promote' refits trial "
-                     f"{candidate.trial.number})")
+    entries = record.get("candidates") or [record["refit"]]
+    if entries[0]["state"] == "SKIPPED":
+        choices = choices[:1]
+    missing = [side.trial.number for side in choices if not any(_current(e, side, spec) for e in entries)]
+    if missing:
+        lines.append(f"  (of an earlier choice: the next 'deepfm tune' or 'deepfm promote' refits trial"
+                     f"{'s' if len(missing) > 1 else ''} {', '.join(map(str, missing))})")
     return lines
 
 
@@ -270,12 +336,12 @@ def record_lines(record: dict[str, Any], metric: str) -> list[str]:
     if entry["state"] == "SKIPPED":
         return [f"refit: not needed (the trials trained on all {entry['rows']:,} rows with its epochs and patience)"]
     lines = [f"refit on all {entry['rows']:,} training rows (trials: {entry['trial_rows']:,}), {score_name(metric)}:"]
-    for role, label in (("refit", "chosen  "), ("refit_baseline", "baseline")):
-        e = record.get(role)
+    others = [("also    ", e) for e in record.get("candidates") or [] if e["run_id"] != entry["run_id"]]
+    for label, e in [("chosen  ", entry), *others, ("baseline", record.get("refit_baseline"))]:
         if e is None:
             continue
         head = f"  {label} trial {e['of_trial']}:"
-        if role == "refit_baseline" and e["run_id"] == entry["run_id"]:
+        if label == "baseline" and e["run_id"] == entry["run_id"]:
             lines.append(f"{head} the chosen configuration itself")
         elif e["state"] == "COMPLETE":
             lines.append(f"{head} {e['value']:.4f} (sample-trained {e['sample_value']:.4f}), best epoch "

@@ -4,7 +4,7 @@ declaration (model.validation), into a StudySpec.
     study:     {name, n_trials, timeout, metric, sampler, pruner, storage, tracking_uri, experiment,
                 registered_model, promote, warm_start: {from, top_k, storage}, finalists: {top_k, seeds},
                 constraints: {max_parameters, max_latency_ms} (serving budgets: tuner.spec.constraints),
-                refit: {max_epochs, patience} | true | false, reference: lightgbm | {type: lightgbm, params: {...}}}
+                refit: {max_epochs, patience, candidates} | true | false, reference: lightgbm | {type: lightgbm, params: {...}}}
     data:      see model.data.source.DataSpec (files or `synthetic: {rows: N}`)
     training:  see model.config.TrainConfig (batch_size, max_epochs, patience, ...); embedding_l2, weight_decay
                and batch_size may be tunable specs, as in the policy (tuner.spec.space)
@@ -167,12 +167,14 @@ class FinalistsSpec:
 class RefitSpec:
     """After the trials and finalists: train the chosen configuration (and the V1 baseline's) again on every
     training row, early-stopped on the validation split (tuner.pipeline.refit). Unset values: the study's
-    training.max_epochs and training.patience."""
+    training.max_epochs and training.patience. `candidates`: how many of the best configurations are refit, the
+    one with the best refit score being registered (a sample's winner need not be the best on every row)."""
 
     max_epochs: Optional[Int(1)] = None
     patience: Optional[Int(0)] = None
+    candidates: Int(1) = 2
 
-    SHAPE: ClassVar[str] = "true, false or a mapping such as {max_epochs: 3, patience: 1}"
+    SHAPE: ClassVar[str] = "true, false or a mapping such as {max_epochs: 3, patience: 1, candidates: 2}"
 
 
 def _flag_or_block(value: Any, handler: Any) -> Any:
@@ -313,7 +315,8 @@ def parse_study(document: Any, source: str, default_name: str) -> StudySpec:
         refit = RefitSpec()
     if refit is not None:  # its defaults are the study's own training settings
         refit = RefitSpec(max_epochs=refit.max_epochs or training.max_epochs,
-                          patience=training.patience if refit.patience is None else refit.patience)
+                          patience=training.patience if refit.patience is None else refit.patience,
+                          candidates=refit.candidates)
     return StudySpec(name=name, space=space, data=file.data, training=training, training_space=training_space,
                      promotion=file.promotion, source=source, refit=refit, **settings)
 

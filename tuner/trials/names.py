@@ -44,6 +44,7 @@ TAG_WITHIN_BUDGET = "deepfm.within_budget"  # with study.constraints: "true" or 
 # the run it repeats (the trial's, or the chosen finalist retrain's), its training rows and the samples it trained
 TAG_REFIT_OF_TRIAL, TAG_REFIT_OF_RUN = "deepfm.refit_of_trial", "deepfm.refit_of_run_id"
 TAG_REFIT_ROWS, TAG_REFIT_SAMPLES = "deepfm.refit_rows", "deepfm.refit_samples"
+TAG_REFIT_RANK, TAG_REFIT_CHOSEN = "deepfm.refit_rank", "deepfm.refit_chosen"  # study.refit.candidates
 TAG_REFERENCE_RUN = "deepfm.reference_run_id"  # on the parent run: the tree-model reference's run (role reference)
 
 # -- MLflow metric names ---------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from deepfm_tuner.model.policy import ScoringPolicy
 from deepfm_tuner.tuner.cli.show import print_status
 from deepfm_tuner.tuner.pipeline.handle import existing_handle
 from deepfm_tuner.tuner.pipeline.promotion import promote_study
+from deepfm_tuner.tuner.pipeline.refit import chosen_entry
 from deepfm_tuner.tuner.pipeline.tune import load_data, tune
 from deepfm_tuner.tuner.registry.gate import delong_test
 from deepfm_tuner.tuner.spec.study import load_study
@@ -32,7 +33,7 @@ from support import run
 SAMPLE = 400
 STUDY = {
     "study": {"name": "refit", "n_trials": 3, "sampler": {"type": "random", "seed": 3}, "pruner": "none",
-              "promote": True},
+              "promote": True, "refit": {"candidates": 1}},  # the sample's winner alone (several: the last tests)
     "data": {"synthetic": {"rows": 3000, "seed": 1, "max_cardinality": 200}, "tune_rows": SAMPLE},
     "training": {"batch_size": 256, "max_epochs": 2, "patience": 1, "seed": 0, "device": "cpu", "threads": 1},
     "policy_configs": {"scoring_policy": {
@@ -215,3 +216,64 @@ def test_tune_rows_past_the_split_trains_on_every_row_and_needs_no_refit(in_tmp,
     best = max(runs("trial"), key=lambda r: r.data.metrics.get("score_val_auc", 0))
     version = client().get_model_version("deepfm-refit", "1")
     assert version.run_id == best.info.run_id and not any(k.startswith("refit.") for k in version.tags)
+
+
+@pytest.mark.slow
+def test_the_best_configurations_are_refit_and_the_best_refit_on_the_validation_split_is_registered(
+        in_tmp, study_file):
+    """study.refit.candidates (default 2): a sample's winner need not be the best on every row."""
+    path = study_file(STUDY, study__n_trials=4, study__refit=True)
+    result = run("tune", path)
+    assert result.exit_code == 0, result.output
+    spec = load_study(path)
+    assert spec.refit.candidates == 2
+    handle = existing_handle(spec, resolve_stores(spec=spec), str(path))
+    ranked = sorted((t for t in handle.study.trials if t.number != 0), key=lambda t: -t.value)[:2]
+    assert handle.study.trials[0].value < ranked[1].value  # the V1 baseline is refit as the baseline only
+    record = handle.study.user_attrs["refit"]
+    assert [e["of_trial"] for e in record["candidates"]] == [t.number for t in ranked]  # best on the sample first
+
+    refits = {r.info.run_id: r for r in runs("refit", status="FINISHED")}
+    assert sorted(refits) == sorted(e["run_id"] for e in record["candidates"])
+    assert [refits[e["run_id"]].data.tags["deepfm.refit_rank"] for e in record["candidates"]] == ["1", "2"]
+    best = max(refits.values(), key=lambda r: r.data.metrics["score_val_auc"])
+    assert record["refit"]["run_id"] == best.info.run_id  # the best refit, whichever its rank on the sample
+    assert [r.info.run_id for r in refits.values() if r.data.tags.get("deepfm.refit_chosen") == "true"] == [
+        best.info.run_id]
+    assert f"refit: chose trial {record['refit']['of_trial']}'s configuration, the best of 2 on all rows" in \
+        result.output
+
+    version = client().get_model_version("deepfm-refit", "1")
+    assert version.run_id == best.info.run_id
+    assert version.tags["refit.of_trial"] == best.data.tags["deepfm.refit_of_trial"]
+    assert (version.tags["refit.candidates"], version.tags["refit.rank"]) == ("2", best.data.tags["deepfm.refit_rank"])
+    assert version.tags["trial_number"] == best.data.tags["deepfm.refit_of_trial"]
+
+    console = Console(width=80, record=True)
+    print_status(console, handle.study, spec)
+    lines = console.export_text().splitlines()
+    other = next(e for e in record["candidates"] if e["run_id"] != best.info.run_id)
+    start = next(i for i, line in enumerate(lines) if line.startswith("refit on all "))
+    assert lines[start + 1].startswith(f"  chosen   trial {record['refit']['of_trial']}: ")
+    assert lines[start + 2].startswith(f"  also     trial {other['of_trial']}: {other['value']:.4f}")
+    assert lines[start + 3].startswith("  baseline trial 0: ")
+    assert not any("earlier choice" in line for line in lines)
+
+    again = run("tune", path, "--no-promote")  # a resume refits nothing
+    assert again.exit_code == 0, again.output
+    assert "refit: training" not in again.output and "refit (candidate" not in again.output
+    assert len(runs("refit")) == 2 and len(runs("refit_baseline")) == 1
+
+
+def test_the_chosen_refit_is_the_best_validation_score_in_the_metric_direction():
+    def entry(rank: int, value: float, state: str = "COMPLETE") -> dict:
+        return {"of_trial": rank, "run_id": f"r{rank}", "state": state, "value": value, "sample_value": 0.9}
+
+    first, second = entry(1, 0.70), entry(2, 0.72)
+    assert chosen_entry([first, second], "val_auc") is second  # the sample's runner-up refits better
+    assert chosen_entry([first, entry(2, 0.70)], "val_auc") is first  # a tie: the better rank on the sample
+    assert chosen_entry([first, second], "val_logloss") is first  # logloss: lower is better
+    failed = entry(2, 0.0, "FAIL")
+    assert chosen_entry([first, failed], "val_auc") is failed  # promotion names it: no choice around a failure
+    skipped = {"of_trial": 1, "run_id": "t1", "state": "SKIPPED", "sample_value": 0.75}
+    assert chosen_entry([skipped], "val_auc") is skipped  # the trials trained on every row
