@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from pathlib import Path
 
 import pandas as pd
+import psutil
 import pytest
 
 from deepfm_tuner.tuner.cli.logs import quiet_defaults, quiet_optuna  # noqa: E402
@@ -74,3 +76,14 @@ def in_tmp(tmp_path, monkeypatch) -> Path:
     """Run in an empty directory so the embedded stores (mlruns/) land in tmp."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+@pytest.fixture()
+def workers_killed_at_exit():
+    """tune(workers=N) stops its worker processes (each in its own session) on Ctrl-C; when a failure or a
+    pytest-timeout ends the test instead, this kills the ones left running."""
+    yield
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if "deepfm_tuner.tuner.cli" in child.cmdline():
+                child.kill()

@@ -219,6 +219,26 @@ def test_tune_rows_past_the_split_trains_on_every_row_and_needs_no_refit(in_tmp,
 
 
 @pytest.mark.slow
+def test_local_workers_train_on_one_sample_and_their_coordinator_refits_once(in_tmp, study_file,
+                                                                            workers_killed_at_exit):
+    """`--workers 2` with data.tune_rows: each worker maps the one sample; the coordinator refits (as it runs the
+    finalists), the workers do not."""
+    path = study_file(STUDY, study__n_trials=4, study__promote=False)
+    tune(load_study(path), workers=2, threads=1)
+    trials = runs("trial", status="FINISHED")
+    assert len(trials) == 4
+    assert not [r for r in trials if r.data.tags["deepfm.worker"].endswith(f":{os.getpid()}")]  # the workers ran them
+    for trial in trials:
+        assert training_data(trial) == ("synth-3000-seed1-card200/train:train-sample-400-seed42", SAMPLE)
+        assert trial.data.metrics["samples_trained"] == SAMPLE * trial.data.metrics["epochs_trained"]
+    assert len(list(Path("data/encoded").glob("*/samples/*/categorical.npy"))) == 1  # written once
+    assert len(runs("refit")) == 1 and len(runs("refit_baseline")) == 1
+    (refit,) = runs("refit")
+    assert refit.data.metrics["samples_trained"] == int(refit.data.tags["deepfm.refit_rows"]) * \
+        refit.data.metrics["epochs_trained"]
+
+
+@pytest.mark.slow
 def test_the_best_configurations_are_refit_and_the_best_refit_on_the_validation_split_is_registered(
         in_tmp, study_file):
     """study.refit.candidates (default 2): a sample's winner need not be the best on every row."""

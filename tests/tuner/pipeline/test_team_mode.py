@@ -244,6 +244,36 @@ def test_two_workers_started_at_once_on_a_new_database_share_one_study(services,
     assert len(runs) == 4
 
 
+@pytest.mark.slow
+@pytest.mark.services
+def test_team_workers_on_a_sample_train_the_refits_once(services, launcher, study_file):
+    """data.tune_rows + study.refit in team mode: every worker ends by summarising the study; they take turns
+    under a lock on the storage, so the candidates and the V1 baseline are each refit once, by one worker."""
+    pg, uri = services
+    storage = pg.url("optuna")
+    study_path = study_file(STUDY, study__name="teamrefit", study__n_trials=4,
+                            study__registered_model="deepfm-teamrefit", data__tune_rows=500)
+    args = worker_args(str(study_path), storage, uri)
+    first, second = launcher(args, name="refit-1"), launcher(args, name="refit-2")
+    wait_all([first, second])
+    assert_ok(first)
+    assert_ok(second)
+
+    study = load(storage, "teamrefit")
+    assert len(finished(study)) == 4
+    record = study.user_attrs["refit"]
+    assert len(record["candidates"]) == 2 and record["refit_baseline"]["state"] == "COMPLETE"
+    _, refits = mlflow_runs(uri, "deepfm-teamrefit", "refit")
+    _, baselines = mlflow_runs(uri, "deepfm-teamrefit", "refit_baseline")
+    assert sorted(r.info.run_id for r in refits) == sorted(e["run_id"] for e in record["candidates"])
+    assert [r.info.run_id for r in baselines] == [record["refit_baseline"]["run_id"]]
+    assert {r.info.status for r in refits + baselines} == {"FINISHED"}
+    outputs = [Path(proc.log_path).read_text() for proc in (first, second)]
+    trained = [sum(line.startswith(("refit (candidate", "refit: training")) for line in out.splitlines())
+               for out in outputs]
+    assert sorted(trained) == [0, 3], "the refits were not trained once, by one worker"
+
+
 def _open_storage_at_once(url: str, barrier, results) -> None:
     from deepfm_tuner.tuner.stores.optuna_storage import open_storage
 

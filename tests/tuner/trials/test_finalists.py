@@ -8,7 +8,6 @@ import statistics
 from pathlib import Path
 
 import optuna
-import psutil
 import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
@@ -237,17 +236,6 @@ def test_ctrl_c_during_finalists_leaves_no_running_run_and_resume_finishes_them(
     assert len(finished) == 4 and result.finalists.trained == 3  # the finished retrain is reused
     assert len({(r.data.tags["deepfm.finalist_of_trial"], r.data.tags["deepfm.finalist_seed"])
                 for r in finished}) == 4
-
-
-@pytest.fixture()
-def workers_killed_at_exit():
-    """tune(workers=N) stops its worker processes (each in its own session) on Ctrl-C; when a failure or a
-    pytest-timeout ends the test instead, this kills the ones left running."""
-    yield
-    for child in psutil.Process().children(recursive=True):
-        with contextlib.suppress(psutil.Error):
-            if "deepfm_tuner.tuner.cli" in child.cmdline():
-                child.kill()
 
 
 @pytest.mark.slow
