@@ -162,8 +162,8 @@ def run_refit(handle, prepared: PreparedData, *, trial_rows: int, threads: int |
                 _refit(handle, prepared, "refit_baseline", baseline, trial_rows, threads, log, on_epoch)
         _drop_replaced_checkpoints(handle, before, record)
         retry(study.set_user_attr, ATTR_REFIT, record)
+        _move_chosen_tag(handle, before.get("refit"), record)
         if len(record["candidates"]) > 1 and record["refit"]["state"] == "COMPLETE":
-            handle.tracker.set_tags(record["refit"]["run_id"], {TAG_REFIT_CHOSEN: "true"})
             log(f"refit: chose trial {record['refit']['of_trial']}'s configuration, the best of "
                 f"{len(record['candidates'])} on all rows ({score_name(spec.metric)} {record['refit']['value']:.4f})")
         _log_to_parent(handle, record)
@@ -243,6 +243,18 @@ def _drop_replaced_checkpoints(handle, before: dict[str, Any], record: dict[str,
     replaced = {e["run_id"] for e in _entries(before) if e.get("checkpoint") and e["run_id"] not in kept}
     if replaced:
         prune_checkpoints(handle.tracker, "", sorted(replaced))
+
+
+def _move_chosen_tag(handle, previous: dict[str, Any] | None, record: dict[str, Any]) -> None:
+    """`deepfm.refit_chosen` marks the chosen refit of several, and only it (an earlier choice loses the tag)."""
+    chosen = record["refit"]
+    if previous and previous.get("run_id") != chosen["run_id"] and previous["state"] == "COMPLETE":
+        try:
+            handle.tracker.client.delete_tag(previous["run_id"], TAG_REFIT_CHOSEN)
+        except Exception:  # noqa: BLE001 - it never had the tag (one candidate), or its run is gone
+            pass
+    if len(record["candidates"]) > 1 and chosen["state"] == "COMPLETE":
+        handle.tracker.set_tags(chosen["run_id"], {TAG_REFIT_CHOSEN: "true"})
 
 
 def _log_to_parent(handle, record: dict[str, Any]) -> None:

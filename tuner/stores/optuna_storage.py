@@ -33,14 +33,20 @@ def resolve_storage(url: str) -> str:
 
 
 
+MAX_STALE_RETRIES = 3  # a configuration whose workers keep dying (e.g. out of memory) is given up after 3 retries
+RETRY_QUEUED_SECONDS = 30.0  # a dead worker's trial failed longer ago than this with no retry: none is coming
+
+
 def open_storage(url: str, on_stale: StaleTrial | None = None) -> optuna.storages.RDBStorage:
     """RDB storage with heartbeats: a trial whose worker died is failed and re-run, and `on_stale` is told (its
     MLflow run is closed there).
 
     The retry is queued first: between the dead trial's FAIL and its retry's appearance, a new trial of another
     worker sees the dead trial's slot free (tuner.trials.objective counts slots against study.n_trials) and the
-    study overshoots by one; closing the MLflow run first (server round trips) made that window ~100x wider."""
-    retry_stale = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)
+    study overshoots by one; closing the MLflow run first (server round trips) made that window ~100x wider. The
+    objective closes the rest of it: such a trial holds its slot for RETRY_QUEUED_SECONDS or until its retry is
+    there (tuner.trials.objective)."""
+    retry_stale = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_STALE_RETRIES)
 
     def stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         retry_stale(study, trial)

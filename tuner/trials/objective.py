@@ -7,6 +7,7 @@ manner of Optuna's examples; `model/` never sees a Trial.
 
 from __future__ import annotations
 
+import datetime
 import time
 from typing import Callable
 
@@ -20,6 +21,7 @@ from deepfm_tuner.model.train import SELECT_METRICS, EpochMetrics, StepMetrics, 
 from deepfm_tuner.tuner.spec.space import suggest_policy, suggest_training
 from deepfm_tuner.tuner.spec.study import StudySpec
 from deepfm_tuner.tuner.stores.datasets import run_datasets
+from deepfm_tuner.tuner.stores.optuna_storage import MAX_STALE_RETRIES, RETRY_QUEUED_SECONDS
 from deepfm_tuner.tuner.stores.tracking import StudyTracker
 from deepfm_tuner.tuner.trials.constraints import ServingBudget
 from deepfm_tuner.tuner.trials.names import (
@@ -27,6 +29,7 @@ from deepfm_tuner.tuner.trials.names import (
     ATTR_BASELINE_NOTE,
     ATTR_CHECKPOINT,
     ATTR_DEVICE,
+    ATTR_FAILURE,
     ATTR_OPTIMIZER,
     ATTR_RETRY_OF,
     ATTR_RUN_ID,
@@ -49,6 +52,18 @@ from deepfm_tuner.tuner.trials.runs import run_params, run_tags, training_run, w
 
 class TotalReached(Exception):
     """The study already has its total of trials (another worker got there first); this one is not run."""
+
+
+def _retry_being_queued(t: optuna.trial.FrozenTrial, retried: set[int], now: datetime.datetime) -> bool:
+    """A trial whose worker died (failed by the heartbeat check: it said nothing, unlike every failure in this
+    objective, Ctrl-C included), failed a moment ago, with a retry due (Optuna's retry callback queues it right
+    after the FAIL) that is not there yet. The window is bounded, so a retry that never comes frees the slot."""
+    if t.state != optuna.trial.TrialState.FAIL or t.number in retried or t.datetime_complete is None:
+        return False
+    if ATTR_FAILURE in t.user_attrs or ATTR_SKIPPED in t.user_attrs:
+        return False
+    age = (now - t.datetime_complete).total_seconds()  # naive local times; a skewed clock: no hold, as before
+    return len(t.system_attrs.get("retry_history", ())) < MAX_STALE_RETRIES and -5.0 <= age <= RETRY_QUEUED_SECONDS
 
 
 def _better(value: float, best: float | None, direction: str) -> bool:
@@ -80,6 +95,16 @@ def make_objective(
     datasets = run_datasets(prepared)  # described once: every trial of this process logs the same data
 
     def objective(trial: optuna.Trial) -> float:
+        try:
+            return run_trial(trial)
+        except (optuna.TrialPruned, TotalReached):
+            raise
+        except BaseException as exc:  # every failure is said on the trial, Ctrl-C included: a FAIL that says
+            if ATTR_FAILURE not in trial.user_attrs:  # nothing is a dead worker's trial (_check_total)
+                record_failure(trial, exc)
+            raise
+
+    def run_trial(trial: optuna.Trial) -> float:
         trials = trial.study.get_trials(deepcopy=False)  # one read serves the total check and the retry lookup
         if spec.n_trials is not None:
             _check_total(trial, spec.n_trials, trials)
@@ -219,15 +244,20 @@ def _check_total(trial: optuna.Trial, total: int, trials: list[optuna.trial.Froz
     stops a worker after its own trial ends, so workers would overshoot).
 
     A retry of a dead worker's trial inherits that trial's slot: it is always run, and a retry still waiting or
-    running holds its slot against new trials, so the dead trial's configuration is the one that gets re-run."""
+    running holds its slot against new trials, so the dead trial's configuration is the one that gets re-run. So
+    does the dead trial itself between its FAIL and its retry's appearance (two storage writes by the worker that
+    found it stale), else a new trial started in that window overshoots the total by one."""
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.RUNNING)
     this = next(t for t in trials if t.number == trial.number)
     if this.system_attrs.get("failed_trial") is not None:
         return
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}
+    now = datetime.datetime.now()
     taken = [t for t in trials if t.number != trial.number and (
         (t.state in states and t.number < trial.number)
         or (t.system_attrs.get("failed_trial") is not None and t.state in (optuna.trial.TrialState.WAITING,
-                                                                          optuna.trial.TrialState.RUNNING)))]
+                                                                          optuna.trial.TrialState.RUNNING))
+        or _retry_being_queued(t, retried, now))]
     if len(taken) >= total:
         trial.study.stop()
         trial.set_user_attr(ATTR_SKIPPED, "total reached")
