@@ -67,6 +67,10 @@ def test_one_parent_and_one_nested_run_per_trial(in_study):
     assert all(r.data.tags["mlflow.parentRunId"] == parent_id for r in trials)
     assert sorted(int(r.data.tags["deepfm.trial_number"]) for r in trials) == list(range(7))
     assert not [r for r in client.search_runs([parents[0].info.experiment_id]) if r.info.status == "RUNNING"]
+    # no data.tune_rows: trials train on every row and nothing is refit (issue 16: a study as written before)
+    assert spec.refit is None and "refit" not in study.user_attrs
+    assert {r.data.tags.get("deepfm.role") for r in client.search_runs([parents[0].info.experiment_id])} == {
+        "study", "trial"}
 
 
 def test_trial_runs_hold_params_tags_and_per_epoch_metrics(in_study):
@@ -111,6 +115,8 @@ def test_nan_trial_fails_with_its_reason_and_the_study_goes_on(in_study):
     assert states[2] == "FAIL" and states.count("COMPLETE") + states.count("PRUNED") == 6
     run = next(r for r in trials if r.data.tags["deepfm.trial_number"] == "2")
     assert "lower learning_rate" in run.data.tags["deepfm.failure_reason"]
+    # said on the trial too: a FAIL that says nothing is a dead worker's, whose slot waits for its retry
+    assert "lower learning_rate" in result.handle.study.get_trials()[2].user_attrs["failure"]["reason"]
 
 
 def test_parent_run_holds_best_metrics_params_and_report(in_study):
