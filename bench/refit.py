@@ -50,13 +50,20 @@ def refit_gain(root: Path, entry: dict, test_frame, labels) -> dict:
     from deepfm_tuner.tuner.registry.gate import delong_test
     from deepfm_tuner.tuner.trials.runs import download_checkpoint
 
+    from deepfm_tuner.model.metrics import classification_metrics
+
     study = optuna.load_study(study_name="refit_sample", storage=f"sqlite:///{root}/optuna.db")
     trial = next(t for t in study.get_trials(deepcopy=False) if t.number == entry["of_trial"])
+    checkpoints = [("refit", entry["checkpoint"]), ("sample", trial.user_attrs.get("checkpoint"))]
     scores = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name, checkpoint in (("refit", entry["checkpoint"]), ("sample", trial.user_attrs["checkpoint"])):
-            folder = download_checkpoint(f"sqlite:///{root}/mlflow.db", checkpoint, Path(tmp) / name)
-            scores.append(ScoringPolicy.load(folder).predict(test_frame))
+        for name, checkpoint in checkpoints:
+            if checkpoint:  # a trial keeps its checkpoint only if it was the best when it ended (or the baseline)
+                folder = download_checkpoint(f"sqlite:///{root}/mlflow.db", checkpoint, Path(tmp) / name)
+                scores.append(ScoringPolicy.load(folder).predict(test_frame))
+    if len(scores) == 1:
+        return {"trial": entry["of_trial"], "refit_test_auc": classification_metrics(labels, scores[0])[0],
+                "described": "its sample-trained run kept no checkpoint"}
     c = delong_test(labels, *scores)
     return {"trial": entry["of_trial"], "refit_test_auc": c.auc_a, "sample_trained_test_auc": c.auc_b,
             "auc_diff": c.diff, "ci_low": c.ci_low, "ci_high": c.ci_high, "p_value": c.p_value,
@@ -103,7 +110,9 @@ def main() -> None:
     parser.add_argument("--subepoch-warmup", type=int, default=2)
     parser.add_argument("--tune-rows-45m", type=int, default=2_000_000, help="tune_rows of the 45M extrapolation")
     parser.add_argument("--knobs", choices=sorted(KNOBS), default="epochs", help="how runs stop early")
-    parser.add_argument("--part", choices=("a", "b", "both"), default="both")
+    parser.add_argument("--part", choices=("a", "b", "both", "compare", "one"), default="both",
+                        help="compare: only the comparison of saved halves; one: a one-trial study on every row "
+                             "(the V1 baseline trial + promotion), the peak RSS (a) is held to")
     parser.add_argument("--workdir", default=None, help="reused: data, stores")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
@@ -153,6 +162,16 @@ def main() -> None:
               f"{b['wall_seconds_for_all_trials']:.0f} s); champion test AUC {b['champion_test_auc']:.4f}",
               flush=True)
 
+    if args.part == "one":  # the reference for (a)'s peak RSS: one trial on every row, promoted
+        document = pays_document("one_trial", data_block, args, knobs, 0.25)
+        document["study"]["n_trials"] = 1
+        one = run_pays_study(document, workdir / "one_trial", data)
+        one.pop("refit"), one.pop("_trials")
+        one.update(peak_rss_mib=max_rss_mib())
+        _save(workdir, "one", one)
+        print(f"one-trial study on every row: {one['wall_seconds']:.0f} s, peak RSS {one['peak_rss_mib']:,.0f} MiB")
+        return
+
     a, b = _saved(workdir, "a"), _saved(workdir, "b")
     if a is None or b is None:
         print(f"the other half is not there yet: run --part {'a' if a is None else 'b'} --workdir {workdir}")
@@ -160,7 +179,7 @@ def main() -> None:
     prepare_seconds = prepare["prepare_seconds"]
     results: dict = {"benchmark": "refit", "date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(),
                      "args": vars(args), "data": data.summary(), **prepare,
-                     "studies": {"a_sample_refit": a, "b_all_rows": b}}
+                     "studies": {"a_sample_refit": a, "b_all_rows": b}, "one_trial_study": _saved(workdir, "one")}
 
     # the two champions, and the refit against the run it repeats, on the same test rows
     test_frame = data.test_frame()

@@ -5,10 +5,11 @@ on all of them should score better, so with `study.refit` (on by default when tu
 candidate (`finalists.champion_candidate`: the finalists' choice, else the best trial) and the next best trials,
 `refit.candidates` in all, are trained once more on every training row, each with its own configuration and
 seed, early-stopped on the validation split, up to `refit.max_epochs` with `refit.patience` (default: the study's
-training values). The refit with the best validation score is the chosen one: a configuration that won on a
-small sample (strong regularisation, a high learning rate) need not be the best on every row. So that the gate
-compares like with like, the V1 baseline trial is refit the same way (role `refit_baseline`; a candidate's own
-refit when it is one of them). Promotion registers the chosen refit and compares it with the baseline's
+training values). So that the gate compares like with like, the V1 baseline trial is refit the same way (role
+`refit_baseline`; a candidate's own refit when it is one of them). The refit with the best validation score, the
+baseline's included (as a study on every row chooses among all its trials), is the chosen one: a configuration
+that won on a small sample (strong regularisation, a high learning rate) need not be the best on every row.
+Promotion registers the chosen refit and compares it with the baseline's
 (tuner.pipeline.promotion); a refit that would repeat its run exactly (the trials trained on every row, with the
 refit's epochs and patience) is not trained, and the run itself is registered.
 
@@ -114,6 +115,17 @@ def chosen_entry(entries: list[dict[str, Any]], metric: str) -> dict[str, Any]:
     return max(scored, key=lambda e: (sign * e.get("value", e["sample_value"]), -entries.index(e)))
 
 
+def refit_pool(candidates: list[dict[str, Any]], base: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The refits the choice is among: the candidates', best-ranked first, then the V1 baseline's when it is
+    complete and not one of them (as a study without a sample chooses among all its trials, the baseline's
+    included). No choice when the trials trained on every row (the first candidate needed no refit)."""
+    if candidates and candidates[0]["state"] == "SKIPPED":
+        return candidates[:1]
+    if base and base["state"] == "COMPLETE" and all(e["run_id"] != base["run_id"] for e in candidates):
+        return [*candidates, base]
+    return list(candidates)
+
+
 def _reusable(record: dict[str, Any], side: Candidate, spec) -> dict[str, Any] | None:
     """A recorded refit of this run with the study's refit settings that did not fail, whatever its role."""
     entries = [*(record.get("candidates") or []), record.get("refit"), record.get("refit_baseline")]
@@ -156,16 +168,18 @@ def run_refit(handle, prepared: PreparedData, *, trial_rows: int, threads: int |
             retry(study.set_user_attr, ATTR_REFIT, {**before, "candidates": record["candidates"]})  # a Ctrl-C
             if entry["state"] == "SKIPPED":  # the trials trained on every row: the candidate's run is the model
                 break
-        record["refit"] = chosen_entry(record["candidates"], spec.metric)
         if baseline is not None:
             record["refit_baseline"] = _reusable(record, baseline, spec) or _reusable(before, baseline, spec) or \
                 _refit(handle, prepared, "refit_baseline", baseline, trial_rows, threads, log, on_epoch)
+        pool = refit_pool(record["candidates"], record.get("refit_baseline"))
+        record["refit"] = chosen_entry(pool, spec.metric)
         _drop_replaced_checkpoints(handle, before, record)
         retry(study.set_user_attr, ATTR_REFIT, record)
-        _move_chosen_tag(handle, before.get("refit"), record)
-        if len(record["candidates"]) > 1 and record["refit"]["state"] == "COMPLETE":
-            log(f"refit: chose trial {record['refit']['of_trial']}'s configuration, the best of "
-                f"{len(record['candidates'])} on all rows ({score_name(spec.metric)} {record['refit']['value']:.4f})")
+        _move_chosen_tag(handle, before.get("refit"), record, len(pool))
+        if len(pool) > 1 and record["refit"]["state"] == "COMPLETE":
+            which = "the V1 baseline" if record["refit"] is record.get("refit_baseline") else "trial"
+            log(f"refit: chose {which} {record['refit']['of_trial']}'s configuration, the best of {len(pool)} on "
+                f"all rows ({score_name(spec.metric)} {record['refit']['value']:.4f})")
         _log_to_parent(handle, record)
         return record
 
@@ -245,7 +259,7 @@ def _drop_replaced_checkpoints(handle, before: dict[str, Any], record: dict[str,
         prune_checkpoints(handle.tracker, "", sorted(replaced))
 
 
-def _move_chosen_tag(handle, previous: dict[str, Any] | None, record: dict[str, Any]) -> None:
+def _move_chosen_tag(handle, previous: dict[str, Any] | None, record: dict[str, Any], pool: int) -> None:
     """`deepfm.refit_chosen` marks the chosen refit of several, and only it (an earlier choice loses the tag)."""
     chosen = record["refit"]
     if previous and previous.get("run_id") != chosen["run_id"] and previous["state"] == "COMPLETE":
@@ -253,7 +267,7 @@ def _move_chosen_tag(handle, previous: dict[str, Any] | None, record: dict[str, 
             handle.tracker.client.delete_tag(previous["run_id"], TAG_REFIT_CHOSEN)
         except Exception:  # noqa: BLE001 - it never had the tag (one candidate), or its run is gone
             pass
-    if len(record["candidates"]) > 1 and chosen["state"] == "COMPLETE":
+    if pool > 1 and chosen["state"] == "COMPLETE":
         handle.tracker.set_tags(chosen["run_id"], {TAG_REFIT_CHOSEN: "true"})
 
 
@@ -270,7 +284,7 @@ def refitted_sides(study: optuna.Study, spec, candidate: Candidate, baseline: Ca
                    ) -> tuple[Candidate, Candidate | None, str]:
     """The gate's two sides as refit on every training row: (the chosen refit, the baseline's refit or None, why
     the baseline is not compared). The chosen refit is the best, on the validation split, of the refits of the
-    study's current choices (`refit_choices`, `candidate` first); a choice whose refit has not run or failed is
+    study's current choices (`refit_choices`, `candidate` first) and the baseline's (`refit_pool`); a choice whose refit has not run or failed is
     one UserInputError line (never a half-trained or sample-trained model in its place); a baseline without a
     complete refit is not compared (a sample-trained baseline is no match for a refit). A refit that was not
     needed leaves its side as it is."""
@@ -285,22 +299,28 @@ def refitted_sides(study: optuna.Study, spec, candidate: Candidate, baseline: Ca
         current.append(entry)
         if entry["state"] == "SKIPPED":
             break
-    entry = chosen_entry(current, spec.metric)
+    base = record.get("refit_baseline")
+    base_current = baseline is not None and _current(base, baseline, spec)
+    pool = refit_pool(current, base if base_current else None)
+    entry = chosen_entry(pool, spec.metric)
     if entry["state"] == "FAIL":
         raise UserInputError(f"the refit of trial {entry['of_trial']} of study '{spec.name}' failed "
                              f"({entry.get('reason', '')[:300]}); run 'deepfm promote' to try it again, or set "
                              f"study.refit: false to register the run trained on the trials' rows")
-    side = candidate if entry["of_run_id"] == candidate.run_id else next(
-        trial_candidate(t, spec) for t in study.get_trials(deepcopy=False) if t.number == entry["of_trial"])
+    if entry["of_run_id"] == candidate.run_id:
+        side = candidate
+    elif baseline is not None and entry["of_run_id"] == baseline.run_id:
+        side = baseline
+    else:
+        side = next(trial_candidate(t, spec) for t in study.get_trials(deepcopy=False) if t.number == entry["of_trial"])
     chosen = _as_refit(side, entry, spec.metric)
-    if len(current) > 1:
-        chosen = dataclasses.replace(chosen, tags={**chosen.tags, "refit.candidates": str(len(current)),
-                                                   "refit.rank": str(current.index(entry) + 1)})
+    if len(pool) > 1:  # compared with how many refits, and its place among them (the V1 baseline's last)
+        chosen = dataclasses.replace(chosen, tags={**chosen.tags, "refit.candidates": str(len(pool)),
+                                                   "refit.rank": str(pool.index(entry) + 1)})
     if baseline is None:
         return chosen, None, ""
-    base = record.get("refit_baseline")
-    if not _current(base, baseline, spec) or base["state"] == "FAIL":
-        why = "failed" if _current(base, baseline, spec) else "has not run"
+    if not base_current or base["state"] == "FAIL":
+        why = "failed" if base_current else "has not run"
         return chosen, None, (f"the refit of V1 baseline trial {baseline.trial.number} {why}: not compared "
                               f"(a baseline trained on the trials' rows is no match for a refit)")
     return chosen, _as_refit(baseline, base, spec.metric), ""

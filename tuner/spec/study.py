@@ -167,14 +167,15 @@ class FinalistsSpec:
 class RefitSpec:
     """After the trials and finalists: train the chosen configuration (and the V1 baseline's) again on every
     training row, early-stopped on the validation split (tuner.pipeline.refit). Unset values: the study's
-    training.max_epochs and training.patience. `candidates`: how many of the best configurations are refit, the
-    one with the best refit score being registered (a sample's winner need not be the best on every row)."""
+    training.max_epochs and training.patience. `candidates`: how many of the best configurations are refit; the
+    refit with the best validation score, the V1 baseline's included, is registered (a sample's winner need not
+    be the best on every row)."""
 
     max_epochs: Optional[Int(1)] = None
     patience: Optional[Int(0)] = None
-    candidates: Int(1) = 2
+    candidates: Int(1) = 1
 
-    SHAPE: ClassVar[str] = "true, false or a mapping such as {max_epochs: 3, patience: 1, candidates: 2}"
+    SHAPE: ClassVar[str] = "true, false or a mapping such as {max_epochs: 3, patience: 1, candidates: 1}"
 
 
 def _flag_or_block(value: Any, handler: Any) -> Any:

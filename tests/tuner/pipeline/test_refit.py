@@ -21,7 +21,7 @@ from deepfm_tuner.model.policy import ScoringPolicy
 from deepfm_tuner.tuner.cli.show import print_status
 from deepfm_tuner.tuner.pipeline.handle import existing_handle
 from deepfm_tuner.tuner.pipeline.promotion import promote_study
-from deepfm_tuner.tuner.pipeline.refit import chosen_entry
+from deepfm_tuner.tuner.pipeline.refit import chosen_entry, refit_pool
 from deepfm_tuner.tuner.pipeline.tune import load_data, tune
 from deepfm_tuner.tuner.registry.gate import delong_test
 from deepfm_tuner.tuner.spec.study import load_study
@@ -33,7 +33,7 @@ from support import run
 SAMPLE = 400
 STUDY = {
     "study": {"name": "refit", "n_trials": 3, "sampler": {"type": "random", "seed": 3}, "pruner": "none",
-              "promote": True, "refit": {"candidates": 1}},  # the sample's winner alone (several: the last tests)
+              "promote": True},
     "data": {"synthetic": {"rows": 3000, "seed": 1, "max_cardinality": 200}, "tune_rows": SAMPLE},
     "training": {"batch_size": 256, "max_epochs": 2, "patience": 1, "seed": 0, "device": "cpu", "threads": 1},
     "policy_configs": {"scoring_policy": {
@@ -241,48 +241,63 @@ def test_local_workers_train_on_one_sample_and_their_coordinator_refits_once(in_
 @pytest.mark.slow
 def test_the_best_configurations_are_refit_and_the_best_refit_on_the_validation_split_is_registered(
         in_tmp, study_file):
-    """study.refit.candidates (default 2): a sample's winner need not be the best on every row."""
-    path = study_file(STUDY, study__n_trials=4, study__refit=True)
+    """study.refit.candidates: a sample's winner need not be the best on every row."""
+    path = study_file(STUDY, study__n_trials=4, study__refit={"candidates": 2})
     result = run("tune", path)
     assert result.exit_code == 0, result.output
     spec = load_study(path)
-    assert spec.refit.candidates == 2
+    assert (spec.refit.candidates, load_study(study_file(STUDY, study__refit=True)).refit.candidates) == (2, 1)
     handle = existing_handle(spec, resolve_stores(spec=spec), str(path))
     ranked = sorted((t for t in handle.study.trials if t.number != 0), key=lambda t: -t.value)[:2]
-    assert handle.study.trials[0].value < ranked[1].value  # the V1 baseline is refit as the baseline only
+    assert handle.study.trials[0].value < ranked[1].value  # the V1 baseline is not a candidate here
     record = handle.study.user_attrs["refit"]
     assert [e["of_trial"] for e in record["candidates"]] == [t.number for t in ranked]  # best on the sample first
 
     refits = {r.info.run_id: r for r in runs("refit", status="FINISHED")}
     assert sorted(refits) == sorted(e["run_id"] for e in record["candidates"])
     assert [refits[e["run_id"]].data.tags["deepfm.refit_rank"] for e in record["candidates"]] == ["1", "2"]
-    best = max(refits.values(), key=lambda r: r.data.metrics["score_val_auc"])
+    (baseline_refit,) = runs("refit_baseline", status="FINISHED")
+    pool = [*(refits[e["run_id"]] for e in record["candidates"]), baseline_refit]  # the baseline's last
+    best = max(pool, key=lambda r: r.data.metrics["score_val_auc"])
     assert record["refit"]["run_id"] == best.info.run_id  # the best refit, whichever its rank on the sample
-    assert [r.info.run_id for r in refits.values() if r.data.tags.get("deepfm.refit_chosen") == "true"] == [
-        best.info.run_id]
-    assert f"refit: chose trial {record['refit']['of_trial']}'s configuration, the best of 2 on all rows" in \
+    assert [r.info.run_id for r in pool if r.data.tags.get("deepfm.refit_chosen") == "true"] == [best.info.run_id]
+    assert f"'s configuration, the best of 3 on all rows (score_val_auc {record['refit']['value']:.4f})" in \
         result.output
 
     version = client().get_model_version("deepfm-refit", "1")
     assert version.run_id == best.info.run_id
     assert version.tags["refit.of_trial"] == best.data.tags["deepfm.refit_of_trial"]
-    assert (version.tags["refit.candidates"], version.tags["refit.rank"]) == ("2", best.data.tags["deepfm.refit_rank"])
+    assert (version.tags["refit.candidates"], version.tags["refit.rank"]) == ("3", str(pool.index(best) + 1))
     assert version.tags["trial_number"] == best.data.tags["deepfm.refit_of_trial"]
 
     console = Console(width=80, record=True)
     print_status(console, handle.study, spec)
     lines = console.export_text().splitlines()
-    other = next(e for e in record["candidates"] if e["run_id"] != best.info.run_id)
+    others = [e for e in record["candidates"] if e["run_id"] != best.info.run_id]
     start = next(i for i, line in enumerate(lines) if line.startswith("refit on all "))
     assert lines[start + 1].startswith(f"  chosen   trial {record['refit']['of_trial']}: ")
-    assert lines[start + 2].startswith(f"  also     trial {other['of_trial']}: {other['value']:.4f}")
-    assert lines[start + 3].startswith("  baseline trial 0: ")
+    assert [line.split(":")[0] for line in lines[start + 2:start + 2 + len(others)]] == [
+        f"  also     trial {e['of_trial']}" for e in others]
+    assert lines[start + 2 + len(others)].startswith("  baseline trial 0: ")
     assert not any("earlier choice" in line for line in lines)
 
     again = run("tune", path, "--no-promote")  # a resume refits nothing
     assert again.exit_code == 0, again.output
     assert "refit: training" not in again.output and "refit (candidate" not in again.output
     assert len(runs("refit")) == 2 and len(runs("refit_baseline")) == 1
+
+
+def test_the_choice_is_among_the_candidates_refits_and_the_baselines():
+    def entry(run: str, state: str = "COMPLETE") -> dict:
+        return {"run_id": run, "state": state}
+
+    first, second, base = entry("r1"), entry("r2"), entry("b")
+    assert refit_pool([first, second], base) == [first, second, base]  # the baseline's refit last
+    assert refit_pool([first, second], None) == [first, second]
+    assert refit_pool([first, entry("b")], base) == [first, entry("b")]  # the baseline is a candidate: once
+    assert refit_pool([first], entry("b", "FAIL")) == [first]  # a failed baseline refit: not compared, as before
+    skipped = entry("t1", "SKIPPED")
+    assert refit_pool([skipped], entry("b", "SKIPPED")) == [skipped]  # trials on every row: nothing to choose
 
 
 def test_the_chosen_refit_is_the_best_validation_score_in_the_metric_direction():

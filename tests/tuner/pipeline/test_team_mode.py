@@ -248,11 +248,12 @@ def test_two_workers_started_at_once_on_a_new_database_share_one_study(services,
 @pytest.mark.services
 def test_team_workers_on_a_sample_train_the_refits_once(services, launcher, study_file):
     """data.tune_rows + study.refit in team mode: every worker ends by summarising the study; they take turns
-    under a lock on the storage, so the candidates and the V1 baseline are each refit once, by one worker."""
+    under a lock on the storage, so the two candidates and the V1 baseline are each refit once, by one worker."""
     pg, uri = services
     storage = pg.url("optuna")
     study_path = study_file(STUDY, study__name="teamrefit", study__n_trials=4,
-                            study__registered_model="deepfm-teamrefit", data__tune_rows=500)
+                            study__registered_model="deepfm-teamrefit", data__tune_rows=500,
+                            study__refit={"candidates": 2})
     args = worker_args(str(study_path), storage, uri)
     first, second = launcher(args, name="refit-1"), launcher(args, name="refit-2")
     wait_all([first, second])

@@ -18,7 +18,7 @@ from support import TINY_STUDY, assert_one_line_error, run
     (True, None, RefitSpec(max_epochs=3, patience=2)),
     ({"max_epochs": 6}, 0.5, RefitSpec(max_epochs=6, patience=2)),
     ({"patience": 0}, None, RefitSpec(max_epochs=3, patience=0)),
-    ({"candidates": 1}, 2000, RefitSpec(max_epochs=3, patience=2, candidates=1)),  # the sample's winner alone
+    ({"candidates": 3}, 2000, RefitSpec(max_epochs=3, patience=2, candidates=3)),  # the 3 best on the sample
 ])
 def test_refit_defaults_follow_tune_rows_and_the_training_block(study_file, refit, tune_rows, expected):
     study = {**TINY_STUDY["study"], **({} if refit is None else {"refit": refit})}
@@ -44,7 +44,7 @@ TUNE_ROWS = ("data.tune_rows must be a number of training rows (an integer >= 1,
     ("study", "refit", {"candidates": 0}, "study.refit.candidates must be an integer >= 1, got 0"),
     ("study", "refit", {"epochs": 3}, "study.refit: unknown key 'epochs'"),
     ("study", "refit", "yes please", "study.refit must be true, false or a mapping such as {max_epochs: 3, "
-                                     "patience: 1, candidates: 2}, got 'yes please'"),
+                                     "patience: 1, candidates: 1}, got 'yes please'"),
 ])
 def test_bad_tune_rows_and_refit_values_are_one_line_errors_with_exit_2(study_file, in_tmp, section, key, value,
                                                                         message):
