@@ -8,6 +8,7 @@ it, so a wrong URI fails in seconds.
 from __future__ import annotations
 
 import contextlib
+import gc
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -99,7 +100,11 @@ def tune(
                 run_trials(handle, data, control, on_epoch=on_epoch, on_trial=on_trial, latency=latency)
             if summary:  # before the summary, so the parent run is still open; a Ctrl-C here ends it KILLED too
                 finalists = run_finalists(handle, data, threads=finalist_threads, log=log)
-                run_refit(handle, full, trial_rows=len(data.parts["train"]), threads=finalist_threads, log=log,
+                trial_rows = len(data.parts["train"])
+                if spec.refit is not None and data is not full:  # the sample is done with: its mapped pages
+                    data = full  # go before the refits train on every row (the test rows are the same)
+                    gc.collect()
+                run_refit(handle, full, trial_rows=trial_rows, threads=finalist_threads, log=log,
                           on_epoch=on_refit_epoch)
                 reference = run_reference(handle, full if spec.refit is not None else data, threads=finalist_threads,
                                           log=log)
