@@ -113,6 +113,8 @@ def main() -> None:
     parser.add_argument("--part", choices=("a", "b", "both", "compare", "one"), default="both",
                         help="compare: only the comparison of saved halves; one: a one-trial study on every row "
                              "(the V1 baseline trial + promotion), the peak RSS (a) is held to")
+    parser.add_argument("--one-params", default=None, help="with --part one: the configuration to fix, as JSON "
+                        "(e.g. the largest the study refits), instead of the V1 defaults")
     parser.add_argument("--workdir", default=None, help="reused: data, stores")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
@@ -163,12 +165,15 @@ def main() -> None:
               flush=True)
 
     if args.part == "one":  # the reference for (a)'s peak RSS: one trial on every row, promoted
-        document = pays_document("one_trial", data_block, args, knobs, 0.25)
+        name = "one_trial" if args.one_params is None else "one_trial_fixed"
+        document = pays_document(name, data_block, args, knobs, 0.25)
         document["study"]["n_trials"] = 1
-        one = run_pays_study(document, workdir / "one_trial", data)
+        if args.one_params is not None:
+            document["policy_configs"]["scoring_policy"] = json.loads(args.one_params)
+        one = run_pays_study(document, workdir / name, data)
         one.pop("refit"), one.pop("_trials")
         one.update(peak_rss_mib=max_rss_mib())
-        _save(workdir, "one", one)
+        _save(workdir, name.replace("_trial", ""), one)
         print(f"one-trial study on every row: {one['wall_seconds']:.0f} s, peak RSS {one['peak_rss_mib']:,.0f} MiB")
         return
 
