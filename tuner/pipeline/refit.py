@@ -106,8 +106,8 @@ def refit_choices(study: optuna.Study, spec, first: Candidate | None = None) -> 
 
 
 def chosen_entry(entries: list[dict[str, Any]], metric: str) -> dict[str, Any]:
-    """The candidates' refit that promotion registers: the best score on the validation split (a refit not needed
-    scores as its run); the best-ranked first on a tie."""
+    """The refit of the pool (`refit_pool`) that promotion registers: the best score on the validation split (a
+    refit not needed scores as its run); the earlier in the pool on a tie."""
     sign = 1 if METRICS[metric] == "maximize" else -1
     scored = [e for e in entries if e["state"] in ("COMPLETE", "SKIPPED")]
     if len(scored) < len(entries):  # a failed refit: promotion names it (the choice must not hang on a failure)
@@ -136,9 +136,9 @@ def run_refit(handle, prepared: PreparedData, *, trial_rows: int, threads: int |
               log: Callable[[str], None] = lambda message: None,
               on_epoch: Callable[[RefitTask, Any], None] | None = None) -> dict[str, Any] | None:
     """Refit the best configurations (study.refit.candidates) and the V1 baseline on every training row of
-    `prepared` (what is not recorded yet), and choose the candidates' refit with the best validation score;
-    `trial_rows`: the rows the trials trained on. Returns the study's refit record; None without study.refit or
-    without a candidate (no complete trial, finalists that chose nothing)."""
+    `prepared` (what is not recorded yet), and choose the refit with the best validation score, the baseline's
+    included; `trial_rows`: the rows the trials trained on. Returns the study's refit record; None without
+    study.refit or without a candidate (no complete trial, finalists that chose nothing)."""
     # the training loop (torch) and MLflow's run lifecycle: imported by the commands that train, not by status
     from deepfm_tuner.tuner.stores.locks import creation_lock
     from deepfm_tuner.tuner.trials.runs import close_orphan_runs
