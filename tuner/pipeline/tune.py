@@ -8,6 +8,8 @@ it, so a wrong URI fails in seconds.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import gc
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -103,7 +105,7 @@ def tune(
                 trial_rows = len(data.parts["train"])
                 if spec.refit is not None and data is not full:  # the sample is done with: its mapped pages
                     data = full  # go before the refits train on every row (the test rows are the same)
-                    gc.collect()
+                    release_freed_memory()
                 run_refit(handle, full, trial_rows=trial_rows, threads=finalist_threads, log=log,
                           on_epoch=on_refit_epoch)
                 reference = run_reference(handle, full if spec.refit is not None else data, threads=finalist_threads,
@@ -119,8 +121,20 @@ def tune(
     best = summarise(handle) if summary else best_trial(handle.study)
     result = TuneResult(handle, best, trial_counts(handle.study), finalists=finalists, reference=reference)
     if (spec.promote if promote is None else promote) and best is not None:
+        release_freed_memory()  # after the trials and refits: promotion scores every test row
         result.promotion = promote_study(handle, test_frame=data.test_frame(), test_dataset=part_dataset(data, "test"))
     return result
+
+
+def release_freed_memory() -> None:
+    """Unreferenced objects collected, and the C heap's free pages handed back to the system (glibc's malloc_trim):
+    after many trials a process keeps hundreds of MB of freed batches and activations, which would add to the peak
+    of the next big step (a refit on every row, promotion's scoring)."""
+    gc.collect()
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to hand back this way
+        pass
 
 
 def _trials_in_workers(handle: StudyHandle, data: PreparedData, workers: int, threads: int,
